@@ -1,0 +1,5 @@
+"""`python -m cupid ...` behaves like the `cupid` console script."""
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `cupid` CLI (see cupid.cli)."""
