@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One command to set CUPID up and run it once:
+#   1. the backend environment (.venv: PyTorch + the `cupid` package),
+#   2. the Blender extension zip (dist/cupid-*.zip) to install in Blender,
+#   3. the weights (official CUPID + TRELLIS parts; offline, a tiny random-weight model instead),
+#   4. the main job: reconstruct examples/monkey.png into out/monkey (scene.json, GLB, PLY, overlay).
+# Environment knobs: PYTHON (interpreter, default python3.11), CUPID_VENV (default ./.venv),
+# CUPID_TORCH (pip spec for torch, default torch==2.13.0; e.g. a CUDA build on a GPU box),
+# CUPID_MODEL (model id or local dir), CUPID_WEIGHTS (weights cache, default ./weights), CUPID_STEPS.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+VENV="${CUPID_VENV:-$ROOT/.venv}"
+TORCH_SPEC="${CUPID_TORCH:-torch==2.13.0}"
+WEIGHTS="${CUPID_WEIGHTS:-$ROOT/weights}"
+
+say() { printf '\n==> %s\n' "$*"; }
+die() { printf '\nCUPID set-up failed: %s\n' "$*" >&2; exit 1; }
+
+say "Checking Python ($PYTHON)"
+"$PYTHON" - <<'PY' || die "CUPID needs Python 3.10 or newer (3.11 to also run the Blender-side tests): set PYTHON=/path/to/python3.11"
+import sys
+assert sys.version_info >= (3, 10), sys.version
+print("Python", sys.version.split()[0])
+PY
+
+say "Backend environment in $VENV"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" || die "could not create a virtual environment (on Debian/Ubuntu: apt install python3-venv)"
+PY="$VENV/bin/python"
+"$PY" -m pip install -q --upgrade pip || die "pip could not upgrade itself (no network?)"
+"$PY" -m pip install -q "$TORCH_SPEC" || die "could not install $TORCH_SPEC"
+"$PY" -m pip install -q -e "$ROOT/backend" || die "could not install the cupid backend package"
+"$PY" -m cupid --version
+
+say "Blender extension zip"
+"$PY" "$ROOT/install/build_extension.py" --output-dir "$ROOT/dist" || die "could not build the extension zip"
+
+say "Weights"
+mkdir -p "$WEIGHTS"
+MODEL="${CUPID_MODEL:-}"
+if [ -z "$MODEL" ]; then
+  if HF_HUB_ETAG_TIMEOUT=10 HF_HUB_DOWNLOAD_TIMEOUT=20 "$PY" -m cupid download --cache-dir "$WEIGHTS"; then
+    MODEL="hbb1/Cupid"
+  else
+    echo "The official weights could not be downloaded (see the message above)."
+    echo "Using a tiny random-weight model instead: it runs the whole pipeline, but its shapes are noise."
+    echo "Run 'cupid download' again when you are online."
+    "$PY" -m cupid make-tiny-model "$WEIGHTS/tiny"
+    MODEL="$WEIGHTS/tiny"
+  fi
+fi
+
+say "Main job: reconstructing examples/monkey.png"
+"$PY" -m cupid reconstruct "$ROOT/examples/monkey.png" -o "$ROOT/out/monkey" --model "$MODEL" --steps "${CUPID_STEPS:-0}"
+
+say "Done"
+echo "Result bundle:   $ROOT/out/monkey (scene.json, object_0.glb, object_0.ply, overlay.png)"
+echo "Blender add-on:  $(ls "$ROOT"/dist/*.zip | head -1)"
+echo "  In Blender: Edit > Preferences > Get Extensions > Install from Disk..., pick the zip,"
+echo "  then open the 3D viewport's N-panel, tab CUPID."
