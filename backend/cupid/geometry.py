@@ -429,55 +429,65 @@ def _refine_lm(X: np.ndarray, px: np.ndarray, f: float, cx: float, cy: float, R:
     """Robust (Huber IRLS) Levenberg-Marquardt over (f, cx, cy, rotation, t), square pixels.
 
     Residuals are pixel reprojection errors. Rotation is updated on the left, R <- exp([δ]x) R.
+    Arrays are kept coordinate-major ((3, N) rows) because numpy's elementwise kernels on
+    contiguous rows are several times faster than small matmuls on (N, 3) for N ~ 20k.
     """
+    Xr = np.ascontiguousarray(X.T)
+    pu, pv = np.ascontiguousarray(px[:, 0]), np.ascontiguousarray(px[:, 1])
+    n = Xr.shape[1]
     params_f = np.array([f, cx, cy], float)
     R = R.copy()
     t = t.copy()
     lam = 1e-3
 
     def residuals(pf, R_, t_):
-        xc = X @ R_.T + t_
-        z = xc[:, 2]
-        zs = np.where(np.abs(z) < 1e-12, 1e-12, z)
-        a = xc[:, 0] / zs
-        b = xc[:, 1] / zs
-        r = np.stack([pf[0] * a + pf[1] - px[:, 0], pf[0] * b + pf[2] - px[:, 1]], 1)
-        return r, xc, zs, a, b
+        rot = [R_[i, 0] * Xr[0] + R_[i, 1] * Xr[1] + R_[i, 2] * Xr[2] for i in range(3)]
+        z = rot[2] + t_[2]
+        z = np.where(np.abs(z) < 1e-12, 1e-12, z)
+        inv_z = 1.0 / z
+        a = (rot[0] + t_[0]) * inv_z
+        b = (rot[1] + t_[1]) * inv_z
+        ru = pf[0] * a + (pf[1] - pu)
+        rv = pf[0] * b + (pf[2] - pv)
+        return (ru, rv), (rot, inv_z, a, b)
 
-    def weights(r):
-        e = np.sqrt((r * r).sum(1))
-        sigma = max(1.4826 * np.median(e), sigma_floor)
+    def weights(res):
+        e = np.sqrt(res[0] * res[0] + res[1] * res[1])
+        sigma = max(1.4826 * float(np.median(e)), sigma_floor)
         k = 1.345 * sigma
-        w = np.where(e <= k, 1.0, k / np.maximum(e, 1e-300))
-        return w
+        return np.where(e <= k, 1.0, k / np.maximum(e, 1e-300))
 
-    r, xc, z, a, b = residuals(params_f, R, t)
-    w = weights(r)
-    cost = float((w * (r * r).sum(1)).sum())
+    def wcost(w, res):
+        return float(w @ (res[0] * res[0]) + w @ (res[1] * res[1]))
+
+    res, aux = residuals(params_f, R, t)
+    w = weights(res)
+    cost = wcost(w, res)
+    J = np.empty((9, 2 * n))
+    rel = 1.0
     for _ in range(iters):
-        fz = params_f[0] / z
-        rx, ry, rz = (xc - t).T  # rotated (not yet translated) points
-        n = len(X)
-        Ju = np.empty((n, 9))
-        Jv = np.empty((n, 9))
-        Ju[:, 0], Jv[:, 0] = a, b                       # focal
-        Ju[:, 1], Jv[:, 1] = 1.0, 0.0                   # cx
-        Ju[:, 2], Jv[:, 2] = 0.0, 1.0                   # cy
+        (rx, ry, rz), inv_z, a, b = aux
+        fz = params_f[0] * inv_z
+        Ju, Jv = J[:, :n], J[:, n:]
+        Ju[0], Jv[0] = a, b                       # focal
+        Ju[1], Jv[1] = 1.0, 0.0                   # cx
+        Ju[2], Jv[2] = 0.0, 1.0                   # cy
         # rotation: d xc / d w_k = e_k x (R x)
-        Ju[:, 3] = -fz * a * ry
-        Jv[:, 3] = -fz * (rz + b * ry)
-        Ju[:, 4] = fz * (rz + a * rx)
-        Jv[:, 4] = fz * b * rx
-        Ju[:, 5] = -fz * ry
-        Jv[:, 5] = fz * rx
+        Ju[3] = -fz * a * ry
+        Jv[3] = -fz * (rz + b * ry)
+        Ju[4] = fz * (rz + a * rx)
+        Jv[4] = fz * b * rx
+        Ju[5] = -fz * ry
+        Jv[5] = fz * rx
         # translation
-        Ju[:, 6], Jv[:, 6] = fz, 0.0
-        Ju[:, 7], Jv[:, 7] = 0.0, fz
-        Ju[:, 8], Jv[:, 8] = -fz * a, -fz * b
-        Juw = Ju * w[:, None]
-        Jvw = Jv * w[:, None]
-        JtJ = Juw.T @ Ju + Jvw.T @ Jv
-        Jtr = Juw.T @ r[:, 0] + Jvw.T @ r[:, 1]
+        Ju[6], Jv[6] = fz, 0.0
+        Ju[7], Jv[7] = 0.0, fz
+        Ju[8], Jv[8] = -fz * a, -fz * b
+        ww = np.concatenate([w, w])
+        rr = np.concatenate(res)
+        Jw = J * ww
+        JtJ = Jw @ J.T
+        Jtr = Jw @ rr
         improved = False
         for _try in range(8):
             A = JtJ + lam * np.diag(np.diag(JtJ) + 1e-12)
@@ -489,21 +499,20 @@ def _refine_lm(X: np.ndarray, px: np.ndarray, f: float, cx: float, cy: float, R:
             pf_new = params_f + delta[:3]
             R_new = rodrigues(delta[3:6]) @ R
             t_new = t + delta[6:9]
-            r_new, xc_new, z_new, a_new, b_new = residuals(pf_new, R_new, t_new)
-            cost_new = float((w * (r_new * r_new).sum(1)).sum())
+            res_new, aux_new = residuals(pf_new, R_new, t_new)
+            cost_new = wcost(w, res_new)
             if cost_new <= cost:
                 improved = True
                 rel = (cost - cost_new) / max(cost, 1e-300)
-                params_f, R, t = pf_new, R_new, t_new
-                r, xc, z, a, b = r_new, xc_new, z_new, a_new, b_new
+                params_f, R, t, res, aux = pf_new, R_new, t_new, res_new, aux_new
                 lam = max(lam / 10, 1e-12)
                 break
             lam *= 10
         if not improved:
             break
-        w = weights(r)
-        cost = float((w * (r * r).sum(1)).sum())
-        if rel < 1e-10 or cost < 1e-24 * len(X):
+        w = weights(res)
+        cost = wcost(w, res)
+        if rel < 1e-10 or cost < 1e-24 * n:
             break
     return params_f, _nearest_rotation(R), t
 
