@@ -197,6 +197,10 @@ def test_solve_camera_bad_input():
         solve_camera(pts, bad, (64, 64))
     with pytest.raises(InputError):
         solve_camera(pts, uv, (0, 64))
+    with pytest.raises(InputError):
+        solve_camera(pts, np.full((100, 2), 0.3), (64, 64))
+    with pytest.raises(InputError):  # pure noise: no camera explains the pairs
+        solve_camera(rng.uniform(-0.5, 0.5, (3000, 3)), rng.random((3000, 2)), (640, 480))
 
 
 # ------------------------------------------------------------------ CameraPose

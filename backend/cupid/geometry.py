@@ -520,7 +520,8 @@ def _refine_lm(X: np.ndarray, px: np.ndarray, f: float, cx: float, cy: float, R:
 def solve_camera(points: Any, uv: Any, image_size: Sequence[float], *,
                  threshold_px: float | None = None, ransac: bool = True, seed: int = 0,
                  max_hypotheses: int = 1024, confidence: float = 0.9999,
-                 score_subset: int = 2000, refine: bool = True) -> CameraSolution:
+                 score_subset: int = 2000, refine: bool = True,
+                 min_inlier_ratio: float = 0.25) -> CameraSolution:
     """Recover K (square pixels, zero skew), R, t from object points (N, 3) and their uv (N, 2).
 
     Steps: uv -> pixels; Hartley normalisation; seed-fixed RANSAC over 6-point DLT hypotheses
@@ -529,6 +530,7 @@ def solve_camera(points: Any, uv: Any, image_size: Sequence[float], *,
     Huber-IRLS Levenberg-Marquardt on pixel reprojection error over (f, cx, cy, R, t).
 
     ``threshold_px`` is the inlier threshold; default ``max(2, 0.01 * max(W, H))`` pixels.
+    Raises InputError when fewer than ``min_inlier_ratio`` of the pairs fit the final camera.
     """
     X = _as_points(points, 3, "points")
     uv = _as_points(uv, 2, "uv")
@@ -545,6 +547,8 @@ def solve_camera(points: Any, uv: Any, image_size: Sequence[float], *,
     if spread[0] <= 0 or spread[2] / spread[0] < 1e-6:
         raise InputError("object points are (nearly) coplanar or collinear; the camera cannot be solved")
 
+    if np.ptp(px, axis=0).max() < 1e-9 * max(W, H):
+        raise InputError("all uv are (nearly) identical; the camera cannot be solved")
     Xn, T3 = _normalise_3d(X)
     xn, T2 = _normalise_2d(px)
     thr_n = thr * T2[0, 0]
@@ -616,7 +620,10 @@ def solve_camera(points: Any, uv: Any, image_size: Sequence[float], *,
     uvp, z = project(X, K, R, t, (W, H), return_depth=True)
     err = np.sqrt(np.nan_to_num((uvp - uv) ** 2 * np.array([W, H]) ** 2, nan=np.inf).sum(1))
     inliers = (z > 0) & (err < thr)
-    rms = float(np.sqrt(np.mean(err[inliers] ** 2))) if inliers.any() else float("inf")
+    if inliers.sum() < max(6, min_inlier_ratio * n):
+        raise InputError(f"only {inliers.sum()} of {n} point/uv pairs agree on one camera; "
+                         "the uv prediction is unusable")
+    rms = float(np.sqrt(np.mean(err[inliers] ** 2)))
     return CameraSolution(K=K, R=R, t=t, width=int(round(W)), height=int(round(H)),
                           inliers=inliers, rms_px=rms, threshold_px=thr,
                           iterations=iterations, residuals_px=err)
