@@ -9,6 +9,8 @@
    voxels). Prints median and worst rotation / translation-direction / focal errors.
 
 Run: PYTHONPATH=backend:. python bench/bench_pnp.py [--trials 20]
+(on a loaded 2-core machine, OPENBLAS_NUM_THREADS=1 avoids BLAS thread contention that can
+double the timings of both solvers.)
 """
 from __future__ import annotations
 

@@ -512,7 +512,7 @@ def _refine_lm(X: np.ndarray, px: np.ndarray, f: float, cx: float, cy: float, R:
             break
         w = weights(res)
         cost = wcost(w, res)
-        if rel < 1e-10 or cost < 1e-24 * n:
+        if rel < 1e-8 or cost < 1e-24 * n:
             break
     return params_f, _nearest_rotation(R), t
 
