@@ -16,6 +16,7 @@ from cupid.geometry import (
     solve_camera,
     umeyama,
     umeyama_robust,
+    uncrop_uv,
     uv_cube,
     uv_pairs,
     voxel_centers,
@@ -222,6 +223,8 @@ def test_camera_pose_de_crop_round_trip():
     assert np.allclose(back.K[0, 0], s * crop.K[0, 0])
     assert np.allclose(back.K[:2, 2], s * crop.K[:2, 2] + np.array(off))
     assert crop.de_crop(s, off).image_size == (700, 700)
+    # uv measured in the crop, carried to the photo, equal the photo camera's uv
+    assert np.allclose(uncrop_uv(crop.project(pts), s, off, (518, 518), (1200, 800)), orig.project(pts))
     # projection matrix and JSON round trip
     P = back.projection_matrix()
     h = np.c_[pts, np.ones(len(pts))] @ P.T

@@ -41,6 +41,7 @@ __all__ = [
     "uv_cube",
     "voxel_centers",
     "uv_pairs",
+    "uncrop_uv",
     "solve_camera",
     "decompose_projection",
     "umeyama",
@@ -282,6 +283,17 @@ def uv_pairs(occupancy: Any, cube: Any) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"uv cube must have shape {(res, res, res, 2)}, got {cube.shape}")
     uv = cube[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
     return voxel_centers(idx, res), uv
+
+
+def uncrop_uv(uv: Any, scale: float, offset: Sequence[float], crop_size: Sequence[float],
+              image_size: Sequence[float]) -> np.ndarray:
+    """uv in a crop -> uv in the original photo, with the crop transform of
+    :meth:`CameraPose.de_crop` (``p_orig = scale * p_crop + offset``, pixels, corner convention)."""
+    uv = np.asarray(uv, dtype=np.float64)
+    cw, ch = _image_size(crop_size)
+    w, h = _image_size(image_size)
+    px = uv * np.array([cw, ch]) * float(scale) + np.asarray(offset, dtype=np.float64)
+    return px / np.array([w, h])
 
 
 # --------------------------------------------------------------------------------------------
