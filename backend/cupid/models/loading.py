@@ -46,11 +46,19 @@ def resolve_checkpoint(stem: str | os.PathLike) -> tuple[Path, Path]:
         return (Path(hf_hub_download(repo_id, f"{name}.json")),
                 Path(hf_hub_download(repo_id, f"{name}.safetensors")))
     except Exception as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        offline = _hf_offline()
         why = ("Hugging Face is in offline mode (HF_HUB_OFFLINE) and the files are not in the local cache"
                if offline else f"the download failed ({type(exc).__name__}: {exc})")
         raise CheckpointError(f"cannot get checkpoint {name} from Hugging Face repo {repo_id}: {why}. "
                               "Download it while online, or pass a local path to NAME.json/NAME.safetensors.") from exc
+
+
+def _hf_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+        return bool(constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE)
+    except Exception:
+        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str = "checkpoint") -> None:
