@@ -57,7 +57,11 @@ def test_conv_unsorted_rows_and_bfloat16() -> None:
     assert ((low.float() - ref).norm() / ref.norm()).item() < 2e-2
 
 
-def test_neighbor_map_pairs_and_caching() -> None:
+@pytest.mark.parametrize("dense_table", [True, False])
+def test_neighbor_map_pairs_and_caching(dense_table: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cupid.sparse.neighbors as nb
+    if not dense_table:
+        monkeypatch.setattr(nb, "_DENSE_TABLE_MAX", 0)  # force the sort + searchsorted path
     x = _random_sparse(batch=2, res=6, n=80)
     nmap = build_neighbor_map(x.coords, 3)
     lookup = {tuple(c): i for i, c in enumerate(x.coords.tolist())}

@@ -27,6 +27,9 @@ class NeighborMap:
         return int(sum(t.numel() for t in self.out_idx))
 
 
+_DENSE_TABLE_MAX = 1 << 25  # grid cells (int64 entries) up to which a dense lookup table is used
+
+
 def kernel_offsets(kernel_size: int, dilation: int = 1, device: torch.device | None = None) -> torch.Tensor:
     """[k³, 3] offsets in the row-major order of the spconv kernel dimensions (x slowest, z fastest)."""
     r = torch.arange(kernel_size, device=device) - kernel_size // 2
@@ -35,7 +38,10 @@ def kernel_offsets(kernel_size: int, dilation: int = 1, device: torch.device | N
 
 
 def build_neighbor_map(coords: torch.Tensor, kernel_size: int = 3, dilation: int = 1) -> NeighborMap:
-    """Vectorised neighbour search: one sort of the keys, one searchsorted for all offsets."""
+    """Vectorised neighbour search over linearised (batch, x, y, z) keys for all offsets at once.
+
+    Small grids use a dense key -> row table (a perfect hash); large ones sort the keys and searchsorted.
+    """
     if kernel_size % 2 != 1:
         raise ValueError(f"submanifold convolution needs an odd kernel size, got {kernel_size}")
     n = coords.shape[0]
@@ -55,24 +61,32 @@ def build_neighbor_map(coords: torch.Tensor, kernel_size: int = 3, dilation: int
     xyz = c[:, 1:] - c[:, 1:].min(0).values + pad
     size = xyz.max(0).values + 1 + pad  # room for the largest offset on every axis
     sx, sy, sz = (int(v) for v in size.tolist())
+    nb = int(c[:, 0].max().item()) + 1
     key = ((c[:, 0] * sx + xyz[:, 0]) * sy + xyz[:, 1]) * sz + xyz[:, 2]
-    sorted_key, order = torch.sort(key)
     off = kernel_offsets(kernel_size, dilation, device)
     delta = (off[:, 0] * sy + off[:, 1]) * sz + off[:, 2]  # [k³]
     query = key.unsqueeze(0) + delta.unsqueeze(1)  # [k³, N]
-    pos = torch.searchsorted(sorted_key, query).clamp_(max=n - 1)
-    found = sorted_key[pos] == query
-    in_rows = order[pos]
-    outs, ins = [], []
-    rows = torch.arange(n, device=device)
-    for k in range(k3):
-        if k == center:
-            outs.append(rows)
-            ins.append(rows)
-            continue
-        m = found[k]
-        outs.append(rows[m])
-        ins.append(in_rows[k][m])
+    cells = nb * sx * sy * sz
+    if cells <= _DENSE_TABLE_MAX:
+        # perfect hash: a dense table of row indices over the padded grid
+        table = torch.full((cells,), -1, dtype=torch.long, device=device)
+        table[key] = torch.arange(n, device=device)
+        in_rows = table[query]
+        found = in_rows >= 0
+    else:
+        sorted_key, order = torch.sort(key)
+        pos = torch.searchsorted(sorted_key, query).clamp_(max=n - 1)
+        found = sorted_key[pos] == query
+        in_rows = order[pos]
+    found[center] = False
+    kk, rows = found.nonzero(as_tuple=True)  # sorted by offset, then output row
+    ins_all = in_rows[kk, rows]
+    counts = torch.bincount(kk, minlength=k3).tolist()
+    outs = list(torch.split(rows, counts))
+    ins = list(torch.split(ins_all, counts))
+    ident = torch.arange(n, device=device)
+    outs[center] = ident
+    ins[center] = ident
     return NeighborMap(kernel_size, n, outs, ins, center)
 
 
