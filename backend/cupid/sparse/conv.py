@@ -16,25 +16,42 @@ from .tensor import SparseTensor
 
 def submanifold_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor,
                        bias: torch.Tensor | None) -> torch.Tensor:
-    """out[i] = bias + Σ_offsets W[offset] · feats[neighbour(i, offset)] over existing neighbours."""
+    """out[i] = bias + Σ_offsets W[offset] · feats[neighbour(i, offset)] over existing neighbours.
+
+    Per kernel offset: gather the neighbour rows, one GEMM, scatter-add into the output. The gather and
+    GEMM results go to buffers reused across offsets (fresh large allocations cost page faults on CPU).
+    Low-precision inputs accumulate in float32.
+    """
     cout, cin = weight.shape[0], weight.shape[-1]
     w = weight.reshape(cout, -1, cin)
     if feats.dtype != w.dtype:
         feats = feats.to(w.dtype)
-    out = feats @ w[:, nmap.center].t()
-    low = out.dtype in (torch.float16, torch.bfloat16)
-    acc = out.float() if low else out
-    for k in range(w.shape[1]):
-        if k == nmap.center:
-            continue
-        oi = nmap.out_idx[k]
-        if oi.numel() == 0:
-            continue
-        contrib = feats.index_select(0, nmap.in_idx[k]) @ w[:, k].t()
-        acc.index_add_(0, oi, contrib.float() if low else contrib)
+    feats = feats.contiguous()
+    center = w[:, nmap.center].t()
+    acc_dtype = torch.float32 if feats.dtype in (torch.float16, torch.bfloat16) else feats.dtype
     if bias is not None:
-        acc = acc + bias.to(acc.dtype)
-    return acc.to(out.dtype) if low else acc
+        acc = torch.addmm(bias.to(feats.dtype), feats, center)
+    else:
+        acc = feats @ center
+    low = acc.dtype != acc_dtype
+    if low:
+        acc = acc.to(acc_dtype)
+    sizes = [t.numel() for k, t in enumerate(nmap.out_idx) if k != nmap.center]
+    most = max(sizes, default=0)
+    if most == 0:
+        return acc.to(feats.dtype) if low else acc
+    gbuf = feats.new_empty(most, cin)
+    mbuf = feats.new_empty(most, cout)
+    for k in range(w.shape[1]):
+        p = nmap.out_idx[k].numel()
+        if k == nmap.center or p == 0:
+            continue
+        g = gbuf[:p]
+        torch.index_select(feats, 0, nmap.in_idx[k], out=g)
+        m = mbuf[:p]
+        torch.mm(g, w[:, k].t(), out=m)
+        acc.index_add_(0, nmap.out_idx[k], m.to(acc_dtype) if low else m)
+    return acc.to(feats.dtype) if low else acc
 
 
 class SubMConv3d(nn.Module):
