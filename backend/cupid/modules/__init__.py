@@ -1,0 +1,18 @@
+"""Dense building blocks shared by the TRELLIS/CUPID networks (attention, transformer blocks, embedders)."""
+from .attention import MultiHeadAttention, MultiHeadRMSNorm, scaled_dot_product_attention
+from .embedders import AbsolutePositionEmbedder, TimestepEmbedder, timestep_embedding
+from .norm import ChannelLayerNorm32, GroupNorm32, LayerNorm32
+from .spatial import patchify, pixel_shuffle_3d, unpatchify
+from .transformer import (FeedForwardNet, ModulatedTransformerBlock, ModulatedTransformerCrossBlock,
+                          TransformerBlock, TransformerCrossBlock)
+from .utils import convert_module_to, convert_module_to_f16, convert_module_to_f32, zero_module
+
+__all__ = [
+    "MultiHeadAttention", "MultiHeadRMSNorm", "scaled_dot_product_attention",
+    "AbsolutePositionEmbedder", "TimestepEmbedder", "timestep_embedding",
+    "ChannelLayerNorm32", "GroupNorm32", "LayerNorm32",
+    "patchify", "pixel_shuffle_3d", "unpatchify",
+    "FeedForwardNet", "ModulatedTransformerBlock", "ModulatedTransformerCrossBlock",
+    "TransformerBlock", "TransformerCrossBlock",
+    "convert_module_to", "convert_module_to_f16", "convert_module_to_f32", "zero_module",
+]

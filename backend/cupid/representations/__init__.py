@@ -1,0 +1,1 @@
+"""3D representations decoded from structured latents: Gaussians (`gaussian`) and FlexiCubes meshes (`mesh`)."""

@@ -1,0 +1,174 @@
+"""cupid.sparse against dense / brute-force references."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cupid.sparse import (SparseConv3d, SparseTensor, WindowPartition, build_neighbor_map, neighbor_map,
+                          sparse_cat, sparse_downsample, sparse_self_attention, sparse_subdivide, sparse_upsample,
+                          sparse_windowed_self_attention, windowed_attention)
+
+
+def _random_sparse(batch: int = 2, res: int = 12, n: int = 300, channels: int = 5, seed: int = 0) -> SparseTensor:
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for b in range(batch):
+        xyz = torch.unique(torch.randint(0, res, (n, 3), generator=g), dim=0)
+        parts.append(torch.cat([torch.full((len(xyz), 1), b), xyz], 1))
+    coords = torch.cat(parts).int()
+    feats = torch.randn(coords.shape[0], channels, generator=g)
+    return SparseTensor(feats, coords)
+
+
+def _dense_conv_at_sites(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor, res: int) -> torch.Tensor:
+    dense = x.dense((res, res, res))  # [B, C, X, Y, Z]
+    k = weight.shape[1]
+    out = F.conv3d(dense, weight.permute(0, 4, 1, 2, 3), bias, padding=k // 2)
+    c = x.coords.long()
+    return out[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_submanifold_conv_matches_dense_conv(kernel: int) -> None:
+    x = _random_sparse()
+    conv = SparseConv3d(5, 7, kernel)
+    with torch.no_grad():
+        conv.conv.bias.normal_()
+        out = conv(x)
+        ref = _dense_conv_at_sites(x, conv.conv.weight, conv.conv.bias, 12)
+    assert torch.equal(out.coords, x.coords)
+    assert (out.feats - ref).abs().max().item() < 1e-5
+
+
+def test_conv_unsorted_rows_and_bfloat16() -> None:
+    x = _random_sparse(batch=1, seed=3)
+    perm = torch.randperm(x.coords.shape[0], generator=torch.Generator().manual_seed(1))
+    xs = SparseTensor(x.feats[perm], x.coords[perm])
+    conv = SparseConv3d(5, 6, 3)
+    with torch.no_grad():
+        ref = _dense_conv_at_sites(xs, conv.conv.weight, conv.conv.bias, 12)
+        assert (conv(xs).feats - ref).abs().max().item() < 1e-5
+        conv.to(torch.bfloat16)
+        low = conv(xs.type(torch.bfloat16)).feats
+    assert low.dtype == torch.bfloat16
+    assert ((low.float() - ref).norm() / ref.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("dense_table", [True, False])
+def test_neighbor_map_pairs_and_caching(dense_table: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cupid.sparse.neighbors as nb
+    if not dense_table:
+        monkeypatch.setattr(nb, "_DENSE_TABLE_MAX", 0)  # force the sort + searchsorted path
+    x = _random_sparse(batch=2, res=6, n=80)
+    nmap = build_neighbor_map(x.coords, 3)
+    lookup = {tuple(c): i for i, c in enumerate(x.coords.tolist())}
+    offsets = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]
+    want = 0
+    for k, (a, b, c) in enumerate(offsets):
+        got = set(zip(nmap.out_idx[k].tolist(), nmap.in_idx[k].tolist()))
+        ref = set()
+        for i, (bb, xx, yy, zz) in enumerate(x.coords.tolist()):
+            j = lookup.get((bb, xx + a, yy + b, zz + c))
+            if j is not None:
+                ref.add((i, j))
+        assert got == ref, f"offset {(a, b, c)}"
+        want += len(ref)
+    assert nmap.num_pairs == want
+    # cached per coordinate set: same tensor, derived tensors, and fresh tensors on the same coords
+    first = neighbor_map(x)
+    assert neighbor_map(x) is first
+    assert neighbor_map(x.replace(x.feats * 2)) is first
+    assert neighbor_map(SparseTensor(x.feats, x.coords)) is first
+    moved = x.coords.clone()
+    second = neighbor_map(SparseTensor(x.feats, moved))
+    assert second is not first
+    assert neighbor_map(SparseTensor(x.feats, moved)) is second
+    moved[0, 1] += 1  # an in-place edit of the coordinates invalidates the cached map
+    assert neighbor_map(SparseTensor(x.feats, moved)) is not second
+
+
+def test_downsample_upsample_roundtrip() -> None:
+    x = _random_sparse(batch=2, res=9, n=200, channels=3)
+    down = sparse_downsample(x, 2)
+    cells: dict[tuple, list] = {}
+    for (b, i, j, k), f in zip(x.coords.tolist(), x.feats):
+        cells.setdefault((b, i // 2, j // 2, k // 2), []).append(f)
+    keys = sorted(cells)
+    assert down.coords.tolist() == [list(k) for k in keys]
+    # TRELLIS's pooling includes the zero initial value: sum / (count + 1)
+    ref = torch.stack([torch.stack(cells[k]).sum(0) / (len(cells[k]) + 1) for k in keys])
+    assert (down.feats - ref).abs().max().item() < 1e-6
+    assert down.scale == (2, 2, 2)
+    up = sparse_upsample(down.replace(down.feats + 1), 2)
+    assert torch.equal(up.coords, x.coords) and up.scale == (1, 1, 1)
+    lookup = {tuple(c): i for i, c in enumerate(down.coords.tolist())}
+    rows = [lookup[(b, i // 2, j // 2, k // 2)] for b, i, j, k in x.coords.tolist()]
+    assert torch.equal(up.feats, down.feats[rows] + 1)
+    with pytest.raises(ValueError, match="matching sparse downsample"):
+        sparse_upsample(x, 2)
+
+
+def test_subdivide() -> None:
+    x = _random_sparse(batch=2, res=5, n=20, channels=4)
+    sub = sparse_subdivide(x)
+    assert sub.feats.shape == (8 * x.feats.shape[0], 4)
+    children = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    for i, (bb, xx, yy, zz) in enumerate(x.coords.tolist()):
+        for j, (a, b, c) in enumerate(children):
+            assert sub.coords[8 * i + j].tolist() == [bb, 2 * xx + a, 2 * yy + b, 2 * zz + c]
+            assert torch.equal(sub.feats[8 * i + j], x.feats[i])
+    assert sub.layout == [slice(s.start * 8, s.stop * 8) for s in x.layout]
+
+
+def _naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    w = torch.softmax(torch.einsum("qhc,khc->hqk", q, k) / math.sqrt(q.shape[-1]), dim=-1)
+    return torch.einsum("hqk,khc->qhc", w, v)
+
+
+def _random_qkv(x: SparseTensor, heads: int = 2, dim: int = 8, seed: int = 0) -> SparseTensor:
+    g = torch.Generator().manual_seed(seed)
+    return x.replace(torch.randn(x.coords.shape[0], 3, heads, dim, generator=g))
+
+
+def test_full_sparse_attention_per_item() -> None:
+    qkv = _random_qkv(_random_sparse(batch=3, res=6, n=40))
+    out = sparse_self_attention(qkv).feats
+    for sl in qkv.layout:
+        q, k, v = qkv.feats[sl].unbind(1)
+        assert (out[sl] - _naive_attention(q, k, v)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("shift", [0, 2, (1, 3, 0)])
+def test_swin_attention_matches_naive_windows(shift) -> None:
+    qkv = _random_qkv(_random_sparse(batch=2, res=11, n=250), seed=1)
+    window = 4
+    out = sparse_windowed_self_attention(qkv, window, shift).feats
+    s = (shift,) * 3 if isinstance(shift, int) else shift
+    groups: dict[tuple, list[int]] = {}
+    for i, (b, xx, yy, zz) in enumerate(qkv.coords.tolist()):
+        groups.setdefault((b, (xx + s[0]) // window, (yy + s[1]) // window, (zz + s[2]) // window), []).append(i)
+    ref = torch.empty_like(out)
+    for rows in groups.values():
+        q, k, v = qkv.feats[rows].unbind(1)
+        ref[rows] = _naive_attention(q, k, v)
+    assert (out - ref).abs().max().item() < 1e-5
+    # many small padding buckets give the same result
+    part = WindowPartition(qkv.coords, window, s, max_elems=64)
+    assert len(part.buckets) > 3
+    assert (windowed_attention(qkv.feats, part) - ref).abs().max().item() < 1e-5
+
+
+def test_batch_broadcast_and_cat() -> None:
+    x = _random_sparse(batch=2, res=5, n=10, channels=3)
+    per_item = torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])
+    y = x * per_item + 1
+    rows = x.coords[:, 0].long()
+    assert torch.equal(y.feats, x.feats * per_item[rows] + 1)
+    both = sparse_cat([x, x])
+    assert both.batch_size == 4 and both.coords[:, 0].max().item() == 3
+    assert torch.equal(both[3].feats, x[1].feats)
+    with pytest.raises(ValueError, match="coords must be"):
+        SparseTensor(torch.zeros(2, 1), torch.zeros(2, 3, dtype=torch.int32))
