@@ -22,9 +22,10 @@ WEIGHT_CHANNELS = 21
 COLOR_CHANNELS = 8 * 6
 WEIGHT_SCALE = 0.99
 
-_CORNERS = torch.tensor(CUBE_CORNERS, dtype=torch.long)                # [8, 3]
-_EDGE_A = torch.tensor([a for a, _ in CUBE_EDGES], dtype=torch.long)   # [12] first corner of each edge
-_EDGE_B = torch.tensor([b for _, b in CUBE_EDGES], dtype=torch.long)   # [12] second corner
+_CPU = torch.device("cpu")  # explicit: this module may first be imported inside a meta-device context
+_CORNERS = torch.tensor(CUBE_CORNERS, dtype=torch.long, device=_CPU)                # [8, 3]
+_EDGE_A = torch.tensor([a for a, _ in CUBE_EDGES], dtype=torch.long, device=_CPU)   # [12] first corner of each edge
+_EDGE_B = torch.tensor([b for _, b in CUBE_EDGES], dtype=torch.long, device=_CPU)   # [12] second corner
 _DMC_EDGES, _NUM_DUAL = dmc_edge_table()
 _AMBIGUOUS, _AMBIGUOUS_DIR = ambiguity_table()
 

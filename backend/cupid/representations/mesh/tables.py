@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import torch
 
+# tables are built on the CPU even inside a `torch.device("meta")` context (models are built there)
+_CPU = torch.device("cpu")
+
 CUBE_CORNERS: tuple[tuple[int, int, int], ...] = (
     (0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1))
 
@@ -85,21 +88,21 @@ DMC_GROUPS: list[list[int]] = _parse_groups()
 
 def dmc_edge_table() -> tuple[torch.Tensor, torch.Tensor]:
     """(edges [256, 4, 7] long, ascending edge ids padded with -1; num_dual_vertices [256] long)."""
-    table = torch.full((256, MAX_DUAL_VERTICES, MAX_EDGES_PER_DUAL_VERTEX), -1, dtype=torch.long)
-    counts = torch.zeros(256, dtype=torch.long)
+    table = torch.full((256, MAX_DUAL_VERTICES, MAX_EDGES_PER_DUAL_VERTEX), -1, dtype=torch.long, device=_CPU)
+    counts = torch.zeros(256, dtype=torch.long, device=_CPU)
     for case, masks in enumerate(DMC_GROUPS):
         counts[case] = len(masks)
         for j, mask in enumerate(masks):
             edges = [e for e in range(12) if mask >> e & 1]
-            table[case, j, :len(edges)] = torch.tensor(edges, dtype=torch.long)
+            table[case, j, :len(edges)] = torch.tensor(edges, dtype=torch.long, device=_CPU)
     return table, counts
 
 
 def ambiguity_table() -> tuple[torch.Tensor, torch.Tensor]:
     """(is_ambiguous [256] bool, direction [256, 3] long) for the face-ambiguity check."""
-    flag = torch.zeros(256, dtype=torch.bool)
-    direction = torch.zeros(256, 3, dtype=torch.long)
+    flag = torch.zeros(256, dtype=torch.bool, device=_CPU)
+    direction = torch.zeros(256, 3, dtype=torch.long, device=_CPU)
     for case, d in AMBIGUOUS_DIRECTION.items():
         flag[case] = True
-        direction[case] = torch.tensor(d, dtype=torch.long)
+        direction[case] = torch.tensor(d, dtype=torch.long, device=_CPU)
     return flag, direction
