@@ -244,7 +244,8 @@ def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence
             _write_png(out / entry["texture"], tm.texture)
         if opts.glb:
             entry["glb"] = f"{spec.name}.glb"
-            write_glb(out / entry["glb"], tm.vertices, tm.faces, tm.uv, tm.texture, tm.colors)
+            write_glb(out / entry["glb"], tm.vertices, tm.faces, tm.uv, tm.texture, tm.colors,
+                      name=spec.name)
         n_gauss = None
         if opts.gaussians and spec.gaussians is not None:
             g = gaussians_to_arrays(spec.gaussians)

@@ -48,14 +48,19 @@ def _trimesh(vertices, faces, uv=None, texture=None, colors=None):
     return trimesh.Trimesh(vertices=v, faces=f, visual=visual, process=False, validate=False)
 
 
-def mesh_to_glb_bytes(vertices, faces, uv=None, texture=None, colors=None) -> bytes:
+def mesh_to_glb_bytes(vertices, faces, uv=None, texture=None, colors=None, name: str = "object") -> bytes:
     """GLB bytes for an object-frame mesh; textured when uv (v up) and texture are given,
-    else vertex-coloured when colours are given."""
+    else vertex-coloured when colours are given. `name` names the glTF node and mesh."""
+    import trimesh
+
     mesh = _trimesh(vertices, faces, uv, texture, colors)
-    return mesh.export(file_type="glb")
+    scene = trimesh.Scene()
+    scene.add_geometry(mesh, node_name=name, geom_name=name)
+    return scene.export(file_type="glb")
 
 
-def write_glb(path: str | Path, vertices, faces, uv=None, texture=None, colors=None) -> Path:
+def write_glb(path: str | Path, vertices, faces, uv=None, texture=None, colors=None,
+              name: str = "object") -> Path:
     path = Path(path)
-    path.write_bytes(mesh_to_glb_bytes(vertices, faces, uv, texture, colors))
+    path.write_bytes(mesh_to_glb_bytes(vertices, faces, uv, texture, colors, name=name))
     return path
