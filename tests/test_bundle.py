@@ -175,6 +175,11 @@ def test_inconsistent_bundles_are_rejected(bundle_dir, tmp_path):
     np.savez(d3 / "object_0.npz", vertices=np.zeros((3, 3)), faces=np.array([[0, 1, 2]], np.int32))
     with pytest.raises(BundleError, match="vertices must be float32"):
         load_bundle(d3)
+    d4 = tmp_path / "size"
+    shutil.copytree(bundle_dir, d4)
+    _edit(d4, lambda s: s["image"].update(width=W + 1))
+    with pytest.raises(BundleError, match=f"photo is {W}x{H} but scene.json says {W + 1}x{H}"):
+        load_bundle(d4)
 
 
 def test_bad_inputs_to_the_writer(tmp_path):
@@ -194,8 +199,11 @@ def test_bad_inputs_to_the_writer(tmp_path):
 def test_camera_as_mapping_or_object_and_options(tmp_path):
     cam = {"K": K, "R": R_CAM, "t": T_CAM, "width": W, "height": H}
     obj = _objects()[1]
+    calls = []
     d = write_bundle(tmp_path / "m", np.asarray(_photo()), cam, [obj],
-                     ExportOptions(target_faces=None, texture=False, glb=False))
+                     ExportOptions(target_faces=None, texture=False, glb=False),
+                     progress=lambda stage, f: calls.append((stage, f)))
+    assert calls[-1] == ("export", 1.0) and all(a[1] <= b[1] for a, b in zip(calls, calls[1:]))
     b = load_bundle(d / "scene.json")
     o = b.objects[0]
     assert set(o) >= {"mesh"} and not {"texture", "glb", "gaussians"} & set(o)
@@ -207,3 +215,39 @@ def test_camera_as_mapping_or_object_and_options(tmp_path):
             self.K, self.R, self.t, self.width, self.height = K, R_CAM, T_CAM, W, H
     d2 = write_bundle(tmp_path / "p", _photo(), Pose(), [obj], ExportOptions(target_faces=None, texture=False, glb=False))
     assert (d2 / "scene.json").read_bytes() == (d / "scene.json").read_bytes()
+
+
+def test_bundle_from_reference_decoder_outputs(tmp_path):
+    """Real FlexiCubes and Gaussian decoder outputs (reference fixtures, random weights: messy,
+    non-manifold meshes) go through the whole export."""
+    from safetensors.numpy import load_file
+
+    from conftest import PARITY
+
+    mesh_io = PARITY / "slat_dec_mesh.io.safetensors"
+    gs_io = PARITY / "slat_dec_gs.io.safetensors"
+    if not mesh_io.is_file() or not gs_io.is_file():
+        pytest.fail(f"reference fixtures not found under {PARITY} (set CUPID_SHARED)")
+    m = load_file(str(mesh_io))
+    g = load_file(str(gs_io))
+
+    class G:
+        xyz, scaling, opacity = g["gs0_xyz"], g["gs0_scaling"], g["gs0_opacity"]
+        rotation, features_dc = g["gs0_rotation"], g["gs0_features_dc"]
+
+    spec = ObjectSpec("object_0", m["mesh0_vertices"], m["mesh0_faces"], m["mesh0_vertex_attrs"][:, :3],
+                      gaussians=G())
+    d = write_bundle(tmp_path / "ref", _photo(), (K, R_CAM, T_CAM, W, H), [spec],
+                     ExportOptions(target_faces=4000, texture_size=256, chart_iterations=0))
+    b = load_bundle(d)
+    mesh = b.load_mesh(0)
+    assert 0 < len(mesh["faces"]) <= 4000
+    lo, hi = m["mesh0_vertices"].min(0), m["mesh0_vertices"].max(0)
+    assert np.all(mesh["vertices"].min(0) >= lo - 1e-3) and np.all(mesh["vertices"].max(0) <= hi + 1e-3)
+    c = m["mesh0_vertex_attrs"][:, :3]
+    assert mesh["colors"].min() >= c.min() - 1e-6 and mesh["colors"].max() <= c.max() + 1e-6
+    back = read_gaussians_ply(d / "object_0.ply")
+    assert np.allclose(back.xyz, g["gs0_xyz"], atol=1e-7)
+    assert np.allclose(back.scaling, g["gs0_scaling"], rtol=1e-5)
+    assert np.allclose(back.opacity, g["gs0_opacity"], atol=1e-5)
+    assert np.allclose(back.features_dc, g["gs0_features_dc"], atol=1e-7)

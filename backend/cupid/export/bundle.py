@@ -17,7 +17,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -204,11 +204,14 @@ def _floats(a: np.ndarray) -> list:
 # ---------------------------------------------------------------------------------------------
 
 def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence[ObjectSpec],
-                 options: ExportOptions | None = None) -> Path:
+                 options: ExportOptions | None = None,
+                 progress: Callable[[str, float], None] | None = None) -> Path:
     """Post-process every object and write the bundle; returns `out_dir`.
 
     `camera` is in pixels of `photo` (CameraPose, a mapping with K, R, t, width, height, or the
-    5-tuple); its size must match the photo's.
+    5-tuple); its size must match the photo's. `progress("export", fraction)` is called after
+    each object and at the end. scene.json is written last, so an interrupted export leaves a
+    directory that `load_bundle` refuses rather than a half-valid bundle.
     """
     opts = options or ExportOptions()
     img = _photo_array(photo)
@@ -228,7 +231,9 @@ def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence
     _write_png(out / IMAGE_FILE, img)
     entries: list[dict] = []
     overlay_meshes = []
-    for spec in objects:
+    for k, spec in enumerate(objects):
+        if progress is not None:
+            progress("export", k / (len(objects) + 1))
         s, R, t = _transform(spec)
         tm: TexturedMesh = postprocess_mesh(
             spec.vertices, spec.faces, spec.vertex_colors, target_faces=opts.target_faces,
@@ -279,6 +284,8 @@ def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence
     }
     text = dumps_scene(scene)
     (out / SCENE_FILE).write_text(text, encoding="utf-8")
+    if progress is not None:
+        progress("export", 1.0)
     return out
 
 
@@ -392,6 +399,15 @@ def load_bundle(directory: str | Path, *, check_meshes: bool = True) -> Bundle:
     for what, name in files:
         if not (root / name).is_file():
             raise BundleError(f"bundle {root} is incomplete: the {what} file {name!r} is missing")
+    try:
+        from PIL import Image
+        with Image.open(root / scene["image"]["file"]) as im:
+            size = im.size
+    except OSError as exc:
+        raise BundleError(f"the bundle photo {scene['image']['file']!r} is unreadable: {exc}") from exc
+    if size != (scene["image"]["width"], scene["image"]["height"]):
+        raise BundleError(f"the bundle photo is {size[0]}x{size[1]} but scene.json says "
+                          f"{scene['image']['width']}x{scene['image']['height']}")
     bundle = Bundle(root, scene)
     if check_meshes:
         for obj in scene["objects"]:

@@ -34,9 +34,16 @@ class TexturedMesh:
     texture: np.ndarray | None = None  # uint8 [S, S, 3], row 0 = top (v = 1)
 
 
+def as_numpy(x):
+    """numpy view of an array-like, including torch tensors on any device (detached)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
 def _check_mesh(vertices, faces, colors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    v = np.asarray(vertices, dtype=np.float64)
-    f = np.asarray(faces)
+    v = as_numpy(vertices).astype(np.float64)
+    f = as_numpy(faces)
     if v.ndim != 2 or v.shape[1] != 3:
         raise InputError(f"mesh vertices must have shape (V, 3), got {v.shape}")
     if f.ndim != 2 or f.shape[1] != 3:
@@ -50,7 +57,7 @@ def _check_mesh(vertices, faces, colors) -> tuple[np.ndarray, np.ndarray, np.nda
     if colors is None:
         c = np.full((v.shape[0], 3), 0.8)
     else:
-        c = np.asarray(colors, dtype=np.float64)
+        c = as_numpy(colors).astype(np.float64)
         if c.ndim != 2 or c.shape[0] != v.shape[0] or c.shape[1] < 3:
             raise InputError(f"vertex colours must have shape (V, 3) with V={v.shape[0]}, got {c.shape}")
         c = np.clip(np.nan_to_num(c[:, :3]), 0.0, 1.0)
