@@ -1,7 +1,17 @@
 """Export of reconstructions: mesh post-processing, GLB, 3DGS PLY, overlay and the result bundle.
 
-CPU only (numpy, opencv, trimesh, xatlas, fast-simplification, plyfile, pillow). See
-docs/ARCHITECTURE.md ("Result bundle") and cupid/schemas/scene.schema.json for the layout.
+CPU only (numpy, opencv, trimesh, xatlas, fast-simplification, plyfile, pillow, jsonschema).
+See docs/ARCHITECTURE.md ("Result bundle") and cupid/schemas/scene.schema.json for the layout.
+
+Pipeline for one object (`postprocess_mesh`): merge duplicate vertices / drop degenerate faces ->
+quadric decimation to `target_faces` (colours by nearest original vertex) -> xatlas UVs ->
+texture baked from the vertex colours by rasterising in UV space, seams dilated. TRELLIS bakes
+its texture from multiview renders of the Gaussians on the GPU; we bake from vertex colours on
+the CPU (see `cupid.export.mesh`).
+
+Frames: every file is in the object frame (Z-up) except the GLB, which is glTF Y-up with
+(x, y, z) -> (x, z, -y); `matrix_world` (x_w = scale·R·x + t) places objects in the camera's world.
+Bundle uv are v-up (Blender); texel row = (1 - v) · height.
 """
 from __future__ import annotations
 
