@@ -34,11 +34,24 @@ def child(which: str, dtype_name: str) -> None:
 
     entry = json.loads(MANIFEST.read_text())[CONFIGS[which]]
     args = dict(entry["args"], use_fp16=False)
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    model = build_model(entry["name"], args).eval().requires_grad_(False)
     dtype = getattr(torch, dtype_name)
+    t0 = time.perf_counter()
+    # build without storage, pick the torso dtype, then allocate once: RSS then shows this dtype's footprint
+    with torch.device("meta"):
+        model = build_model(entry["name"], args)
     model.set_compute_dtype(dtype)
+    model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=gen)
+        if hasattr(model, "pos_emb"):
+            from cupid.modules.embedders import AbsolutePositionEmbedder
+            g = model.resolution // model.patch_size
+            ax = torch.arange(g)
+            pos = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
+            model.pos_emb.copy_(AbsolutePositionEmbedder(model.model_channels)(pos))
+    model.eval().requires_grad_(False)
     build_s = time.perf_counter() - t0
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     cond = torch.randn(1, 1374, 1024)

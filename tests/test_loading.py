@@ -116,3 +116,30 @@ def test_hf_offline_error_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         load_model("microsoft/TRELLIS-image-large/ckpts/ss_dec_conv3d_16l8_fp16")
     msg = info.value.message
     assert "offline" in msg and "microsoft/TRELLIS-image-large" in msg and "ckpts/ss_dec_conv3d_16l8_fp16" in msg
+
+
+def test_registry_lists_every_checkpoint_class() -> None:
+    from cupid.models import REGISTRY
+    from cupid.models.structured_latent_flow import ElasticSLatFlowModel, SLatFlowModel
+    for name in ("SparseStructureEncoder", "SparseStructureDecoder", "SparseStructureFlowModel", "SLatFlowModel",
+                 "ElasticSLatFlowModel", "SLatEncoder", "SLatGaussianDecoder", "SLatMeshDecoder",
+                 "ElasticVisualLatentConditioningSLatFlowModel"):
+        assert name in REGISTRY
+    with torch.device("meta"):
+        plain = build_model("SLatFlowModel", TINY["args"])
+        elastic = build_model("ElasticSLatFlowModel", TINY["args"])
+    assert isinstance(elastic, ElasticSLatFlowModel) and isinstance(elastic, SLatFlowModel)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in elastic.state_dict().items()}
+
+
+@torch.no_grad()
+def test_ss_encoder_posterior_and_shapes() -> None:
+    torch.manual_seed(0)
+    enc = build_model("SparseStructureEncoder", {"in_channels": 1, "latent_channels": 8, "num_res_blocks": 1,
+                                                 "channels": [8, 16, 16], "num_res_blocks_middle": 1})
+    x = (torch.rand(2, 1, 16, 16, 16) > 0.7).float()
+    z, mean, logvar = enc(x, sample_posterior=False, return_raw=True)
+    assert z.shape == (2, 8, 4, 4, 4) and torch.equal(z, mean)
+    sample = enc(x, sample_posterior=True, generator=torch.Generator().manual_seed(1))
+    noise = (sample - mean) / torch.exp(0.5 * logvar)
+    assert 0.5 < noise.std().item() < 1.5  # reparameterised N(mean, exp(logvar)) draw

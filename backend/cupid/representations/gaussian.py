@@ -8,7 +8,6 @@ normalised quaternions (w, x, y, z), sigmoid opacities with a bias.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import numpy as np

@@ -16,8 +16,8 @@ def _factor3(factor: int | tuple[int, int, int]) -> tuple[int, int, int]:
 def sparse_downsample(x: SparseTensor, factor: int | tuple[int, int, int] = 2) -> SparseTensor:
     """Pool voxels into cells of `factor`³; new rows sorted by (batch, x, y, z).
 
-    Matches TRELLIS bit for bit in intent: its pooling is `scatter_reduce(zeros, 'mean')` with the zero
-    initial value included, so each cell's value is Σ feats / (count + 1), not the plain mean.
+    Reproduces TRELLIS's pooling, a `scatter_reduce(zeros, 'mean')` that counts the zero initial value:
+    each cell's value is Σ feats / (count + 1), not the plain mean (the checkpoints were trained so).
     """
     f = _factor3(factor)
     c = x.coords.long()
