@@ -200,3 +200,29 @@ def test_conditioner_normalisation_and_non_affine_layer_norm():
     torch.testing.assert_close(grid[1, :, 2, 3], tok[1, 1 + 4 + 2 * 5 + 3])
     with pytest.raises(InputError):
         cond.encode(torch.rand(3, IMG, IMG))
+
+
+def test_torch_hub_name_uses_hub_cache(tmp_path, monkeypatch):
+    m = _random_tiny(3)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(m.state_dict(), tmp_path / "checkpoints" / "dinov2_vitl14_reg4_pretrain.pth")
+    got = load_dinov2("dinov2_vitl14_reg", num_heads=HEADS)
+    x = torch.rand(1, 3, IMG, IMG)
+    torch.testing.assert_close(got.forward_features(x)["x_prenorm"], m.forward_features(x)["x_prenorm"], rtol=0, atol=0)
+
+    def offline(url, dst, progress=True):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CheckpointError, match="dinov2_vitb14_reg4_pretrain.pth.*network unreachable"):
+        load_dinov2("dinov2_vitb14_reg")
+
+
+def test_register_free_checkpoints_use_hub_interpolation(tmp_path):
+    torch.manual_seed(4)
+    m = DinoV2.tiny(dim=DIM, depth=1, num_heads=HEADS, img_size=IMG, num_registers=0)
+    torch.save(m.state_dict(), tmp_path / "noreg.pth")
+    got = load_dinov2(tmp_path / "noreg.pth", num_heads=HEADS)
+    assert got.num_registers == 0 and "register_tokens" not in got.state_dict()
+    assert got.config.interpolate_offset == 0.1 and not got.config.interpolate_antialias
+    assert got.forward_features(torch.rand(1, 3, 28, 56))["x_prenorm"].shape == (1, 1 + 2 * 4, DIM)

@@ -287,6 +287,8 @@ def config_from_state(state: dict[str, torch.Tensor], num_heads: int | None = No
         raise CheckpointError(f"DINOv2 pos_embed holds {n} patch positions, not a square grid")
     regs = int(state["register_tokens"].shape[1]) if "register_tokens" in state else 0
     heads = num_heads or max(1, dim // 64)
+    if not regs:  # the register-free hub models resize pos-embeds by scale factor (+0.1), no antialias
+        kw = {"interpolate_antialias": False, "interpolate_offset": 0.1, **kw}
     return DinoV2Config(dim=dim, depth=depth, num_heads=heads, mlp_dim=mlp_dim, patch_size=patch,
                         img_size=m * patch, num_registers=regs, **kw)
 
@@ -309,6 +311,29 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {p} does not hold a state dict of tensors")
     return obj
+
+
+HUB_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+# torch.hub entry names (as in TRELLIS' pipeline.json `image_cond_model`) -> released weight files
+HUB_FILES = {f"dinov2_{a}14{r}": f"dinov2_{a}14/dinov2_{a}14{'_reg4' if r else ''}_pretrain.pth"
+             for a in ("vits", "vitb", "vitl") for r in ("", "_reg")}
+
+
+def _hub_weights(name: str) -> Path:
+    """The torch.hub release file of `name`: from the torch hub cache, else downloaded into it."""
+    rel = HUB_FILES[name]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(rel).name
+    if cached.is_file():
+        return cached
+    url = f"{HUB_BASE_URL}/{rel}"
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), progress=False)
+    except Exception as exc:
+        raise CheckpointError(f"DINOv2 weights {cached.name} are not in the torch hub cache ({cached.parent}) "
+                              f"and downloading {url} failed ({type(exc).__name__}: {exc}). Download the file "
+                              "there while online, or pass a local .pth / .safetensors path.") from exc
+    return cached
 
 
 def _download_hf(repo_id: str) -> tuple[Path, int | None]:
@@ -347,8 +372,10 @@ def build_from_state(state: dict[str, torch.Tensor], label: str, num_heads: int 
 
 def load_dinov2(path_or_id: str | os.PathLike = HF_DEFAULT_ID, device: str | torch.device | None = None,
                 dtype: torch.dtype | None = None, num_heads: int | None = None) -> DinoV2:
-    """Load DINOv2 from a local hub .pth / HF .safetensors file, or an HF repo id such as
-    'facebook/dinov2-with-registers-large'; strict, eval mode. On the CPU float16 becomes float32."""
+    """Load DINOv2 strictly, in eval mode, from a local hub .pth / HF .safetensors file (or a folder
+    holding model.safetensors), a torch.hub name such as 'dinov2_vitl14_reg' (TRELLIS' setting; the
+    torch hub cache is used first), or an HF repo id such as 'facebook/dinov2-with-registers-large'.
+    On the CPU float16 becomes float32."""
     s = str(path_or_id)
     p = Path(s).expanduser()
     heads = num_heads
@@ -362,6 +389,8 @@ def load_dinov2(path_or_id: str | os.PathLike = HF_DEFAULT_ID, device: str | tor
                 heads = None
     elif p.is_dir() and (p / "model.safetensors").is_file():
         return load_dinov2(p / "model.safetensors", device, dtype, num_heads)
+    elif s in HUB_FILES:
+        weights = _hub_weights(s)
     elif s.startswith(("/", ".", "~")) or p.suffix in (".pth", ".pt", ".safetensors") or s.count("/") != 1:
         raise CheckpointError(f"DINOv2 checkpoint {s!r} not found (expected a .pth/.safetensors file or "
                               "a Hugging Face repo id like facebook/dinov2-with-registers-large)")
