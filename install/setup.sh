@@ -35,6 +35,17 @@ PY="$VENV/bin/python"
 "$PY" -m cupid --version
 
 say "Blender extension zip"
+# The zip is built with Blender's own extension tool (blender_ext.py): from a Blender on PATH when
+# there is one, else from Blender-as-a-Python-module (bpy 4.5.4, which the tests use too).
+if [ -z "${CUPID_BLENDER_EXT:-}" ] && command -v blender >/dev/null 2>&1; then
+  BL_DIR="$(cd "$(dirname "$(readlink -f "$(command -v blender)")")/.." && pwd)"
+  EXT_TOOL="$(find "$BL_DIR" -path '*addons_core/bl_pkg/cli/blender_ext.py' 2>/dev/null | head -1 || true)"
+  [ -n "$EXT_TOOL" ] && export CUPID_BLENDER_EXT="$EXT_TOOL"
+fi
+if [ -z "${CUPID_BLENDER_EXT:-}" ] && ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('bpy') is None)"; then
+  echo "No Blender found on PATH: installing Blender as a Python module (bpy 4.5.4) for its extension tool."
+  "$PY" -m pip install -q "bpy==4.5.4" || die "could not install bpy 4.5.4 (it needs Python 3.11); put Blender on PATH or set CUPID_BLENDER_EXT=/path/to/blender_ext.py"
+fi
 "$PY" "$ROOT/install/build_extension.py" --output-dir "$ROOT/dist" || die "could not build the extension zip"
 
 say "Weights"
