@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cupid.errors import InputError
+from meshes import surface_voxels, suzanne
 from cupid.geometry import (
     CameraPose,
     decompose_projection,
@@ -22,7 +23,6 @@ from cupid.geometry import (
     voxel_centers,
 )
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -54,20 +54,7 @@ def random_camera(rng: np.random.Generator, width: int, height: int):
 @pytest.fixture(scope="module")
 def suzanne_voxels() -> np.ndarray:
     """Surface voxels (indices, 64³) of Blender's Suzanne fitted into [-0.5, 0.5]³."""
-    data = np.load(ASSETS / "suzanne.npz")
-    v, f = data["vertices"].astype(np.float64), data["faces"]
-    v = (v - (v.max(0) + v.min(0)) / 2) * (0.95 / np.ptp(v, axis=0).max())
-    rng = np.random.default_rng(0)
-    tri = v[f]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    n = 400_000
-    which = rng.choice(len(f), size=n, p=area / area.sum())
-    r1, r2 = rng.random(n), rng.random(n)
-    s = np.sqrt(r1)
-    pts = (1 - s)[:, None] * tri[which, 0] + (s * (1 - r2))[:, None] * tri[which, 1] \
-        + (s * r2)[:, None] * tri[which, 2]
-    idx = np.unique(np.clip(np.floor((pts + 0.5) * 64), 0, 63).astype(int), axis=0)
-    return idx
+    return surface_voxels(*suzanne(), res=64)
 
 
 def _t_dir_err_deg(t_est: np.ndarray, t_true: np.ndarray) -> float:

@@ -9,9 +9,13 @@ import importlib
 import sys
 
 from . import __version__
+from .errors import CupidError
 
 # Order is the order shown in `cupid --help`.
 COMMAND_MODULES: list[str] = [
+    "reconstruct",
+    "make_tiny_model",
+    "download",
 ]
 
 
@@ -39,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args._run(args) or 0)
-    except CliError as exc:
-        print(f"cupid {args.command}: error: {exc}", file=sys.stderr)
+    except (CliError, CupidError) as exc:
+        print(f"cupid {args.command}: error: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cupid: interrupted", file=sys.stderr)

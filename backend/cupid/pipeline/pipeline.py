@@ -1,0 +1,241 @@
+"""CupidPipeline: loads a model directory once, then turns photos into result bundles.
+
+A model is a directory (or Hugging Face repo) with `pipeline.json`; every network in it loads
+strictly through `cupid.models.load_model`, so the tiny test model of `cupid make-tiny-model` and
+the official release run the same code. Progress is reported as (stage, fraction of the whole job)
+and cancellation is checked between sampler steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import config
+from ..errors import CheckpointError, CupidError, InputError
+from ..export import ExportOptions, ObjectSpec, write_bundle
+from ..geometry import CameraPose
+from ..models import load_model
+from ..models.dinov2 import ImageConditioner, load_dinov2
+from ..preprocess import Processed, preprocess
+from ..sampler import FlowSampler, seeded_noise
+from ..sparse import SparseTensor
+from .stage1 import StructureResult, decode_structure, pose_from_structure, voxel_uvs
+
+Progress = Callable[[str, float], None]
+Cancel = Callable[[], bool]
+
+# Share of the whole job each stage takes (for one object), used to map stage progress to 0..1.
+_STAGES = [("condition", 0.05), ("structure", 0.35), ("pose", 0.02), ("latent", 0.38), ("decode", 0.1),
+           ("export", 0.1)]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'auto' -> cuda, else mps, else cpu; anything else as torch names it."""
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but PyTorch sees no CUDA GPU")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' was asked for but this PyTorch has no Apple MPS support")
+    return dev
+
+
+def _read_pipeline_json(model: str | os.PathLike) -> tuple[dict, str, bool]:
+    """(args of pipeline.json, base for relative stems, whether it is local)."""
+    path = Path(os.fspath(model)).expanduser()
+    if path.is_dir():
+        cfg = path / "pipeline.json"
+        if not cfg.is_file():
+            raise CheckpointError(f"{path} is not a CUPID model directory: it has no pipeline.json "
+                                  f"(make one with 'cupid download' or 'cupid make-tiny-model')")
+        return json.loads(cfg.read_text())["args"], str(path), True
+    if path.exists() or str(model).count("/") != 1:
+        raise CheckpointError(f"model {model!s} not found: give a model directory or a Hugging Face id "
+                              f"such as {config.CUPID_MODEL_ID}")
+    try:
+        from huggingface_hub import hf_hub_download
+        cfg = hf_hub_download(str(model), "pipeline.json")
+    except Exception as exc:  # offline, unknown repo, no permission
+        raise CheckpointError(f"could not fetch {model}/pipeline.json from Hugging Face ({type(exc).__name__}); "
+                              f"run 'cupid download' while online, or pass a local model directory") from None
+    return json.loads(Path(cfg).read_text())["args"], str(model), False
+
+
+@dataclass
+class _Job:
+    progress: Progress | None
+    should_cancel: Cancel | None
+    share: float = 1.0   # of the whole job this object's work takes
+    base: float = 0.0
+
+    def report(self, stage: str, fraction: float) -> None:
+        if self.progress is None:
+            return
+        done = 0.0
+        for name, weight in _STAGES:
+            if name == stage:
+                done += weight * min(max(fraction, 0.0), 1.0)
+                break
+            done += weight
+        self.progress(stage, min(1.0, self.base + self.share * done))
+
+
+class CupidPipeline:
+    """The loaded networks and samplers of one model."""
+
+    def __init__(self, models: dict[str, torch.nn.Module], conditioner: ImageConditioner,
+                 ss_sampler: FlowSampler, slat_sampler: FlowSampler, slat_normalization: dict[str, list[float]],
+                 device: torch.device, source: str = ""):
+        self.models = models
+        self.conditioner = conditioner
+        self.ss_sampler = ss_sampler
+        self.slat_sampler = slat_sampler
+        self.slat_mean = torch.tensor(slat_normalization["mean"], dtype=torch.float32, device=device)
+        self.slat_std = torch.tensor(slat_normalization["std"], dtype=torch.float32, device=device)
+        self.device = device
+        self.source = source
+        self.models["slat_flow_model"].attach_slat_encoder(self.models["slat_encoder"])
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike = config.CUPID_MODEL_ID, device: str | None = "auto",
+                        dtype: torch.dtype | None = None) -> "CupidPipeline":
+        dev = resolve_device(device)
+        args, base, local = _read_pipeline_json(model)
+        missing = [r for r in config.RELEASE_MODELS if r not in args.get("models", {})]
+        if missing:
+            raise CheckpointError(f"{model}: pipeline.json lists no checkpoint for {', '.join(missing)}")
+        models = {}
+        for role in config.RELEASE_MODELS:
+            stem = args["models"][role]
+            local_stem = Path(base) / stem
+            if local and Path(f"{local_stem}.json").is_file():
+                models[role] = load_model(local_stem, device=dev, dtype=dtype)
+            elif local or stem.count("/") >= 3:
+                models[role] = load_model(stem if stem.count("/") >= 3 else local_stem, device=dev, dtype=dtype)
+            else:
+                models[role] = load_model(f"{base}/{stem}", device=dev, dtype=dtype)
+        cond_name = args.get("image_cond_model", config.DINOV2_ID)
+        cond_path = Path(base) / cond_name if local else None
+        dino = load_dinov2(cond_path if cond_path is not None and cond_path.exists() else cond_name,
+                           device=dev, dtype=dtype)
+        conditioner = ImageConditioner(dino).to(dev)
+        ss = FlowSampler.from_config({**config.SPARSE_STRUCTURE_SAMPLER,
+                                      **_flat(args.get("sparse_structure_sampler", {}))})
+        slat = FlowSampler.from_config({**config.SLAT_SAMPLER, **_flat(args.get("slat_sampler", {}))})
+        norm = args.get("slat_normalization")
+        if not norm:
+            raise CheckpointError(f"{model}: pipeline.json has no slat_normalization")
+        return cls(models, conditioner, ss, slat, norm, dev, source=str(model))
+
+    # ------------------------------------------------------------------ stages
+    def condition(self, processed: Processed) -> tuple[torch.Tensor, torch.Tensor]:
+        """DINOv2 tokens of the 518² crop, and the 256² RGB×alpha crop for the conv head."""
+        cond = self.conditioner.encode(processed.cond_image[None].to(self.device))
+        return cond, processed.visual_image[None].to(self.device)
+
+    def sample_structure(self, cond: torch.Tensor, seed: int, steps: int | None, job: _Job) -> StructureResult:
+        flow = self.models["sparse_structure_flow_model"]
+        ss_dec = self.models["sparse_structure_decoder"]
+        uv_dec = self.models["sparse_structure_uv_decoder"]
+        sampler = _with_steps(self.ss_sampler, steps)
+        res = flow.resolution
+        noise = seeded_noise((1, flow.in_channels, res, res, res), seed, self.device)
+        z = sampler.sample(flow, noise, cond, torch.zeros_like(cond),
+                           progress=lambda f: job.report("structure", f), should_cancel=job.should_cancel)
+        c = ss_dec.latent_channels
+        ss_logits = ss_dec(z[:, :c])
+        uv_logits = uv_dec(z[:, c:c + uv_dec.latent_channels])
+        return decode_structure(ss_logits[0, 0], uv_logits[0])
+
+    def sample_latent(self, structure: StructureResult, pose_in_crop: CameraPose, cond: torch.Tensor,
+                      visual: torch.Tensor, seed: int, steps: int | None, job: _Job) -> SparseTensor:
+        flow = self.models["slat_flow_model"]
+        idx = np.argwhere(structure.occupancy)
+        coords = torch.zeros((len(idx), 4), dtype=torch.int32)
+        coords[:, 1:] = torch.from_numpy(idx.astype(np.int32))
+        coords = coords.to(self.device)
+        uvs = SparseTensor(torch.from_numpy(voxel_uvs(idx, structure.res, pose_in_crop)).float().to(self.device),
+                           coords)
+        noise = SparseTensor(seeded_noise((len(idx), flow.out_channels), seed + 1, self.device), coords)
+        cond_d = {"dino_cond": cond, "visual_cond": visual}
+        neg_d = {"dino_cond": torch.zeros_like(cond), "visual_cond": torch.zeros_like(visual)}
+        sampler = _with_steps(self.slat_sampler, steps)
+        slat = sampler.sample(flow, noise, cond_d, neg_d, uvs=uvs,
+                              progress=lambda f: job.report("latent", f), should_cancel=job.should_cancel)
+        return slat.replace(slat.feats.float() * self.slat_std + self.slat_mean)
+
+    def decode(self, slat: SparseTensor) -> tuple[Any, Any]:
+        mesh = self.models["slat_decoder_mesh"](slat)[0]
+        gaussians = self.models["slat_decoder_gs"](slat)[0]
+        if not mesh.success:
+            raise CupidError("the mesh decoder found no surface in this object (try another seed)",
+                             code="empty_mesh")
+        return mesh, gaussians
+
+    # ------------------------------------------------------------------ one object
+    @torch.no_grad()
+    def reconstruct_object(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
+                           job: _Job | None = None, name: str = "object_0") -> tuple[ObjectSpec, CameraPose]:
+        """Stages 1 and 2 for one object; returns its export spec (object frame) and the camera."""
+        job = job or _Job(None, None)
+        job.report("condition", 0.0)
+        cond, visual = self.condition(processed)
+        structure = self.sample_structure(cond, seed, steps, job)
+        job.report("pose", 0.0)
+        pose, solution = pose_from_structure(structure, processed.crop.offset, processed.crop.size,
+                                             processed.size, seed=seed)
+        slat = self.sample_latent(structure, solution.pose, cond, visual, seed, steps, job)
+        job.report("decode", 0.0)
+        mesh, gaussians = self.decode(slat)
+        attrs = mesh.vertex_attrs
+        colors = attrs[:, :3].float().cpu().numpy() if attrs is not None else None
+        spec = ObjectSpec(name=name, vertices=mesh.vertices.float().cpu().numpy(),
+                          faces=mesh.faces.cpu().numpy(), vertex_colors=colors, gaussians=gaussians)
+        return spec, pose
+
+    def reconstruct(self, image: Any, *, mask: Any = None, mode: str = "object", seed: int = 0,
+                    steps: int | None = None, out_dir: str | os.PathLike, progress: Progress | None = None,
+                    should_cancel: Cancel | None = None, export: ExportOptions | None = None) -> Path:
+        """Photo (+ mask) -> result bundle directory (see docs/ARCHITECTURE.md)."""
+        if mode not in ("object", "scene"):
+            raise InputError(f"mode must be 'object' or 'scene', got {mode!r}")
+        if steps is not None and not (0 <= int(steps) <= 500):
+            raise InputError(f"steps must be between 1 and 500 (0 = the model's default), got {steps}")
+        if mode == "scene":
+            from .scene import reconstruct_scene
+            return reconstruct_scene(self, image, mask, seed=seed, steps=steps, out_dir=out_dir,
+                                     progress=progress, should_cancel=should_cancel, export=export)
+        processed = preprocess(image, mask)
+        job = _Job(progress, should_cancel)
+        spec, pose = self.reconstruct_object(processed, seed=seed, steps=steps, job=job)
+        job.report("export", 0.0)
+        out = write_bundle(out_dir, processed.photo, pose, [spec], export or ExportOptions())
+        job.report("export", 1.0)
+        return out
+
+
+def _flat(entry: dict) -> dict:
+    if "args" in entry or "params" in entry:
+        return {**entry.get("args", {}), **entry.get("params", {})}
+    return dict(entry)
+
+
+def _with_steps(sampler: FlowSampler, steps: int | None) -> FlowSampler:
+    if not steps:
+        return sampler
+    return FlowSampler(steps=int(steps), cfg_strength=sampler.cfg_strength, cfg_interval=sampler.cfg_interval,
+                       rescale_t=sampler.rescale_t, sigma_min=sampler.sigma_min)

@@ -1,0 +1,167 @@
+"""Photo loading and TRELLIS/CUPID preprocessing, keeping the crop so K can go back to the photo.
+
+The object comes from the photo's alpha (an RGBA cut-out) or a given mask. Its box (alpha > 0.8)
+is grown to a square 1.2× its longer side; that crop, premultiplied on black, feeds DINOv2 at 518²
+and the stage-2 conv head at 256². `Crop.scale` and `Crop.offset` say where the crop lies in the
+photo, in photo pixels, for `CameraPose.de_crop`.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from . import config
+from .errors import InputError
+
+ImageSource = Any  # a path, bytes, a PIL image or an HxWx{1,3,4} array
+
+
+@dataclass
+class Crop:
+    """The square crop in photo pixels: top-left `offset` (x, y) and side `size`."""
+
+    offset: tuple[float, float]
+    size: float
+
+    def scale_to(self, side: int) -> float:
+        """Photo pixels per crop-image pixel once the crop is resized to `side`."""
+        return self.size / side
+
+
+@dataclass
+class Processed:
+    """A photo ready for the networks."""
+
+    photo: np.ndarray          # HxWx3 uint8, the original photo (orientation applied)
+    alpha: np.ndarray          # HxW float32 in [0, 1], the object's mask in the photo
+    crop: Crop
+    cond_image: torch.Tensor   # [3, 518, 518] premultiplied RGB in [0, 1]
+    visual_image: torch.Tensor  # [3, 256, 256] premultiplied RGB in [0, 1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.photo.shape[1], self.photo.shape[0]
+
+
+def _open(source: ImageSource, what: str) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr.astype(np.float32) * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr.squeeze())
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), what
+    else:
+        path = Path(os.fspath(source))
+        if not path.is_file():
+            raise InputError(f"{what} not found: {path}")
+        data, name = path.read_bytes(), path.name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > config.MAX_IMAGE_PIXELS:
+                raise InputError(f"{what} {name} is too large: {w}x{h} pixels, the limit is "
+                                 f"{config.MAX_IMAGE_PIXELS // 1_000_000} megapixels")
+            img.load()
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{what} {name} is too large to decode safely ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{what} {name} is not a readable image (corrupt, truncated or not an image file): "
+                         f"{exc}") from None
+    return img
+
+
+def _to_rgba(img: Image.Image) -> np.ndarray:
+    """Any PIL mode (16-bit, greyscale, palette, CMYK, LA...) -> HxWx4 uint8, EXIF orientation applied."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGBA"))
+
+
+def load_photo(source: ImageSource) -> np.ndarray:
+    """The photo as HxWx4 uint8 (alpha 255 where the file has none); clear errors for bad files."""
+    rgba = _to_rgba(_open(source, "photo"))
+    h, w = rgba.shape[:2]
+    if min(w, h) < config.MIN_IMAGE_SIDE:
+        raise InputError(f"the photo is {w}x{h} pixels; CUPID needs at least "
+                         f"{config.MIN_IMAGE_SIDE} pixels on each side")
+    return rgba
+
+
+def load_mask(source: ImageSource, size: tuple[int, int]) -> np.ndarray:
+    """A mask image (alpha if it has one, else grey) as HxW float32 in [0, 1], sized like the photo."""
+    img = _open(source, "mask")
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        m = np.asarray(img.convert("RGBA"))[..., 3]
+    else:
+        m = np.asarray(_to_rgba(img)[..., :3].mean(axis=2))
+    if (m.shape[1], m.shape[0]) != tuple(size):
+        raise InputError(f"the mask is {m.shape[1]}x{m.shape[0]} but the photo is {size[0]}x{size[1]}: "
+                         f"they must be the same size")
+    return (m.astype(np.float32) / 255.0).clip(0, 1)
+
+
+def object_crop(alpha: np.ndarray, padding: float = config.CROP_PADDING) -> Crop:
+    """Square crop around the object's box (alpha > 0.8), `padding` × its longer side."""
+    ys, xs = np.nonzero(alpha > config.ALPHA_THRESHOLD)
+    if xs.size == 0:
+        raise InputError("the object mask is empty: the photo's alpha (or the mask) selects no pixel; give an "
+                         "RGBA cut-out of the object or a mask that covers it")
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    side = max(int(round(max(x1 - x0, y1 - y0) * padding)), 8)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    # integer pixel box, so the crop transform handed to de_crop is exact
+    return Crop(offset=(float(int(np.floor(cx - side / 2.0))), float(int(np.floor(cy - side / 2.0)))),
+                size=float(side))
+
+
+def crop_resize(image: np.ndarray, crop: Crop, side: int) -> torch.Tensor:
+    """The crop of an HxWxC float image (zero outside the photo), Lanczos-resized to side² -> [C, side, side]."""
+    x0, y0 = (int(v) for v in crop.offset)
+    box = (x0, y0, x0 + int(crop.size), y0 + int(crop.size))
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32), "F")
+                        .crop(box).resize((side, side), Image.Resampling.LANCZOS))
+             for c in range(image.shape[2])]
+    return torch.from_numpy(np.stack(chans, 0).astype(np.float32))
+
+
+def preprocess(photo: ImageSource, mask: ImageSource | None = None) -> Processed:
+    """Load the photo (and mask), crop around the object and build both network inputs."""
+    rgba = load_photo(photo)
+    size = (rgba.shape[1], rgba.shape[0])
+    if mask is not None:
+        alpha = load_mask(mask, size)
+    else:
+        alpha = rgba[..., 3].astype(np.float32) / 255.0
+        if np.all(alpha >= 1.0):
+            raise InputError("the photo has no transparent background: give an RGBA cut-out of the object, "
+                             "or a mask (--mask) that selects it")
+    crop = object_crop(alpha)
+    premult = rgba[..., :3].astype(np.float32) / 255.0 * alpha[..., None]
+    cond = crop_resize(premult, crop, config.DINO_SIZE).clamp(0, 1)
+    visual = crop_resize(premult, crop, config.VISUAL_COND_SIZE).clamp(0, 1)
+    return Processed(photo=np.ascontiguousarray(rgba[..., :3]), alpha=alpha, crop=crop, cond_image=cond,
+                     visual_image=visual)

@@ -1,0 +1,182 @@
+"""`cupid make-tiny-model`: a complete model in the official format, small enough for a CPU in seconds.
+
+Every checkpoint the pipeline loads is written as `ckpts/NAME.json` + `NAME.safetensors` (the DINOv2
+conditioner as a torch.hub-layout `.pth`) beside a `pipeline.json`, exactly as the release lays
+them out, so the tiny model runs the same loading and inference code as the real weights.
+
+Random networks give random shapes, and a random UV cube fits no camera. So that the whole pipeline
+still runs end to end, the two stage-1 decoders are fitted (a few hundred Adam steps, fixed seed)
+to ignore their latent and decode a spherical shell of radius 0.3 and the UV cube of that shell
+seen by a fixed camera (`TINY_CAMERA`). Everything else gets seeded random weights (N(0, 0.05²), norm gains 1 + N(0, 0.05²)), so stage 2's
+mesh is noise within the shell's voxels: the tiny model checks plumbing, not quality.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .geometry import voxel_centers
+from .models import build_model
+from .models.dinov2 import DinoV2
+
+TINY_FLOW_RES = 4        # stage-1 latent grid; the decoders upsample 4× to a 16³ structure grid
+TINY_GRID = 16
+TINY_DINO_DIM = 64
+SHELL_RADIUS = 0.3
+
+
+def _look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV world->camera rotation and translation for a camera at `eye` looking at `target`."""
+    z = target - eye
+    z = z / np.linalg.norm(z)
+    x = np.cross(z, up)
+    x = x / np.linalg.norm(x)
+    y = np.cross(z, x)
+    R = np.stack([x, y, z])
+    return R, -R @ eye
+
+
+def tiny_camera() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed camera of the tiny model, in pixels of a 518² crop: 40° field of view, 2.2 units away."""
+    az, el = np.radians(30.0), np.radians(20.0)
+    eye = 2.2 * np.array([np.cos(el) * np.sin(az), -np.cos(el) * np.cos(az), np.sin(el)])
+    R, t = _look_at(eye, np.zeros(3), np.array([0.0, 0.0, 1.0]))
+    f = 259.0 / np.tan(np.radians(20.0))
+    K = np.array([[f, 0, 259.0], [0, f, 259.0], [0, 0, 1.0]])
+    return K, R, t
+
+
+TINY_CAMERA = tiny_camera()
+
+
+def shell_targets(res: int = TINY_GRID) -> tuple[np.ndarray, np.ndarray]:
+    """Occupancy of a spherical shell (one voxel thick) and its true uv in the tiny camera."""
+    idx = np.stack(np.meshgrid(*(np.arange(res),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    centres = voxel_centers(idx, res)
+    r = np.linalg.norm(centres, axis=1)
+    occ = (np.abs(r - SHELL_RADIUS) < 0.75 / res).reshape(res, res, res)
+    K, R, t = TINY_CAMERA
+    cam = centres @ R.T + t
+    uv = (cam @ K.T)[:, :2] / cam[:, 2:3] / 518.0
+    return occ, uv.reshape(res, res, res, 2)
+
+
+def _configs() -> dict[str, dict[str, Any]]:
+    """Tiny args for every checkpoint, mirroring the release's classes and argument names."""
+    flow_common = {"model_channels": 32, "cond_channels": TINY_DINO_DIM, "num_blocks": 1, "num_heads": 2,
+                   "mlp_ratio": 2, "pe_mode": "ape", "qk_rms_norm": True, "use_fp16": False}
+    ss_dec = {"latent_channels": 8, "num_res_blocks": 1, "num_res_blocks_middle": 1, "channels": [32, 16, 8],
+              "use_fp16": False}
+    swin = {"num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4,
+            "use_fp16": False}
+    return {
+        "suv_flow_tiny": {"name": "SparseStructureFlowModel", "args": {
+            "resolution": TINY_FLOW_RES, "in_channels": 16, "out_channels": 16, "patch_size": 1, **flow_common}},
+        "ss_dec_tiny": {"name": "SparseStructureDecoder", "args": {"out_channels": 1, **ss_dec}},
+        "uv_vae_tiny_decoder": {"name": "SparseStructureDecoder", "args": {"out_channels": 3, **ss_dec}},
+        "slat_flow_tiny": {"name": "ElasticVisualLatentConditioningSLatFlowModel", "args": {
+            "resolution": TINY_GRID, "in_channels": 8, "out_channels": 8, "cond_latent_channels": 8,
+            "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [16], "visual_feat_channels": [4, 4, 4, 4],
+            "visual_feat_resolution": 64, "visual_conv_kernel_size": 3,
+            "pretrained_slat_enc": "ckpts/slat_enc_tiny", **flow_common}},
+        "slat_enc_tiny": {"name": "SLatEncoder", "args": {
+            "resolution": TINY_GRID, "in_channels": TINY_DINO_DIM, "model_channels": 32, "latent_channels": 8,
+            **swin}},
+        "slat_dec_mesh_tiny": {"name": "SLatMeshDecoder", "args": {
+            "resolution": TINY_GRID, "model_channels": 256, "latent_channels": 8,
+            "representation_config": {"use_color": True}, **swin}},
+        "slat_dec_gs_tiny": {"name": "SLatGaussianDecoder", "args": {
+            "resolution": TINY_GRID, "model_channels": 32, "latent_channels": 8, "representation_config": {
+                "lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1},
+                "perturb_offset": True, "voxel_size": 1.5, "num_gaussians": 4, "2d_filter_kernel_size": 0.1,
+                "3d_filter_kernel_size": 9e-4, "scaling_bias": 4e-3, "opacity_bias": 0.1,
+                "scaling_activation": "softplus"}, **swin}},
+    }
+
+
+ROLES = {
+    "sparse_structure_flow_model": "ckpts/suv_flow_tiny",
+    "sparse_structure_decoder": "ckpts/ss_dec_tiny",
+    "sparse_structure_uv_decoder": "ckpts/uv_vae_tiny_decoder",
+    "slat_flow_model": "ckpts/slat_flow_tiny",
+    "slat_encoder": "ckpts/slat_enc_tiny",
+    "slat_decoder_mesh": "ckpts/slat_dec_mesh_tiny",
+    "slat_decoder_gs": "ckpts/slat_dec_gs_tiny",
+}
+
+
+def _randomize(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Draw every parameter from N(0, 0.05²) and shift norm gains by +1 (as the parity fixtures do):
+    the networks' own initialisation zeroes output layers, which would make every output constant."""
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            for name, p in module.named_parameters(recurse=False):
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+                if name == "weight" and ("norm" in type(module).__name__.lower() or "norm" in module_name.split(".")[-1]):
+                    p.add_(1.0)
+
+
+def _fit_decoder(model: torch.nn.Module, target_occ: np.ndarray, target_uv: np.ndarray | None,
+                 steps: int = 300) -> float:
+    """Fit a stage-1 decoder to output the target from any latent; returns the final loss."""
+    with torch.no_grad():
+        model.input_layer.weight.zero_()   # the latent is ignored: zero padding gives the position
+    params = [p for n, p in model.named_parameters() if not n.startswith("input_layer.weight")]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    occ = torch.from_numpy(target_occ.astype(np.float32))
+    x = torch.zeros(1, model.latent_channels, TINY_FLOW_RES, TINY_FLOW_RES, TINY_FLOW_RES)
+    if target_uv is not None:
+        uv = torch.from_numpy(np.clip(target_uv, 0.02, 0.98).astype(np.float32)).permute(3, 0, 1, 2)
+        uv_logit = torch.log(uv / (1 - uv))
+    loss = torch.zeros(())
+    for _ in range(steps):
+        out = model(x)[0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out[0], occ, pos_weight=torch.tensor(4.0))
+        if target_uv is not None:
+            loss = loss + 4.0 * ((out[1:3] - uv_logit) ** 2 * (occ + 0.05)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+def _save(model: torch.nn.Module, ckpts: Path, stem: str, spec: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    (ckpts / f"{stem}.json").write_text(json.dumps(spec, indent=1))
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(ckpts / f"{stem}.safetensors"))
+
+
+def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model to `out_dir` and return it."""
+    out = Path(out_dir)
+    ckpts = out / "ckpts"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    occ, uv = shell_targets()
+    specs = _configs()
+    for stem, spec in specs.items():
+        model = build_model(spec["name"], spec["args"])
+        _randomize(model, generator)
+        if stem == "ss_dec_tiny":
+            _fit_decoder(model, occ, None)
+        elif stem == "uv_vae_tiny_decoder":
+            _fit_decoder(model, occ, uv)
+        _save(model, ckpts, stem, spec)
+    dino = DinoV2.tiny(dim=TINY_DINO_DIM, depth=2, num_heads=1, img_size=518)
+    _randomize(dino, generator)
+    torch.save({k: v.detach().clone() for k, v in dino.state_dict().items()}, ckpts / "dinov2_tiny.pth")
+    sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
+               "params": {"steps": 4, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
+    pipeline = {"name": "Cupid3DPipeline", "args": {
+        "models": ROLES, "sparse_structure_sampler": sampler, "slat_sampler": sampler,
+        "slat_normalization": {"mean": [0.0] * 8, "std": [1.0] * 8},
+        "image_cond_model": "ckpts/dinov2_tiny.pth", "tiny": True}}
+    (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1))
+    return out

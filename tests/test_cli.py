@@ -1,0 +1,74 @@
+"""The `cupid` command line: a full run on the tiny model, and bad input as one clear line, no traceback."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTO = REPO / "examples" / "monkey.png"
+
+
+def cupid(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'backend'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "cupid", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    r = cupid("make-tiny-model", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_reconstruct_writes_a_bundle(tiny, tmp_path):
+    r = cupid("reconstruct", str(PHOTO), "-o", str(tmp_path / "out"), "--model", str(tiny), "--seed", "1",
+              "--steps", "2", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    scene = json.loads((tmp_path / "out" / "scene.json").read_text())
+    assert scene["schema"] == "cupid.scene/1" and scene["objects"][0]["glb"] == "object_0.glb"
+    assert "latent" in r.stderr  # the per-stage progress bars
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    text = tmp / "notes.png"
+    text.write_text("shopping list\n")
+    corrupt = tmp / "corrupt.png"
+    corrupt.write_bytes(PHOTO.read_bytes()[:300])
+    empty = tmp / "empty.png"
+    Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(empty)
+    tiny1 = tmp / "one.png"
+    Image.new("RGBA", (1, 1), (255, 0, 0, 255)).save(tiny1)
+    mask = tmp / "mask.png"
+    Image.new("L", (10, 10), 255).save(mask)
+    return [
+        ([str(text)], "not a readable image"),
+        ([str(corrupt)], "not a readable image"),
+        ([str(empty)], "mask is empty"),
+        ([str(tiny1)], "at least"),
+        ([str(PHOTO), "--mask", str(mask)], "same size"),
+        ([str(tmp / "nowhere.png")], "not found"),
+    ]
+
+
+def test_bad_input_is_one_clear_line(tiny, tmp_path):
+    for extra, message in _bad_inputs(tmp_path):
+        r = cupid("reconstruct", *extra, "-o", str(tmp_path / "o"), "--model", str(tiny), "--device", "cpu")
+        assert r.returncode == 2, (extra, r.stderr)
+        assert message in r.stderr, (extra, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_missing_model_and_offline_download(tmp_path):
+    r = cupid("reconstruct", str(PHOTO), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nomodel"))
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+    r = cupid("download", "--cache-dir", str(tmp_path / "hf"))
+    assert r.returncode == 2 and "could not download" in r.stderr and "Traceback" not in r.stderr
