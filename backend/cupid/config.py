@@ -12,6 +12,7 @@ CUPID_MODEL_ID = "hbb1/Cupid"
 TRELLIS_MODEL_ID = "microsoft/TRELLIS-image-large"
 DINOV2_ID = "dinov2_vitl14_reg"  # TRELLIS' torch.hub name; cupid.models.dinov2 also takes HF ids
 DINOV2_HF_ID = "facebook/dinov2-with-registers-large"
+MOGE_ID = "Ruicheng/moge-vitl"  # the point-map model of scene mode (MoGe v1, as CUPID's release uses)
 
 # Roles the pipeline loads, and the checkpoints of the official release that fill them.
 RELEASE_MODELS: dict[str, str] = {

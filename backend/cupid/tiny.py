@@ -152,6 +152,28 @@ def _save(model: torch.nn.Module, ckpts: Path, stem: str, spec: dict[str, Any]) 
     save_file(state, str(ckpts / f"{stem}.safetensors"))
 
 
+TINY_MOGE_CONFIG = {"encoder": "cupid_tiny14", "remap_output": "exp", "intermediate_layers": 2, "dim_proj": 32,
+                    "dim_upsample": [32, 32, 32], "dim_times_res_block_hidden": 2, "num_res_blocks": 1,
+                    "num_tokens_range": [20, 40], "last_conv_channels": 32, "last_conv_size": 1}
+
+
+def _write_tiny_moge(folder: Path, generator: torch.Generator) -> None:
+    """A MoGe v1 `model.pt` ({"model_config", "model"}, as the official release stores it) on a tiny backbone."""
+    from .models.moge import build_moge
+
+    net = build_moge(TINY_MOGE_CONFIG)
+    _randomize(net, generator)
+    with torch.no_grad():  # every pixel valid, depths around 2 units: a usable (if noisy) point map
+        points_out, mask_out = net.head.output_block[0][-1], net.head.output_block[1][-1]
+        mask_out.weight.zero_()
+        mask_out.bias.fill_(10.0)
+        points_out.weight.mul_(0.01)
+        points_out.bias[2] = float(np.log(2.0))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_config": TINY_MOGE_CONFIG,
+                "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}, folder / "model.pt")
+
+
 def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the tiny model to `out_dir` and return it."""
     out = Path(out_dir)
@@ -172,11 +194,12 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     dino = DinoV2.tiny(dim=TINY_DINO_DIM, depth=2, num_heads=1, img_size=518)
     _randomize(dino, generator)
     torch.save({k: v.detach().clone() for k, v in dino.state_dict().items()}, ckpts / "dinov2_tiny.pth")
+    _write_tiny_moge(out / "ckpts" / "moge_tiny", generator)
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                "params": {"steps": 4, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
     pipeline = {"name": "Cupid3DPipeline", "args": {
         "models": ROLES, "sparse_structure_sampler": sampler, "slat_sampler": sampler,
         "slat_normalization": {"mean": [0.0] * 8, "std": [1.0] * 8},
-        "image_cond_model": "ckpts/dinov2_tiny.pth", "tiny": True}}
+        "image_cond_model": "ckpts/dinov2_tiny.pth", "moge_model": "ckpts/moge_tiny", "tiny": True}}
     (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1))
     return out

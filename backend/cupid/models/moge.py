@@ -37,6 +37,10 @@ for _name, (_dim, _depth) in {"vits14": (384, 12), "vitb14": (768, 12), "vitl14"
     BACKBONES[f"dinov2_{_name}_reg"] = DinoV2Config(dim=_dim, depth=_depth, num_heads=_dim // 64,
                                                     mlp_dim=4 * _dim, num_registers=4)
 
+# The backbone of `cupid make-tiny-model`'s MoGe: same structure, tiny sizes, for CPU tests.
+BACKBONES["cupid_tiny14"] = DinoV2Config(dim=32, depth=2, num_heads=2, mlp_dim=64, img_size=70, num_registers=0,
+                                         interpolate_antialias=False, interpolate_offset=0.1)
+
 
 def backbone_config(name: str) -> DinoV2Config:
     if name not in BACKBONES:

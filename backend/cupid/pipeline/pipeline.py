@@ -19,7 +19,7 @@ import torch
 from .. import config
 from ..errors import CheckpointError, CupidError, InputError
 from ..export import ExportOptions, ObjectSpec, write_bundle
-from ..geometry import CameraPose
+from ..geometry import CameraPose, voxel_centers
 from ..models import load_model
 from ..models.dinov2 import ImageConditioner, load_dinov2
 from ..preprocess import Processed, preprocess
@@ -99,7 +99,7 @@ class CupidPipeline:
 
     def __init__(self, models: dict[str, torch.nn.Module], conditioner: ImageConditioner,
                  ss_sampler: FlowSampler, slat_sampler: FlowSampler, slat_normalization: dict[str, list[float]],
-                 device: torch.device, source: str = ""):
+                 device: torch.device, source: str = "", extras: dict[str, Any] | None = None):
         self.models = models
         self.conditioner = conditioner
         self.ss_sampler = ss_sampler
@@ -108,6 +108,8 @@ class CupidPipeline:
         self.slat_std = torch.tensor(slat_normalization["std"], dtype=torch.float32, device=device)
         self.device = device
         self.source = source
+        self.extras = dict(extras or {})  # the rest of pipeline.json (e.g. the scene mode's point-map model)
+        self._moge = None
         self.models["slat_flow_model"].attach_slat_encoder(self.models["slat_encoder"])
 
     @classmethod
@@ -139,7 +141,9 @@ class CupidPipeline:
         norm = args.get("slat_normalization")
         if not norm:
             raise CheckpointError(f"{model}: pipeline.json has no slat_normalization")
-        return cls(models, conditioner, ss, slat, norm, dev, source=str(model))
+        extras = {k: v for k, v in args.items() if k not in ("models", "sparse_structure_sampler", "slat_sampler",
+                                                             "slat_normalization", "image_cond_model")}
+        return cls(models, conditioner, ss, slat, norm, dev, source=str(base), extras=extras)
 
     # ------------------------------------------------------------------ stages
     def condition(self, processed: Processed) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,8 +193,9 @@ class CupidPipeline:
     # ------------------------------------------------------------------ one object
     @torch.no_grad()
     def reconstruct_object(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
-                           job: _Job | None = None, name: str = "object_0") -> tuple[ObjectSpec, CameraPose]:
-        """Stages 1 and 2 for one object; returns its export spec (object frame) and the camera."""
+                           job: _Job | None = None, name: str = "object_0", return_pairs: bool = False) -> Any:
+        """Stages 1 and 2 for one object; returns its export spec (object frame) and the camera, and
+        with `return_pairs` also its 3D-2D pairs (voxel centres, uv in the photo, grid resolution) for scene alignment."""
         job = job or _Job(None, None)
         job.report("condition", 0.0)
         cond, visual = self.condition(processed)
@@ -205,7 +210,11 @@ class CupidPipeline:
         colors = attrs[:, :3].float().cpu().numpy() if attrs is not None else None
         spec = ObjectSpec(name=name, vertices=mesh.vertices.float().cpu().numpy(),
                           faces=mesh.faces.cpu().numpy(), vertex_colors=colors, gaussians=gaussians)
-        return spec, pose
+        if not return_pairs:
+            return spec, pose
+        crop = processed.crop
+        uv_photo = (np.asarray(crop.offset) + structure.uv * crop.size) / np.asarray(processed.size, np.float64)
+        return spec, pose, (voxel_centers(structure.uv_indices, structure.res), uv_photo, structure.res)
 
     def reconstruct(self, image: Any, *, mask: Any = None, mode: str = "object", seed: int = 0,
                     steps: int | None = None, out_dir: str | os.PathLike, progress: Progress | None = None,
