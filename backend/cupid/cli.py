@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "reconstruct",
     "make_tiny_model",
     "download",
+    "serve",
 ]
 
 

@@ -60,7 +60,7 @@ def _open(source: ImageSource, what: str) -> Image.Image:
             arr = np.clip(arr.astype(np.float32) * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
         return Image.fromarray(arr.squeeze())
     if isinstance(source, (bytes, bytearray)):
-        data, name = bytes(source), what
+        data, name = bytes(source), "(upload)"
     else:
         path = Path(os.fspath(source))
         if not path.is_file():
@@ -80,8 +80,8 @@ def _open(source: ImageSource, what: str) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"{what} {name} is too large to decode safely ({exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"{what} {name} is not a readable image (corrupt, truncated or not an image file): "
-                         f"{exc}") from None
+        detail = "it is truncated" if "truncat" in str(exc).lower() else "corrupt, truncated or not an image file"
+        raise InputError(f"{what} {name} is not a readable image ({detail})") from None
     return img
 
 

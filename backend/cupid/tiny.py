@@ -200,6 +200,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     pipeline = {"name": "Cupid3DPipeline", "args": {
         "models": ROLES, "sparse_structure_sampler": sampler, "slat_sampler": sampler,
         "slat_normalization": {"mean": [0.0] * 8, "std": [1.0] * 8},
-        "image_cond_model": "ckpts/dinov2_tiny.pth", "moge_model": "ckpts/moge_tiny", "tiny": True}}
+        "image_cond_model": "ckpts/dinov2_tiny.pth", "moge_model": "ckpts/moge_tiny", "tiny": True,
+        "export": {"target_faces": 4000, "texture_size": 256, "chart_iterations": 0}}}
     (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1))
     return out

@@ -145,6 +145,10 @@ class CupidPipeline:
                                                              "slat_normalization", "image_cond_model")}
         return cls(models, conditioner, ss, slat, norm, dev, source=str(base), extras=extras)
 
+    def export_options(self) -> ExportOptions:
+        """Export defaults, overridable by the model's pipeline.json ("export": {...})."""
+        return ExportOptions(**self.extras.get("export", {}))
+
     # ------------------------------------------------------------------ stages
     def condition(self, processed: Processed) -> tuple[torch.Tensor, torch.Tensor]:
         """DINOv2 tokens of the 518² crop, and the 256² RGB×alpha crop for the conv head."""
@@ -232,7 +236,7 @@ class CupidPipeline:
         job = _Job(progress, should_cancel)
         spec, pose = self.reconstruct_object(processed, seed=seed, steps=steps, job=job)
         job.report("export", 0.0)
-        out = write_bundle(out_dir, processed.photo, pose, [spec], export or ExportOptions())
+        out = write_bundle(out_dir, processed.photo, pose, [spec], export or self.export_options())
         job.report("export", 1.0)
         return out
 

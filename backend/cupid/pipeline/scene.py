@@ -108,7 +108,7 @@ def reconstruct_scene(pipe: Any, image: Any, mask: Any, *, seed: int, steps: int
     if progress:
         progress("export", 0.95)
     camera = CameraPose(K_scene, np.eye(3), np.zeros(3), W, H)
-    out = write_bundle(out_dir, photo, camera, specs, export or ExportOptions())
+    out = write_bundle(out_dir, photo, camera, specs, export or pipe.export_options())
     if progress:
         progress("export", 1.0)
     return out
