@@ -1,0 +1,415 @@
+"""Result bundle: a directory with `scene.json` (schema `cupid.scene/1`) and the files it names.
+
+Why a directory of plain files: the Blender add-on, the CLI and the HTTP service all exchange the
+same bundle (zipped by the service), and each file is readable by ordinary tools (PNG, GLB, PLY,
+NPZ). The schema lives in `cupid/schemas/scene.schema.json`; `load_bundle` checks a bundle
+against it and that every file it names is present and consistent.
+
+Everything written is deterministic: identical inputs give byte-identical files (no timestamps;
+the NPZ archive is written with a fixed zip date).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..errors import CupidError, InputError
+from .glb import write_glb
+from .mesh import TexturedMesh, postprocess_mesh
+from .overlay import render_overlay
+from .ply import GaussiansLike, gaussians_to_arrays, write_gaussians_ply
+
+__all__ = ["SCHEMA_ID", "SCHEMA_PATH", "BundleError", "ObjectSpec", "ExportOptions", "Bundle",
+           "write_bundle", "load_bundle", "write_npz", "dumps_scene", "camera_arrays", "transform_matrix"]
+
+SCHEMA_ID = "cupid.scene/1"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "scene.schema.json"
+SCENE_FILE = "scene.json"
+IMAGE_FILE = "input.png"
+OVERLAY_FILE = "overlay.png"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_RESERVED = {"input", "overlay", "scene"}
+
+
+class BundleError(CupidError):
+    """A result bundle is missing, malformed, or names files that are not there."""
+
+    code = "bad_bundle"
+    http_status = 500
+
+
+@dataclass
+class ObjectSpec:
+    """One reconstructed object. Vertices are in the object frame (Z-up, about [-0.5, 0.5]³);
+    `transform` = (scale, R [3,3], t [3]) places it in the world: x_w = scale·R·x + t."""
+
+    name: str
+    vertices: Any
+    faces: Any
+    vertex_colors: Any = None
+    gaussians: GaussiansLike | None = None
+    transform: tuple[float, Any, Any] = (1.0, np.eye(3), np.zeros(3))
+
+
+@dataclass
+class ExportOptions:
+    """Knobs of the export. `target_faces=None` keeps the cleaned mesh at full resolution;
+    `texture=False` skips xatlas and baking (the NPZ then has colours but no uv)."""
+
+    target_faces: int | None = 20_000
+    texture: bool = True
+    texture_size: int = 1024
+    chart_iterations: int = 1
+    glb: bool = True
+    gaussians: bool = True
+    overlay: bool = True
+    overlay_alpha: float = 0.6
+
+
+# ---------------------------------------------------------------------------------------------
+# small writers
+# ---------------------------------------------------------------------------------------------
+
+def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """np.savez-compatible archive with a fixed zip timestamp, so the bytes are reproducible."""
+    path = Path(path)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            body = io.BytesIO()
+            np.lib.format.write_array(body, np.ascontiguousarray(arr), allow_pickle=False)
+            zf.writestr(info, body.getvalue())
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(path, format="PNG")
+
+
+def _photo_array(photo: Any) -> np.ndarray:
+    """PIL image or HxW(x3|x4) array -> HxWx3 uint8."""
+    try:
+        from PIL import Image
+        if isinstance(photo, Image.Image):
+            return np.asarray(photo.convert("RGB"), dtype=np.uint8)
+    except ImportError:  # pragma: no cover - pillow is a hard dependency
+        pass
+    arr = np.asarray(photo)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InputError(f"the photo must be an RGB image (H, W, 3), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
+            arr = np.round(np.nan_to_num(arr) * 255.0)
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def camera_arrays(camera: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """(K, R, t, width, height) from a CameraPose-like object, a mapping, or a 5-tuple."""
+    try:
+        if isinstance(camera, Mapping):
+            K, R, t, w, h = (camera[k] for k in ("K", "R", "t", "width", "height"))
+        elif all(hasattr(camera, k) for k in ("K", "R", "t", "width", "height")):
+            K, R, t, w, h = camera.K, camera.R, camera.t, camera.width, camera.height
+        else:
+            K, R, t, w, h = camera
+        K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+        R = np.asarray(R, dtype=np.float64).reshape(3, 3)
+        t = np.asarray(t, dtype=np.float64).reshape(3)
+        w, h = int(w), int(h)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"camera must give K (3x3), R (3x3), t (3), width and height: {exc}") from exc
+    if not (np.all(np.isfinite(K)) and np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+        raise InputError("camera contains NaN or infinite values")
+    _check_rotation(R, "camera R")
+    if w < 1 or h < 1:
+        raise InputError(f"camera image size must be positive, got {w}x{h}")
+    return K, R, t, w, h
+
+
+def _check_rotation(R: np.ndarray, what: str) -> None:
+    if np.abs(R @ R.T - np.eye(3)).max() > 1e-4 or np.linalg.det(R) < 0:
+        raise InputError(f"{what} is not a rotation matrix (orthonormal, det +1)")
+
+
+def transform_matrix(scale: float, R: Any, t: Any) -> np.ndarray:
+    """4x4 object -> world matrix [[scale·R, t], [0, 0, 0, 1]]."""
+    M = np.eye(4)
+    M[:3, :3] = float(scale) * np.asarray(R, dtype=np.float64).reshape(3, 3)
+    M[:3, 3] = np.asarray(t, dtype=np.float64).reshape(3)
+    return M
+
+
+def _transform(spec: ObjectSpec) -> tuple[float, np.ndarray, np.ndarray]:
+    try:
+        s, R, t = spec.transform
+        s = float(s)
+        R = np.asarray(R, dtype=np.float64).reshape(3, 3)
+        t = np.asarray(t, dtype=np.float64).reshape(3)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"object {spec.name!r}: transform must be (scale, R 3x3, t 3): {exc}") from exc
+    if not (math.isfinite(s) and s > 0):
+        raise InputError(f"object {spec.name!r}: transform scale must be positive, got {s}")
+    if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+        raise InputError(f"object {spec.name!r}: transform contains NaN or infinite values")
+    _check_rotation(R, f"object {spec.name!r}: transform R")
+    return s, R, t
+
+
+def dumps_scene(scene: Any, indent: int = 2) -> str:
+    """JSON text with objects indented and number lists (vectors, matrix rows) kept on one line,
+    so matrices read as matrices. Deterministic for a given input."""
+
+    def enc(x: Any, level: int) -> str:
+        pad, inner = " " * (indent * level), " " * (indent * (level + 1))
+        if isinstance(x, dict):
+            if not x:
+                return "{}"
+            items = [f"{inner}{json.dumps(str(k))}: {enc(v, level + 1)}" for k, v in x.items()]
+            return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+        if isinstance(x, (list, tuple)):
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x):
+                return "[" + ", ".join(json.dumps(v, allow_nan=False) for v in x) + "]"
+            if not x:
+                return "[]"
+            return "[\n" + ",\n".join(inner + enc(v, level + 1) for v in x) + "\n" + pad + "]"
+        return json.dumps(x, allow_nan=False)
+
+    return enc(scene, 0) + "\n"
+
+
+def _floats(a: np.ndarray) -> list:
+    """JSON-ready nested lists of Python floats (-0.0 normalised to 0.0 for stable text)."""
+    return (np.asarray(a, dtype=np.float64) + 0.0).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# writer
+# ---------------------------------------------------------------------------------------------
+
+def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence[ObjectSpec],
+                 options: ExportOptions | None = None,
+                 progress: Callable[[str, float], None] | None = None) -> Path:
+    """Post-process every object and write the bundle; returns `out_dir`.
+
+    `camera` is in pixels of `photo` (CameraPose, a mapping with K, R, t, width, height, or the
+    5-tuple); its size must match the photo's. `progress("export", fraction)` is called after
+    each object and at the end. scene.json is written last, so an interrupted export leaves a
+    directory that `load_bundle` refuses rather than a half-valid bundle.
+    """
+    opts = options or ExportOptions()
+    img = _photo_array(photo)
+    K, Rc, tc, w, h = camera_arrays(camera)
+    if (img.shape[1], img.shape[0]) != (w, h):
+        raise InputError(f"camera is for a {w}x{h} image but the photo is {img.shape[1]}x{img.shape[0]}")
+    names = [o.name for o in objects]
+    for n in names:
+        if not isinstance(n, str) or not _NAME_RE.match(n) or len(n) > 100 or n.lower() in _RESERVED:
+            raise InputError(f"object name {n!r} must be letters, digits, '_', '.', '-' (not starting with "
+                             f"'.' or '-', at most 100 characters, not one of {sorted(_RESERVED)})")
+    if len(set(names)) != len(names):
+        raise InputError(f"object names must be unique, got {names}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    _write_png(out / IMAGE_FILE, img)
+    entries: list[dict] = []
+    overlay_meshes = []
+    for k, spec in enumerate(objects):
+        if progress is not None:
+            progress("export", k / (len(objects) + 1))
+        s, R, t = _transform(spec)
+        tm: TexturedMesh = postprocess_mesh(
+            spec.vertices, spec.faces, spec.vertex_colors, target_faces=opts.target_faces,
+            texture_size=opts.texture_size, unwrap=opts.texture, chart_iterations=opts.chart_iterations)
+        arrays = {"vertices": tm.vertices.astype(np.float32), "faces": tm.faces.astype(np.int32),
+                  "colors": tm.colors.astype(np.float32)}
+        if tm.uv is not None:
+            arrays["uv"] = tm.uv.astype(np.float32)
+        entry: dict[str, Any] = {"name": spec.name, "mesh": f"{spec.name}.npz"}
+        write_npz(out / entry["mesh"], arrays)
+        if tm.texture is not None:
+            entry["texture"] = f"{spec.name}.png"
+            _write_png(out / entry["texture"], tm.texture)
+        if opts.glb:
+            entry["glb"] = f"{spec.name}.glb"
+            write_glb(out / entry["glb"], tm.vertices, tm.faces, tm.uv, tm.texture, tm.colors,
+                      name=spec.name)
+        n_gauss = None
+        if opts.gaussians and spec.gaussians is not None:
+            g = gaussians_to_arrays(spec.gaussians)
+            n_gauss = len(g)
+            entry["gaussians"] = f"{spec.name}.ply"
+            write_gaussians_ply(out / entry["gaussians"], g)
+        entry["transform"] = {"scale": s, "R": _floats(R), "t": _floats(t)}
+        entry["matrix_world"] = _floats(transform_matrix(s, R, t))
+        counts = {"vertices": int(tm.vertices.shape[0]), "faces": int(tm.faces.shape[0])}
+        if n_gauss is not None:
+            counts["gaussians"] = n_gauss
+        entry["counts"] = counts
+        entry["bounds"] = {"min": _floats(tm.vertices.min(axis=0)), "max": _floats(tm.vertices.max(axis=0))}
+        entries.append(entry)
+        world = tm.vertices.astype(np.float64) @ (s * R).T + t
+        overlay_meshes.append((world, tm.faces, tm.colors))
+
+    if opts.overlay:
+        ov = render_overlay(img, overlay_meshes, K, Rc, tc, alpha=opts.overlay_alpha)
+    else:
+        ov = img
+    _write_png(out / OVERLAY_FILE, ov)
+
+    scene = {
+        "schema": SCHEMA_ID,
+        "generator": {"name": "cupid", "version": __version__},
+        "image": {"file": IMAGE_FILE, "width": w, "height": h},
+        "camera": {"convention": "opencv", "K": _floats(K), "R": _floats(Rc), "t": _floats(tc)},
+        "objects": entries,
+        "overlay": OVERLAY_FILE,
+    }
+    text = dumps_scene(scene)
+    (out / SCENE_FILE).write_text(text, encoding="utf-8")
+    if progress is not None:
+        progress("export", 1.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# reader
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Bundle:
+    """A validated bundle: `scene` is the parsed scene.json, `root` its directory."""
+
+    root: Path
+    scene: dict = field(repr=False)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def objects(self) -> list[dict]:
+        return self.scene["objects"]
+
+    def camera(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        c, im = self.scene["camera"], self.scene["image"]
+        return (np.array(c["K"], float), np.array(c["R"], float), np.array(c["t"], float),
+                int(im["width"]), int(im["height"]))
+
+    def object(self, key: int | str) -> dict:
+        if isinstance(key, int):
+            return self.objects[key]
+        for o in self.objects:
+            if o["name"] == key:
+                return o
+        raise BundleError(f"bundle {self.root} has no object named {key!r}")
+
+    def load_mesh(self, key: int | str) -> dict[str, np.ndarray]:
+        """The object's NPZ arrays (vertices, faces, and uv/colors when present), checked."""
+        return _read_mesh(self.path(self.object(key)["mesh"]))
+
+
+def _load_schema() -> dict:
+    try:
+        return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read the bundle schema {SCHEMA_PATH}: {exc}") from exc
+
+
+def _read_mesh(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"mesh file {path.name} is unreadable: {exc}") from exc
+    for key in ("vertices", "faces"):
+        if key not in arrays:
+            raise BundleError(f"mesh file {path.name} has no `{key}` array")
+    v, f = arrays["vertices"], arrays["faces"]
+    if v.dtype != np.float32 or v.ndim != 2 or v.shape[1] != 3:
+        raise BundleError(f"{path.name}: vertices must be float32 [V, 3], got {v.dtype} {v.shape}")
+    if f.dtype != np.int32 or f.ndim != 2 or f.shape[1] != 3:
+        raise BundleError(f"{path.name}: faces must be int32 [F, 3], got {f.dtype} {f.shape}")
+    if f.size and (f.min() < 0 or f.max() >= v.shape[0]):
+        raise BundleError(f"{path.name}: faces reference vertices that do not exist")
+    for key, width in (("uv", 2), ("colors", 3)):
+        a = arrays.get(key)
+        if a is not None and (a.dtype != np.float32 or a.shape != (v.shape[0], width)):
+            raise BundleError(f"{path.name}: {key} must be float32 [{v.shape[0]}, {width}], got {a.dtype} {a.shape}")
+    return arrays
+
+
+def load_bundle(directory: str | Path, *, check_meshes: bool = True) -> Bundle:
+    """Read and validate a bundle directory (or the path of its scene.json).
+
+    Raises BundleError (a CupidError) naming the first problem: unreadable JSON, a schema
+    violation (with its JSON path), a missing file, duplicate object names, a matrix_world that
+    disagrees with its transform, or (with `check_meshes`) a malformed mesh NPZ.
+    """
+    root = Path(directory)
+    if root.is_file() and root.name == SCENE_FILE:
+        root = root.parent
+    scene_path = root / SCENE_FILE
+    if not scene_path.is_file():
+        raise BundleError(f"{root} is not a result bundle: {SCENE_FILE} not found")
+    try:
+        scene = json.loads(scene_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(f"{scene_path} is not valid JSON: {exc}") from exc
+    try:
+        import jsonschema
+    except ImportError as exc:  # pragma: no cover - jsonschema ships with the backend
+        raise BundleError("validating a bundle needs the `jsonschema` package") from exc
+    validator = jsonschema.Draft202012Validator(_load_schema())
+    errors = sorted(validator.iter_errors(scene), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise BundleError(f"{scene_path} does not follow {SCHEMA_ID} at {where}: {err.message}")
+
+    files = [("image", scene["image"]["file"]), ("overlay", scene["overlay"])]
+    names = []
+    for obj in scene["objects"]:
+        names.append(obj["name"])
+        for key in ("mesh", "texture", "glb", "gaussians"):
+            if key in obj:
+                files.append((f"object {obj['name']!r} {key}", obj[key]))
+        tr = obj["transform"]
+        expect = transform_matrix(tr["scale"], tr["R"], tr["t"])
+        if np.abs(np.asarray(obj["matrix_world"], float) - expect).max() > 1e-5 * max(1.0, np.abs(expect).max()):
+            raise BundleError(f"object {obj['name']!r}: matrix_world does not match its transform")
+    if len(set(names)) != len(names):
+        raise BundleError(f"object names in {scene_path} are not unique: {names}")
+    for what, name in files:
+        if not (root / name).is_file():
+            raise BundleError(f"bundle {root} is incomplete: the {what} file {name!r} is missing")
+    try:
+        from PIL import Image
+        with Image.open(root / scene["image"]["file"]) as im:
+            size = im.size
+    except OSError as exc:
+        raise BundleError(f"the bundle photo {scene['image']['file']!r} is unreadable: {exc}") from exc
+    if size != (scene["image"]["width"], scene["image"]["height"]):
+        raise BundleError(f"the bundle photo is {size[0]}x{size[1]} but scene.json says "
+                          f"{scene['image']['width']}x{scene['image']['height']}")
+    bundle = Bundle(root, scene)
+    if check_meshes:
+        for obj in scene["objects"]:
+            _read_mesh(root / obj["mesh"])
+    return bundle
