@@ -1,0 +1,197 @@
+"""Start, watch and stop the local `cupid serve` process, or hand out a client for a remote one.
+
+No bpy here: the operator reads the preferences on the main thread into a :class:`BackendConfig`
+and the worker thread calls :meth:`BackendManager.client`, which may start the process and wait
+for its token file (``{"url", "token"}``, written once the service listens). A process that
+died is started again on the next request; it is stopped on unregister and at interpreter exit.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+
+class BackendStartError(Exception):
+    """The local backend could not be started; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    kind: str = "LOCAL"          # LOCAL or REMOTE
+    python: str = "python3"
+    model: str = ""
+    device: str = "auto"
+    weights_dir: str = ""
+    url: str = ""
+    token: str = ""
+
+
+def _client_module() -> Any:
+    try:
+        from . import client
+    except ImportError as exc:
+        raise BackendStartError(f"the CUPID client module is missing from this extension ({exc})") from exc
+    return client
+
+
+def resolve_python(python: str) -> str:
+    """Absolute path of the configured interpreter, or a clear error naming where it was looked for."""
+    python = os.path.expanduser(python.strip()) if python else ""
+    found = shutil.which(python) if python and os.sep not in python else (python if python and os.path.isfile(python) else None)
+    if not found or not os.access(found, os.X_OK):
+        raise BackendStartError(f"CUPID backend environment not found at {python or '(empty path)'}: "
+                                f"run install/setup.sh, or set the backend Python in the add-on preferences")
+    return found
+
+
+class BackendManager:
+    """One local backend process per Blender session (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: Optional[subprocess.Popen] = None
+        self._config: Optional[BackendConfig] = None
+        self._tmpdir: Optional[str] = None
+        self._client: Any = None
+        self._log_path: Optional[str] = None
+        self.restarts = 0
+        self._stopped = False  # stopped on purpose (not a crash)
+
+    # -- state -------------------------------------------------------------------------------
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def status_text(self) -> str:
+        if self.running():
+            url = getattr(self._client, "url", "") if self._client is not None else ""
+            return f"running (pid {self._proc.pid}) {url}".strip()
+        if self._proc is not None:
+            return f"stopped (exit code {self._proc.returncode})"
+        return "not started"
+
+    def log_tail(self, lines: int = 15) -> str:
+        if not self._log_path or not os.path.isfile(self._log_path):
+            return ""
+        with open(self._log_path, encoding="utf-8", errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:]).strip()
+
+    # -- control -----------------------------------------------------------------------------
+    def client(self, config: BackendConfig, timeout: float = 600.0,
+               should_cancel: Optional[Callable[[], bool]] = None) -> Any:
+        """A client for the configured backend, starting (or restarting) the local process."""
+        mod = _client_module()
+        if config.kind == "REMOTE":
+            if not config.url:
+                raise BackendStartError("no backend URL set in the CUPID add-on preferences")
+            return mod.CupidClient(config.url, config.token)
+        with self._lock:
+            if self.running() and self._config == config and self._client is not None:
+                return self._client
+            if self._proc is not None:
+                if self._proc.poll() is not None and not self._stopped:
+                    self.restarts += 1  # it crashed: start it again
+                self._stop_locked()
+            return self._start_locked(config, timeout, should_cancel)
+
+    def start(self, config: BackendConfig, timeout: float = 600.0) -> Any:
+        return self.client(config, timeout)
+
+    def _start_locked(self, config: BackendConfig, timeout: float,
+                      should_cancel: Optional[Callable[[], bool]]) -> Any:
+        mod = _client_module()
+        python = resolve_python(config.python)
+        self._stopped = False
+        self._tmpdir = tempfile.mkdtemp(prefix="cupid-backend-")
+        token_file = os.path.join(self._tmpdir, "token.json")
+        self._log_path = os.path.join(self._tmpdir, "backend.log")
+        cmd = [python, "-m", "cupid", "serve", "--port", "0", "--token-file", token_file,
+               "--device", config.device or "auto"]
+        if config.model:
+            cmd += ["--model", config.model]
+        env = dict(os.environ)
+        env.pop("PYTHONHOME", None)   # Blender's own python settings must not leak into the venv
+        env.pop("PYTHONPATH", None)
+        if config.weights_dir:
+            env["CUPID_WEIGHTS_DIR"] = config.weights_dir
+        log = open(self._log_path, "wb")
+        try:
+            kwargs: dict = {}
+            if sys.platform == "win32":
+                kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          env=env, **kwargs)
+        except OSError as exc:
+            raise BackendStartError(f"cannot start the CUPID backend with {python}: {exc}") from exc
+        finally:
+            log.close()
+        self._config = config
+        deadline = time.monotonic() + timeout
+        info = None
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = self.log_tail()
+                raise BackendStartError(f"the CUPID backend exited (code {self._proc.returncode}) while starting"
+                                        + (f":\n{tail}" if tail else ""))
+            if should_cancel is not None and should_cancel():
+                self._stop_locked()
+                raise BackendStartError("cancelled while the backend was starting")
+            if os.path.isfile(token_file):
+                try:
+                    with open(token_file, encoding="utf-8") as fh:
+                        info = json.load(fh)
+                    if info.get("url") and info.get("token"):
+                        break
+                except (OSError, ValueError):
+                    pass  # being written
+            time.sleep(0.1)
+        else:
+            self._stop_locked()
+            raise BackendStartError(f"the CUPID backend did not come up within {timeout:.0f} s")
+        client = mod.CupidClient(info["url"], info["token"])
+        while True:
+            try:
+                client.health()
+                break
+            except mod.BackendUnavailable:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self._stop_locked()
+                    raise BackendStartError("the CUPID backend started but does not answer /v1/health")
+                time.sleep(0.2)
+        self._client = client
+        return client
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_locked()
+
+    def _stop_locked(self) -> None:
+        proc, self._proc, self._client = self._proc, None, None
+        self._stopped = True
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if proc is not None:
+            self._proc = proc  # keep the exit code for the status line
+            if proc.poll() is None:
+                self._proc = None
+        if self._tmpdir:
+            token = os.path.join(self._tmpdir, "token.json")
+            if os.path.exists(token):
+                os.remove(token)
+
+
+MANAGER = BackendManager()
+atexit.register(MANAGER.stop)

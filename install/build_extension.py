@@ -1,0 +1,107 @@
+"""Build the installable CUPID extension zip with Blender's own extension tool.
+
+Stages blender_manifest.toml + cupid_blender/* into a temporary source directory (optionally with
+a defaults.json naming this checkout's backend python and weights directory), runs
+``blender_ext.py build`` and then ``blender_ext.py validate`` on the result.
+
+    python install/build_extension.py [--output-dir dist] [--no-defaults] [--blender-ext PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "cupid_blender"
+MANIFEST = REPO / "blender_manifest.toml"
+
+
+class BuildError(Exception):
+    pass
+
+
+def find_blender_ext() -> Path:
+    """blender_ext.py from an installed bpy module (or $CUPID_BLENDER_EXT)."""
+    env = os.environ.get("CUPID_BLENDER_EXT")
+    if env:
+        return Path(env)
+    import importlib.util
+
+    spec = importlib.util.find_spec("bpy")  # located, not imported (importing bpy is slow)
+    candidates: list[str] = []
+    for base in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidates += sorted(glob.glob(os.path.join(base, "*", "scripts", "addons_core", "bl_pkg", "cli",
+                                                    "blender_ext.py")))
+    if not candidates:
+        raise BuildError("blender_ext.py not found: install the `bpy` module or set CUPID_BLENDER_EXT")
+    return Path(candidates[-1])
+
+
+def checkout_defaults() -> dict:
+    """Backend python and weights dir of this checkout, when they exist."""
+    out = {}
+    for cand in (REPO / ".venv" / "bin" / "python", REPO / ".venv" / "Scripts" / "python.exe"):
+        if cand.exists():
+            out["python"] = str(cand.absolute())
+            break
+    out["weights_dir"] = str((REPO / "weights").absolute())
+    return out
+
+
+def stage(dest: Path, defaults: dict | None) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(MANIFEST, dest / "blender_manifest.toml")
+    for path in sorted(PACKAGE.iterdir()):
+        if path.suffix == ".py" and path.is_file():
+            shutil.copy2(path, dest / path.name)
+    if defaults:
+        (dest / "defaults.json").write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
+
+
+def run_tool(tool: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"blender_ext.py {args[0]} failed:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def build(output_dir: Path, with_defaults: bool = True, tool: Path | None = None) -> Path:
+    tool = tool or find_blender_ext()
+    manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    out = output_dir / f"{manifest['id']}-{manifest['version']}.zip"
+    if out.exists():
+        out.unlink()
+    with tempfile.TemporaryDirectory(prefix="cupid-ext-") as tmp:
+        src = Path(tmp) / "cupid"
+        stage(src, checkout_defaults() if with_defaults else None)
+        run_tool(tool, "build", "--source-dir", str(src), "--output-filepath", str(out))
+    run_tool(tool, "validate", str(out))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--output-dir", type=Path, default=REPO / "dist")
+    ap.add_argument("--no-defaults", action="store_true", help="do not record this checkout's paths")
+    ap.add_argument("--blender-ext", type=Path, default=None, help="path of blender_ext.py")
+    args = ap.parse_args(argv)
+    try:
+        out = build(args.output_dir, not args.no_defaults, args.blender_ext)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
