@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cupid.server import ServerSettings
 from cupid.tiny import make_tiny_model
 from cupid_blender.client import BackendError, BackendUnavailable, CupidClient
 
@@ -109,6 +111,82 @@ def test_auth_host_and_origin(server):
                               "/v1/health"} <= set(body["paths"])
 
 
+def test_framework_errors_use_the_error_envelope(server):
+    good = {"Host": f"127.0.0.1:{server.port}", "Authorization": f"Bearer {server.client.token}"}
+    status, body = raw(server, "GET", "/v1/nowhere", good)
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body = raw(server, "PUT", "/v1/health", good, b"")
+    assert status == 405 and body["error"]["code"] == "method_not_allowed"
+    status, body = raw(server, "GET", "/v1/jobs/0123456789abcdef", good)
+    assert status == 404 and body["error"]["code"] == "not_found"
+    # no image field at all, then a seed that is not a number: clear 422s, not FastAPI's "detail" lists
+    boundary = "b0undary"
+    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="seed"\r\n\r\nabc\r\n--{boundary}--\r\n').encode()
+    status, body = raw(server, "POST", "/v1/jobs",
+                       {**good, "Content-Type": f"multipart/form-data; boundary={boundary}"}, form)
+    assert status == 422 and body["error"]["code"] == "bad_input"
+    assert "'image' is required" in body["error"]["message"]
+    with pytest.raises(BackendError) as err:
+        server.client.submit(PHOTO, "monkey.png", mode="panorama")
+    assert err.value.status == 422 and "mode" in err.value.message
+    assert raw(server, "GET", "/docs", good)[0] == 404  # no CDN-backed docs page; /openapi.json only
+
+
+def test_chunked_upload_over_the_limit_is_413(server):
+    """A body with no Content-Length is counted as it streams in."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    boundary = "chunky"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n").encode()
+    blob = os.urandom(256 * 1024)
+    chunks = [head] + [blob] * 12 + [f"\r\n--{boundary}--\r\n".encode()]  # 3 MB > the 2 MB cap
+    conn.request("POST", "/v1/jobs", body=iter(chunks), encode_chunked=True,
+                 headers={"Authorization": f"Bearer {server.client.token}", "Transfer-Encoding": "chunked",
+                          "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 413 and body["error"]["code"] == "upload_too_large", body
+    assert "larger than 2 MB" in body["error"]["message"]
+    assert server.client.health()["version"]
+
+
+def test_a_failing_job_leaves_the_worker_serving(server):
+    # scene mode without masks needs segment-anything, which the test install lacks: the job fails
+    # with the pipeline's own code and message, and the next job runs normally
+    bad = server.client.submit(PHOTO, "monkey.png", mode="scene", steps=1)
+    st = server.client.wait(bad, poll=0.1, timeout=120)
+    assert st["state"] == "failed" and st["error"]["code"] and st["error"]["message"], st
+    assert st["error"]["code"] != "internal_error"
+    good = server.client.submit(PHOTO, "monkey.png", seed=5, steps=1)
+    assert server.client.wait(good, poll=0.1, timeout=120)["state"] == "done"
+
+
+@pytest.mark.parametrize("bound, host, ok", [
+    ("127.0.0.1", "127.0.0.1:8000", True), ("127.0.0.1", "localhost:8000", True),
+    ("127.0.0.1", "[::1]:8000", True), ("127.0.0.1", "127.0.0.1:8001", False),
+    ("127.0.0.1", "127.0.0.1", False), ("127.0.0.1", "evil.example:8000", False),
+    ("127.0.0.1", "192.168.1.5:8000", False), ("::1", "[::1]:8000", True), ("::1", "::1:8000", False),
+    ("0.0.0.0", "192.168.1.5:8000", True), ("0.0.0.0", "localhost:8000", True),
+    ("0.0.0.0", "[fe80::1]:8000", True), ("0.0.0.0", "rebind.evil.example:8000", False),
+    ("0.0.0.0", "192.168.1.5:9", False), ("192.168.1.5", "192.168.1.5:8000", True),
+    ("192.168.1.5", "10.0.0.1:8000", False), ("192.168.1.5", "localhost:8000", False),
+    ("127.0.0.1", "127.0.0.1:8000:1", False), ("127.0.0.1", ":8000", False), ("127.0.0.1", "", False),
+])
+def test_host_rules_per_bind_address(bound, host, ok):
+    assert ServerSettings(host=bound, port=8000, token="t").host_allowed(host) is ok
+
+
+def test_origin_must_be_the_requested_server():
+    s = ServerSettings(host="127.0.0.1", port=8000, token="t")
+    assert s.origin_allowed("http://127.0.0.1:8000", "127.0.0.1:8000")
+    assert s.origin_allowed("http://localhost:8000", "localhost:8000")
+    assert not s.origin_allowed("http://localhost:8000", "127.0.0.1:8000")  # another origin, same machine
+    assert not s.origin_allowed("null", "127.0.0.1:8000")
+    assert not s.origin_allowed("https://127.0.0.1:8000", "127.0.0.1:8000")
+    assert not s.origin_allowed("http://evil.example:8000", "evil.example:8000")
+
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -197,6 +275,9 @@ def test_kill_mid_job_then_restart(model, tmp_path):
     job = s.client.submit(PHOTO, "monkey.png", seed=3, steps=500)
     while s.client.status(job)["state"] != "running":
         time.sleep(0.05)
+    own = [d for d in Path(tempfile.gettempdir()).glob("cupid-serve-*")
+           if (d / "owner.pid").is_file() and (d / "owner.pid").read_text() == str(s.proc.pid)]
+    assert len(own) == 1
     s.stop(signal.SIGKILL)
     with pytest.raises(BackendUnavailable, match="not running"):
         s.client.wait(job, poll=0.05, timeout=30)
@@ -204,6 +285,7 @@ def test_kill_mid_job_then_restart(model, tmp_path):
     try:
         j = s2.client.submit(PHOTO, "monkey.png", seed=4, steps=1)
         assert s2.client.wait(j, poll=0.2, timeout=120)["state"] == "done"
+        assert not own[0].exists()  # the killed server's results were swept by the new one
     finally:
         s2.stop()
     assert not s2.token_file.exists()  # a clean stop removes its token file
