@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def test_token_file_is_private_and_complete(server):
     data = json.loads(server.token_file.read_text())
     assert data["url"] == f"http://127.0.0.1:{server.port}" and len(data["token"]) >= 32
     h = server.client.health()
-    assert h["version"] and h["device"] == "cpu" and h["queue_length"] == 0
+    assert h["version"] and h["device"] == "cpu" and h["queue_length"] == 0 and h["model_error"] is None
 
 
 def test_auth_host_and_origin(server):
@@ -289,3 +290,107 @@ def test_kill_mid_job_then_restart(model, tmp_path):
     finally:
         s2.stop()
     assert not s2.token_file.exists()  # a clean stop removes its token file
+
+
+# ------------------------------------------------------------------ the job queue with a timed pipeline
+# A stand-in pipeline whose steps take a known time, for what needs controlled timing (cancelling
+# between steps, queue order against the clock). It honours the pipeline interface for real: it
+# reports progress per step, checks should_cancel before each step and writes a real bundle.
+
+class SteppedPipeline:
+    def __init__(self, step_s: float = 0.02, steps: int = 10):
+        self.step_s, self.default_steps = step_s, steps
+        self.log: list[tuple[int, int]] = []  # (seed, step) as they ran
+
+    def reconstruct(self, image, *, mask=None, mode="object", seed=0, steps=None, out_dir, progress=None,
+                    should_cancel=None):
+        from cupid.errors import Cancelled
+        n = steps or self.default_steps
+        for k in range(n):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("cancelled")
+            time.sleep(self.step_s)
+            self.log.append((seed, k))
+            if progress is not None:
+                progress("sampling", (k + 1) / n)
+        out = Path(out_dir)
+        out.mkdir(parents=True)
+        (out / "scene.json").write_text(json.dumps({"schema": "cupid.scene/1", "seed": seed}))
+        (out / "input.png").write_bytes(image)
+        return out
+
+
+def _settle(jobs, ids, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while any(jobs.get(i).state in ("queued", "running") for i in ids):
+        assert time.monotonic() < deadline, [jobs.get(i).public() for i in ids]
+        time.sleep(0.01)
+
+
+def test_cancel_stops_within_one_step_and_a_queued_job_never_runs():
+    from cupid.server import JobQueue
+    pipe = SteppedPipeline(step_s=0.05, steps=200)
+    jobs = JobQueue(lambda: pipe)
+    try:
+        running = jobs.submit(PHOTO, "a.png", None, "object", 1, 0)
+        queued = jobs.submit(PHOTO, "b.png", None, "object", 2, 0)
+        after = jobs.submit(PHOTO, "c.png", None, "object", 3, 5)
+        deadline = time.monotonic() + 30
+        while sum(1 for s, _ in pipe.log if s == 1) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert jobs.cancel(queued.id).state == "cancelled"  # at once, before it ever starts
+        steps_at_cancel = sum(1 for s, _ in pipe.log if s == 1)
+        jobs.cancel(running.id)
+        _settle(jobs, [running.id, queued.id, after.id])
+        assert running.state == "cancelled" and queued.state == "cancelled" and after.state == "done"
+        # the step under way when the flag was raised may finish; no further step starts
+        assert sum(1 for s, _ in pipe.log if s == 1) <= steps_at_cancel + 1
+        assert not any(s == 2 for s, _ in pipe.log)
+        assert [k for s, k in pipe.log if s == 3] == list(range(5))
+        with zipfile.ZipFile(after.result_zip) as z:
+            assert json.loads(z.read("scene.json"))["seed"] == 3 and z.read("input.png") == PHOTO
+    finally:
+        jobs.close()
+
+
+def test_results_expire_after_fetch_grace_or_ttl():
+    from cupid.server import JobQueue
+    jobs = JobQueue(lambda: SteppedPipeline(step_s=0.0, steps=1), result_ttl=100.0, fetched_grace=10.0)
+    try:
+        a = jobs.submit(PHOTO, "a.png", None, "object", 1, 0)
+        b = jobs.submit(PHOTO, "b.png", None, "object", 2, 0)
+        _settle(jobs, [a.id, b.id])
+        assert a.result_zip.is_file() and b.result_zip.is_file()
+        jobs.mark_fetched(a)
+        now = time.monotonic()
+        assert jobs.clean(now + 5) == 0                       # fetched, still in its grace period
+        assert jobs.clean(now + 11) == 1 and jobs.get(a.id) is None and not a.result_zip.exists()
+        assert jobs.get(b.id) is b                            # never fetched: kept until the TTL
+        assert jobs.clean(now + 101) == 1 and not b.result_zip.exists()
+    finally:
+        jobs.close()
+
+
+def test_a_model_that_fails_to_load_fails_the_job_and_is_retried():
+    from cupid.errors import CheckpointError
+    from cupid.server import JobQueue
+    attempts = []
+
+    def factory():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise CheckpointError("ckpts/ss_flow.safetensors is missing")
+        return SteppedPipeline(step_s=0.0, steps=1)
+
+    jobs = JobQueue(factory)
+    try:
+        first = jobs.submit(PHOTO, "a.png", None, "object", 1, 0)
+        _settle(jobs, [first.id])
+        assert first.state == "failed" and first.error["code"] == "bad_checkpoint"
+        assert "ss_flow" in jobs.model_error and not jobs.model_loaded
+        second = jobs.submit(PHOTO, "b.png", None, "object", 2, 0)
+        _settle(jobs, [second.id])
+        assert second.state == "done" and jobs.model_loaded and jobs.model_error is None
+    finally:
+        jobs.close()

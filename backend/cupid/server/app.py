@@ -245,9 +245,10 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> Any:
 
     @api.get("/v1/health")
     def health() -> dict:
-        """Version, device, whether the model is loaded, and how many jobs wait or run."""
+        """Version, device, whether the model is loaded (or why loading it failed), and how many
+        jobs wait or run."""
         return {"version": __version__, "device": settings.device, "model_loaded": jobs.model_loaded,
-                "queue_length": jobs.queue_length()}
+                "model_error": jobs.model_error, "queue_length": jobs.queue_length()}
 
     @api.post("/v1/jobs")
     async def submit(image: UploadFile = File(...), mask: UploadFile | None = File(None),

@@ -167,15 +167,23 @@ class JobQueue:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     # ---------------------------------------------------------------- worker side
+    @property
+    def model_error(self) -> str | None:
+        """Why the last attempt to load the model failed (None once loaded or before trying)."""
+        return None if self._load_error is None else self._load_error.message
+
     def _pipeline_or_raise(self) -> Any:
         if self._pipeline is None:
             try:
                 self._pipeline = self._factory()
-            except CupidError:
+            except CupidError as exc:
+                self._load_error = exc
                 raise
             except Exception as exc:  # a broken install must not kill the worker
-                raise CupidError(f"the model could not be loaded: {type(exc).__name__}: {exc}",
-                                 code="model_load_failed") from exc
+                self._load_error = CupidError(f"the model could not be loaded: {type(exc).__name__}: {exc}",
+                                              code="model_load_failed")
+                raise self._load_error from exc
+            self._load_error = None
         return self._pipeline
 
     def _finish(self, job: Job, state: str, message: str, error: dict | None = None) -> None:
