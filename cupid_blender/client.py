@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import socket
+import stat
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 
@@ -37,6 +40,9 @@ class CupidClient:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        # the service is local: never route it through an HTTP(S)_PROXY from the environment
+        # (a proxy would see the token, and would reach its own loopback, not ours)
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     @classmethod
     def from_token_file(cls, path: str | Path, timeout: float = 30.0) -> "CupidClient":
@@ -49,26 +55,33 @@ class CupidClient:
             raise BackendUnavailable(f"the CUPID token file {path} is unreadable; restart the backend") from None
 
     # ---------------------------------------------------------------- transport
-    def _request(self, method: str, path: str, body: bytes | None = None,
-                 content_type: str | None = None) -> tuple[bytes, str]:
+    def _open(self, method: str, path: str, body: bytes | None = None,
+              content_type: str | None = None) -> Any:
+        """The open response of a successful request; errors mapped to the two client exceptions."""
         req = urllib.request.Request(self.url + path, data=body, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")
         if content_type:
             req.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.read(), resp.headers.get("Content-Type", "")
+            return self._opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                err = json.loads(raw)["error"]
-                raise BackendError(err.get("code", "error"), err.get("message", ""), exc.code) from None
-            except (ValueError, KeyError, TypeError):
-                raise BackendError("http_error", f"the backend answered HTTP {exc.code}", exc.code) from None
+            raise _backend_error(exc) from None
         except (urllib.error.URLError, ConnectionError, http.client.HTTPException, socket.timeout,
                 TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise BackendUnavailable(f"CUPID backend is not running at {self.url} ({reason})") from None
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        reason = getattr(exc, "reason", exc)
+        return BackendUnavailable(f"CUPID backend is not running at {self.url} ({reason})")
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 content_type: str | None = None) -> tuple[bytes, str]:
+        resp = self._open(method, path, body, content_type)
+        try:
+            with resp:
+                return resp.read(), resp.headers.get("Content-Type", "")
+        except (ConnectionError, http.client.HTTPException, socket.timeout, TimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from None
 
     def _json(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> dict:
         data, _ = self._request(method, path, body, content_type)
@@ -125,16 +138,41 @@ class CupidClient:
 
     def result(self, job_id: str, dest_dir: str | Path) -> Path:
         """Download the bundle zip and unpack it into `dest_dir` (refusing paths that leave it)."""
-        import io
+        resp = self._open("GET", f"/v1/jobs/{job_id}/result")
+        with tempfile.TemporaryFile() as spool:
+            try:
+                with resp:
+                    shutil.copyfileobj(resp, spool, 1 << 20)
+            except (ConnectionError, http.client.HTTPException, socket.timeout, TimeoutError, OSError) as exc:
+                raise self._unavailable(exc) from None
+            spool.seek(0)
+            try:
+                with zipfile.ZipFile(spool) as z:
+                    return safe_extract(z, dest_dir)
+            except zipfile.BadZipFile as exc:
+                raise BackendError("bad_bundle", f"the result of job {job_id} is not a valid zip ({exc})") from None
 
-        data, _ = self._request("GET", f"/v1/jobs/{job_id}/result")
-        dest = Path(dest_dir).resolve()
-        dest.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            for info in z.infolist():
-                target = (dest / info.filename).resolve()
-                if info.filename.startswith(("/", "\\")) or ".." in Path(info.filename).parts \
-                        or dest not in target.parents:
-                    raise BackendError("bad_bundle", f"the result holds an unsafe path: {info.filename!r}")
-            z.extractall(dest)
-        return dest
+
+def _backend_error(exc: urllib.error.HTTPError) -> BackendError:
+    raw = exc.read()
+    try:
+        err = json.loads(raw)["error"]
+        return BackendError(str(err.get("code", "error")), str(err.get("message", "")), exc.code)
+    except (ValueError, KeyError, TypeError):
+        return BackendError("http_error", f"the backend answered HTTP {exc.code}", exc.code)
+
+
+def safe_extract(z: zipfile.ZipFile, dest_dir: str | Path) -> Path:
+    """Unpack `z` into `dest_dir`, refusing any member that would land outside it (absolute paths,
+    '..', drive letters, backslashes) or that is a symbolic link. Nothing is written if one is bad."""
+    dest = Path(dest_dir).resolve()
+    for info in z.infolist():
+        name = info.filename
+        parts = PurePosixPath(name).parts
+        is_link = stat.S_ISLNK(info.external_attr >> 16)
+        if (not name or name.startswith("/") or "\\" in name or ":" in name or ".." in parts or is_link
+                or not (dest / name).resolve().is_relative_to(dest)):
+            raise BackendError("bad_bundle", f"the result holds an unsafe path: {name!r}")
+    dest.mkdir(parents=True, exist_ok=True)
+    z.extractall(dest)
+    return dest

@@ -8,21 +8,25 @@ capped while they stream in, and an image's dimensions are checked before it is 
 from __future__ import annotations
 
 import hmac
-import io
+import ipaddress
 import json
-import zipfile
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, File, Form, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import CupidError
 from ..preprocess import load_mask, load_photo
 from .jobs import JobQueue, PipelineFactory
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+WILDCARD = {"0.0.0.0", "::", ""}
 
 
 @dataclass
@@ -40,9 +44,51 @@ class ServerSettings:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def allowed_hosts(self) -> set[str]:
-        hosts = {self.host} | (LOOPBACK if self.host in LOOPBACK else set())
-        return {f"{h}:{self.port}" for h in hosts} | ({f"[{self.host}]:{self.port}"} if ":" in self.host else set())
+    def host_allowed(self, host: str) -> bool:
+        """Is `host` (a Host header, `name:port`) an address of this server?
+
+        Bound to loopback: any loopback spelling. Bound to one address: that address. Bound to all
+        interfaces: `localhost` or any IP literal, never a DNS name (a rebinding attack needs one)."""
+        name, port = split_host(host)
+        if name is None or port != self.port:
+            return False
+        bound = self.host.strip("[]").lower()
+        if bound in LOOPBACK:
+            return name in LOOPBACK
+        if bound in WILDCARD:
+            return name == "localhost" or _is_ip(name)
+        return name == bound or (_is_ip(name) and _is_ip(bound)
+                                 and ipaddress.ip_address(name) == ipaddress.ip_address(bound))
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        """A browser's Origin is accepted only for a same-origin request to this server."""
+        return origin.lower() == f"http://{host.lower()}" and self.host_allowed(host)
+
+
+def split_host(host: str) -> tuple[str | None, int | None]:
+    """`name:port` / `[v6]:port` -> (lower-case name without brackets, port); (None, None) if malformed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        name, rest = host[1:end], host[end + 1:]
+        if end < 0 or not rest.startswith(":"):
+            return None, None
+        port_text = rest[1:]
+    else:
+        name, sep, port_text = host.rpartition(":")
+        if not sep or ":" in name:
+            return None, None
+    if not name or not port_text.isdigit():
+        return None, None
+    return name, int(port_text)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -55,13 +101,16 @@ class Guard:
     def __init__(self, app: Any, settings: ServerSettings):
         self.app = app
         self.settings = settings
-        self.hosts = settings.allowed_hosts()
-        self.origins = {f"http://{h}" for h in self.hosts}
 
     async def _deny(self, send: Any, status: int, code: str, message: str) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
+        headers = [(b"content-type", b"application/json")]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": error_body(code, message)})
+
+    def _too_large_message(self) -> str:
+        return f"the upload is larger than {self.settings.max_upload_bytes / (1024 * 1024):g} MB"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -69,15 +118,15 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host = headers.get("host", "")
-        if host not in self.hosts:
+        if not self.settings.host_allowed(host):
             await self._deny(send, 403, "forbidden_host", f"requests must be addressed to {self.settings.url}")
             return
         origin = headers.get("origin")
-        if origin is not None and origin not in self.origins:
+        if origin is not None and not self.settings.origin_allowed(origin, host):
             await self._deny(send, 403, "forbidden_origin", "cross-origin requests are not accepted")
             return
         auth = headers.get("authorization", "")
-        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not given or not hmac.compare_digest(given.encode(), self.settings.token.encode()):
             await self._deny(send, 401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is "
                                                         "required (the token is in the server's token file)")
@@ -90,22 +139,34 @@ class Guard:
         if declared > limit:
             # read (and drop) the body first: a client still sending would see a reset, not our answer
             await _drain(receive, cap=16 * limit)
-            await self._deny(send, 413, "upload_too_large", f"the upload is larger than {limit // (1024 * 1024)} MB")
+            await self._deny(send, 413, "upload_too_large", self._too_large_message())
             return
+        # a body without a declared length (chunked) is counted as it streams in
         seen = 0
+        too_large = False
         started = False
 
         async def counted_receive() -> dict:
-            nonlocal seen
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    too_large = True
                     raise _TooLarge()
             return message
 
         async def tracked_send(message: dict) -> None:
             nonlocal started
+            if too_large:
+                # the framework turned our _TooLarge into its own error answer: answer 413 instead
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _drain(receive, cap=16 * limit)
+                    await self._deny(send, 413, "upload_too_large", self._too_large_message())
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -113,10 +174,10 @@ class Guard:
         try:
             await self.app(scope, counted_receive, tracked_send)
         except _TooLarge:
-            await _drain(receive, cap=16 * limit)
             if not started:
-                await self._deny(send, 413, "upload_too_large",
-                                 f"the upload is larger than {limit // (1024 * 1024)} MB")
+                started = True
+                await _drain(receive, cap=16 * limit)
+                await self._deny(send, 413, "upload_too_large", self._too_large_message())
 
 
 class _TooLarge(Exception):
@@ -135,23 +196,31 @@ async def _drain(receive: Any, cap: int) -> None:
             return
 
 
-def _zip_dir(directory: Any) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(directory.rglob("*")):
-            if f.is_file():
-                z.write(f, f.relative_to(directory).as_posix())
-    return buf.getvalue()
-
-
 def _err(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """FastAPI's list of field errors as one sentence, e.g. "form field 'image' is required"."""
+    parts = []
+    for e in exc.errors():
+        field = ".".join(str(x) for x in e.get("loc", ())[1:]) or "request"
+        if e.get("type") == "missing":
+            parts.append(f"form field '{field}' is required")
+        else:
+            parts.append(f"form field '{field}': {e.get('msg', 'invalid value')}")
+    return "; ".join(parts) or "the request is malformed"
 
 
 def create_app(settings: ServerSettings, factory: PipelineFactory) -> Any:
     """The ASGI app (FastAPI wrapped in the Guard); `app.state.jobs` is its JobQueue."""
     jobs = JobQueue(factory, result_ttl=settings.result_ttl, preload=settings.preload)
-    api = FastAPI(title="CUPID backend", version=__version__,
+    # no /docs or /redoc: they load scripts from a CDN and cannot send the bearer token;
+    # the schema itself is at /openapi.json (behind the token like every route)
+    api = FastAPI(title="CUPID backend", version=__version__, docs_url=None, redoc_url=None,
                   description="Single-photo 3D reconstruction jobs for the CUPID Blender extension.")
     api.state.jobs = jobs
 
@@ -159,11 +228,27 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> Any:
     async def _cupid_error(_: Any, exc: CupidError) -> JSONResponse:
         return _err(exc.http_status if exc.http_status < 500 else 500, exc.code, exc.message)
 
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Any, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return _err(exc.status_code, code, detail)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Any, exc: RequestValidationError) -> JSONResponse:
+        return _err(422, "bad_input", _validation_message(exc))
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Any, exc: Exception) -> JSONResponse:
+        traceback.print_exception(exc)
+        return _err(500, "internal_error", f"internal error: {type(exc).__name__}: {exc}")
+
     @api.get("/v1/health")
     def health() -> dict:
-        """Version, device, whether the model is loaded, and how many jobs wait or run."""
+        """Version, device, whether the model is loaded (or why loading it failed), and how many
+        jobs wait or run."""
         return {"version": __version__, "device": settings.device, "model_loaded": jobs.model_loaded,
-                "queue_length": jobs.queue_length()}
+                "model_error": jobs.model_error, "queue_length": jobs.queue_length()}
 
     @api.post("/v1/jobs")
     async def submit(image: UploadFile = File(...), mask: UploadFile | None = File(None),
@@ -176,12 +261,14 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> Any:
         data = await image.read()
         if not data:
             return _err(422, "bad_input", "the uploaded image is empty")
-        photo = load_photo(data)  # InputError -> 422 with the reason, before any job exists
+        # decoding checks the file (InputError -> 422 with the reason) before any job exists; it runs
+        # in a worker thread so a large photo does not stall other requests
+        photo = await run_in_threadpool(load_photo, data)
         mask_data = None
         if mask is not None:
             mask_data = await mask.read()
             if mode == "object":
-                load_mask(mask_data, (photo.shape[1], photo.shape[0]))
+                await run_in_threadpool(load_mask, mask_data, (photo.shape[1], photo.shape[0]))
         job = jobs.submit(data, image.filename or "image", mask_data, mode, int(seed), int(steps))
         return JSONResponse({"id": job.id, **job.public()}, status_code=202)
 
@@ -193,18 +280,18 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> Any:
             return _err(404, "not_found", f"no job {job_id} (finished results are kept for a limited time)")
         return JSONResponse(job.public())
 
-    @api.get("/v1/jobs/{job_id}/result")
+    @api.get("/v1/jobs/{job_id}/result", response_class=FileResponse,
+             responses={200: {"content": {"application/zip": {}}, "description": "the bundle as a zip"}})
     def result(job_id: str) -> Response:
         """The result bundle (scene.json and its files) as a zip."""
         job = jobs.get(job_id)
         if job is None:
             return _err(404, "not_found", f"no job {job_id}")
-        if job.state != "done" or job.result_dir is None:
+        if job.state != "done" or job.result_zip is None:
             return _err(409, "not_ready", f"job {job_id} is {job.state}, not done")
-        body = _zip_dir(job.result_dir)
         jobs.mark_fetched(job)
-        return Response(body, media_type="application/zip",
-                        headers={"content-disposition": f'attachment; filename="cupid-{job_id}.zip"'})
+        # the file is unlinked only by the janitor, after the grace period; an open file survives that
+        return FileResponse(job.result_zip, media_type="application/zip", filename=f"cupid-{job_id}.zip")
 
     @api.delete("/v1/jobs/{job_id}")
     def cancel(job_id: str) -> JSONResponse:

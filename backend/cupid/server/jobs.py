@@ -8,6 +8,7 @@ their time-to-live runs out, whichever comes first.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import secrets
 import shutil
@@ -16,6 +17,7 @@ import tempfile
 import threading
 import time
 import traceback
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +25,46 @@ from typing import Any, Callable
 from ..errors import Cancelled, CupidError
 
 PipelineFactory = Callable[[], Any]
+TMP_PREFIX = "cupid-serve-"
+OWNER_FILE = "owner.pid"
+
+
+def zip_dir(directory: Path, target: Path) -> Path:
+    """Write every file under `directory` into the zip `target` (paths relative, '/'-separated)."""
+    partial = target.with_suffix(".part")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for f in sorted(directory.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(directory).as_posix())
+    partial.replace(target)
+    return target
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_dirs(root: Path | None = None) -> list[Path]:
+    """Remove the temp dirs of servers that died without cleaning up (SIGKILL, power loss).
+
+    Only dirs this code made (prefix + an owner-pid file) whose process is gone are touched."""
+    root = Path(tempfile.gettempdir()) if root is None else root
+    removed = []
+    for d in root.glob(TMP_PREFIX + "*"):
+        try:
+            pid = int((d / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 @dataclass
@@ -42,7 +84,7 @@ class Job:
     progress: float = 0.0
     message: str = "waiting in the queue"
     error: dict | None = None
-    result_dir: Path | None = None
+    result_zip: Path | None = None
     finished_at: float | None = None
     fetched_at: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -67,7 +109,9 @@ class JobQueue:
         self._queue: "queue.Queue[Job | None]" = queue.Queue()
         self._lock = threading.Lock()
         self._counter = itertools.count()
-        self._tmp = Path(tempfile.mkdtemp(prefix="cupid-serve-"))
+        sweep_stale_dirs()
+        self._tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+        (self._tmp / OWNER_FILE).write_text(str(os.getpid()))
         self.result_ttl = result_ttl
         self.fetched_grace = fetched_grace
         self._stop = threading.Event()
@@ -100,12 +144,15 @@ class JobQueue:
             return self._jobs.get(job_id)
 
     def cancel(self, job_id: str) -> Job | None:
-        job = self.get(job_id)
-        if job is None:
-            return None
-        job.cancel.set()
-        if job.state == "queued":
-            self._finish(job, "cancelled", "cancelled before it started")
+        with self._lock:  # the worker takes a queued job under the same lock: no job is both
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            job.cancel.set()
+            if job.state == "queued":
+                self._finish(job, "cancelled", "cancelled before it started")
+            elif job.state == "running":
+                job.message = "cancelling at the next sampler step"
         return job
 
     def mark_fetched(self, job: Job) -> None:
@@ -120,15 +167,23 @@ class JobQueue:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     # ---------------------------------------------------------------- worker side
+    @property
+    def model_error(self) -> str | None:
+        """Why the last attempt to load the model failed (None once loaded or before trying)."""
+        return None if self._load_error is None else self._load_error.message
+
     def _pipeline_or_raise(self) -> Any:
         if self._pipeline is None:
             try:
                 self._pipeline = self._factory()
-            except CupidError:
+            except CupidError as exc:
+                self._load_error = exc
                 raise
             except Exception as exc:  # a broken install must not kill the worker
-                raise CupidError(f"the model could not be loaded: {type(exc).__name__}: {exc}",
-                                 code="model_load_failed") from exc
+                self._load_error = CupidError(f"the model could not be loaded: {type(exc).__name__}: {exc}",
+                                              code="model_load_failed")
+                raise self._load_error from exc
+            self._load_error = None
         return self._pipeline
 
     def _finish(self, job: Job, state: str, message: str, error: dict | None = None) -> None:
@@ -148,21 +203,28 @@ class JobQueue:
                     except CupidError as exc:
                         print(f"cupid serve: {exc.message}", file=sys.stderr)
                 continue
-            if job.state != "queued":
-                continue
+            with self._lock:
+                if job.state != "queued":
+                    continue
+                job.state, job.stage, job.message = "running", "loading", "loading the model"
             self._execute(job)
 
     def _execute(self, job: Job) -> None:
-        job.state, job.stage, job.message = "running", "loading", "loading the model"
         out = self._tmp / job.id
         try:
             pipe = self._pipeline_or_raise()
 
             def progress(stage: str, fraction: float) -> None:
-                job.stage, job.progress, job.message = stage, float(fraction), stage
+                job.stage, job.progress = stage, min(max(float(fraction), 0.0), 1.0)
+                if not job.cancel.is_set():
+                    job.message = stage
 
-            pipe.reconstruct(job.image, mask=job.mask, mode=job.mode, seed=job.seed, steps=job.steps or None, out_dir=out,
-                             progress=progress, should_cancel=job.cancel.is_set)
+            bundle = pipe.reconstruct(job.image, mask=job.mask, mode=job.mode, seed=job.seed,
+                                      steps=job.steps or None, out_dir=out, progress=progress,
+                                      should_cancel=job.cancel.is_set)
+            job.stage, job.message = "packing", "packing the result"
+            zipped = zip_dir(Path(bundle) if bundle is not None else out, self._tmp / f"{job.id}.zip")
+            shutil.rmtree(out, ignore_errors=True)
         except Cancelled:
             shutil.rmtree(out, ignore_errors=True)
             self._finish(job, "cancelled", "cancelled")
@@ -174,10 +236,11 @@ class JobQueue:
         except Exception as exc:  # keep serving: report, log the traceback for the developer
             traceback.print_exc()
             shutil.rmtree(out, ignore_errors=True)
+            (self._tmp / f"{job.id}.zip").unlink(missing_ok=True)
             msg = f"internal error: {type(exc).__name__}: {exc}"
             self._finish(job, "failed", msg, {"code": "internal_error", "message": msg})
             return
-        job.result_dir = out
+        job.result_zip = zipped
         job.progress = 1.0
         self._finish(job, "done", "finished")
 
@@ -193,8 +256,8 @@ class JobQueue:
                 expired = now - job.finished_at > self.result_ttl
                 fetched = job.fetched_at is not None and now - job.fetched_at > self.fetched_grace
                 if expired or fetched:
-                    if job.result_dir is not None:
-                        shutil.rmtree(job.result_dir, ignore_errors=True)
+                    if job.result_zip is not None:
+                        job.result_zip.unlink(missing_ok=True)
                     del self._jobs[jid]
                     dropped += 1
         return dropped

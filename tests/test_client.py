@@ -1,0 +1,237 @@
+"""The stdlib client against small real HTTP servers that misbehave on purpose (unsafe zips, error
+bodies, dropped connections, no server at all). The client against the real service: test_server.py."""
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import io
+import json
+import socket
+import stat
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cupid_blender.client import BackendError, BackendUnavailable, CupidClient, safe_extract
+
+TOKEN = "s3cret-token"
+
+
+def _zip(entries: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+        for name in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+ZIPS = {
+    "ok": _zip({"scene.json": b'{"schema": "cupid.scene/1"}', "sub/object_0.npz": b"npz"}),
+    "dotdot": _zip({"scene.json": b"{}", "../escape.txt": b"x"}),
+    "absolute": _zip({"/tmp/cupid-abs-escape.txt": b"x"}),
+    "backslash": _zip({"..\\escape.txt": b"x"}),
+    "drive": _zip({"C:/escape.txt": b"x"}),
+    "link": _zip({"scene.json": b"{}"}, links=("object_0.npz",)),
+}
+
+
+class Stub(BaseHTTPRequestHandler):
+    """Answers like the service would, or breaks in the ways a crashed service breaks."""
+
+    received: list[dict] = []
+    cancelled: set[str] = set()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _authorised(self) -> bool:
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            self._send(401, json.dumps({"error": {"code": "unauthorized", "message": "bad token"}}).encode())
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        if not self._authorised():
+            return
+        path = self.path
+        if path == "/v1/health":
+            self._send(200, json.dumps({"version": "stub", "device": "cpu", "model_loaded": False,
+                                        "queue_length": 0}).encode())
+        elif path == "/v1/plain-500":
+            self._send(500, b"Internal Server Error", "text/plain")
+        elif path == "/v1/hangup":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        elif path.startswith("/v1/jobs/") and path.endswith("/result"):
+            name = path.split("/")[3]
+            if name in ZIPS:
+                self._send(200, ZIPS[name], "application/zip")
+            elif name == "notzip":
+                self._send(200, b"this is not a zip", "application/zip")
+            else:
+                self._send(404, json.dumps({"error": {"code": "not_found", "message": f"no job {name}"}}).encode())
+        elif path.startswith("/v1/jobs/"):
+            jid = path.split("/")[3]
+            state = "cancelled" if jid in self.cancelled else "running"
+            self._send(200, json.dumps({"id": jid, "state": state, "stage": "structure", "progress": 0.5,
+                                        "message": state}).encode())
+        else:
+            self._send(404, json.dumps({"error": {"code": "not_found", "message": path}}).encode())
+
+    def do_POST(self) -> None:
+        if not self._authorised():
+            return
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
+        fields = {}
+        for part in msg.iter_parts():
+            fields[part.get_param("name", header="content-disposition")] = {
+                "filename": part.get_filename(), "data": part.get_payload(decode=True)}
+        Stub.received.append(fields)
+        self._send(202, json.dumps({"id": "job1", "state": "queued"}).encode())
+
+    def do_DELETE(self) -> None:
+        if not self._authorised():
+            return
+        Stub.cancelled.add(self.path.split("/")[3])
+        self._send(200, json.dumps({"id": self.path.split("/")[3], "state": "running"}).encode())
+
+
+@pytest.fixture(scope="module")
+def stub():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_no_server_is_backend_unavailable_with_the_url():
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(BackendUnavailable, match=f"CUPID backend is not running at {url}"):
+        CupidClient(url, TOKEN, timeout=5).health()
+
+
+def test_token_file(tmp_path, stub):
+    with pytest.raises(BackendUnavailable, match="no token file"):
+        CupidClient.from_token_file(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(BackendUnavailable, match="unreadable"):
+        CupidClient.from_token_file(tmp_path / "broken.json")
+    (tmp_path / "ok.json").write_text(json.dumps({"url": stub + "/", "token": TOKEN}))
+    client = CupidClient.from_token_file(tmp_path / "ok.json")
+    assert client.url == stub and client.health()["version"] == "stub"
+
+
+def test_error_bodies_become_backend_errors(stub):
+    with pytest.raises(BackendError) as err:
+        CupidClient(stub, "wrong").health()
+    assert (err.value.code, err.value.message, err.value.status) == ("unauthorized", "bad token", 401)
+    client = CupidClient(stub, TOKEN)
+    with pytest.raises(BackendError) as err:
+        client._json("GET", "/v1/plain-500")
+    assert err.value.code == "http_error" and err.value.status == 500
+
+
+def test_a_connection_dropped_mid_answer_is_backend_unavailable(stub):
+    with pytest.raises(BackendUnavailable, match="not running"):
+        CupidClient(stub, TOKEN, timeout=5)._json("GET", "/v1/hangup")
+
+
+def test_proxy_settings_are_ignored(stub, monkeypatch):
+    dead = f"http://127.0.0.1:{_free_port()}"
+    for var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, dead)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert CupidClient(stub, TOKEN, timeout=5).health()["version"] == "stub"
+
+
+def test_submit_sends_a_well_formed_multipart_form(stub):
+    Stub.received.clear()
+    image, mask = bytes(range(256)) * 40 + b"\r\n--not-a-boundary\r\n", b"\x89PNG mask bytes"
+    job = CupidClient(stub, TOKEN).submit(image, "dir/my photo.png", mask_bytes=mask, mode="scene",
+                                          seed=42, steps=7)
+    assert job == "job1"
+    f = Stub.received[-1]
+    assert f["image"]["data"] == image and f["image"]["filename"] == "my photo.png"
+    assert f["mask"]["data"] == mask
+    assert (f["mode"]["data"], f["seed"]["data"], f["steps"]["data"]) == (b"scene", b"42", b"7")
+
+
+def test_result_unpacks_a_good_bundle(stub, tmp_path):
+    out = CupidClient(stub, TOKEN).result("ok", tmp_path / "bundle")
+    assert out == (tmp_path / "bundle").resolve()
+    assert (out / "scene.json").read_bytes() == b'{"schema": "cupid.scene/1"}'
+    assert (out / "sub" / "object_0.npz").read_bytes() == b"npz"
+
+
+@pytest.mark.parametrize("name", ["dotdot", "absolute", "backslash", "drive", "link"])
+def test_result_refuses_unsafe_zips_and_writes_nothing(stub, tmp_path, name):
+    dest = tmp_path / "deep" / "bundle"
+    with pytest.raises(BackendError) as err:
+        CupidClient(stub, TOKEN).result(name, dest)
+    assert err.value.code == "bad_bundle" and "unsafe path" in err.value.message
+    assert not dest.exists() and not (tmp_path / "deep" / "escape.txt").exists()
+    assert not Path("/tmp/cupid-abs-escape.txt").exists()
+
+
+def test_result_of_a_non_zip_or_unknown_job(stub, tmp_path):
+    client = CupidClient(stub, TOKEN)
+    with pytest.raises(BackendError, match="not a valid zip") as err:
+        client.result("notzip", tmp_path / "a")
+    assert err.value.code == "bad_bundle"
+    with pytest.raises(BackendError) as err:
+        client.result("nosuchjob", tmp_path / "b")
+    assert (err.value.code, err.value.status) == ("not_found", 404)
+
+
+def test_wait_cancels_once_when_asked(stub):
+    Stub.cancelled.clear()
+    seen: list[dict] = []
+    asked = []
+
+    def should_cancel() -> bool:
+        asked.append(1)
+        return True
+
+    final = CupidClient(stub, TOKEN).wait("j2", poll=0.01, on_progress=seen.append, should_cancel=should_cancel,
+                                          timeout=10)
+    assert final["state"] == "cancelled" and Stub.cancelled == {"j2"}
+    assert [s["state"] for s in seen] == ["running", "cancelled"]
+
+
+def test_wait_times_out(stub):
+    with pytest.raises(BackendError) as err:
+        CupidClient(stub, TOKEN).wait("slow", poll=0.01, timeout=0.1)
+    assert err.value.code == "timeout"
+
+
+def test_safe_extract_directly(tmp_path):
+    with zipfile.ZipFile(io.BytesIO(ZIPS["ok"])) as z:
+        assert (safe_extract(z, tmp_path) / "scene.json").is_file()
