@@ -156,3 +156,21 @@ def test_bad_attention_mode_is_rejected():
     with pytest.raises(ValueError, match="attn_mode"):
         SLatMeshDecoder(resolution=8, model_channels=64, latent_channels=8, num_blocks=1, num_heads=2,
                         attn_mode="shift_order", representation_config={"use_color": True})
+
+
+@torch.no_grad()
+def test_mesh_decoder_bfloat16_close():
+    """bfloat16 torso (transformer + subdivide convs) on the CPU stays near the float32 reference."""
+    io = _io("slat_dec_mesh")
+    model = load_model(PARITY / "slat_dec_mesh", dtype=torch.bfloat16)
+    assert model.upsample[0].out_layers[0].conv.weight.dtype == torch.bfloat16
+    assert model.upsample[0].act_layers[0].weight.dtype == torch.float32
+    assert model.out_layer.weight.dtype == torch.float32
+    raw = model.forward_raw(SparseTensor(io["feats"], io["coords"]))
+    assert raw.feats.dtype == torch.float32
+    oa, ob = _sorted_rows(raw.coords), _sorted_rows(io["out_coords"])
+    ref = io["out_feats"][ob]
+    rel = (raw.feats[oa] - ref).norm() / ref.norm()
+    assert rel.item() < 0.05
+    meshes = model.to_representation(raw)
+    assert all(m.success for m in meshes)
