@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..modules.attention import MultiHeadRMSNorm
 from .tensor import SparseTensor
 
 
@@ -141,16 +142,8 @@ def sparse_windowed_self_attention(qkv: SparseTensor, window_size: int, shift: i
     return qkv.replace(windowed_attention(qkv.feats, part))
 
 
-class SparseMultiHeadRMSNorm(nn.Module):
-    """Per-head RMS norm of q/k (`gamma` [heads, dim]), computed in float32."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.scale = dim ** 0.5
-        self.gamma = nn.Parameter(torch.ones(heads, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (F.normalize(x.float(), dim=-1) * self.gamma * self.scale).to(x.dtype)
+# q/k RMS norm acts on feature rows exactly as on dense tokens: one module serves both.
+SparseMultiHeadRMSNorm = MultiHeadRMSNorm
 
 
 class SparseMultiHeadAttention(nn.Module):
