@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from bad_images import png_header_only
 
 from cupid.errors import InputError
 from cupid.preprocess import load_photo, preprocess
@@ -82,21 +82,11 @@ def test_exif_orientation_is_applied():
     assert load_photo(buf.getvalue()).shape[:2] == (200, 120)
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png_header_only(w: int, h: int) -> bytes:
-    """A PNG that claims w×h pixels but carries almost no data (a decompression-bomb header)."""
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize("data, message", [
     (b"this is a text file, not a picture\n", "not a readable image"),
     (png_bytes(rgba_square())[:200], "not a readable image"),
-    (_png_header_only(40000, 40000), "too large"),
-    (_png_header_only(9000, 9000), "too large: 9000x9000"),
+    (png_header_only(40000, 40000), "too large"),
+    (png_header_only(9000, 9000), "too large: 9000x9000"),
     (png_bytes(Image.new("RGBA", (1, 1))), "at least"),
 ])
 def test_bad_files_give_clear_errors(tmp_path, data, message):
