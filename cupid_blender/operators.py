@@ -88,7 +88,7 @@ class ReconstructJob:
             self._check_cancel(client)
             self.stage = "uploading"
             self.job_id = client.submit(self.image, self.filename, mask_bytes=self.mask, mode=self.mode,
-                                        seed=self.seed, steps=self.steps or None)
+                                        seed=self.seed, steps=self.steps)
             while True:
                 self._check_cancel(client)
                 st = client.status(self.job_id)

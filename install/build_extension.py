@@ -4,7 +4,7 @@ Stages blender_manifest.toml + cupid_blender/* into a temporary source directory
 a defaults.json naming this checkout's backend python and weights directory), runs
 ``blender_ext.py build`` and then ``blender_ext.py validate`` on the result.
 
-    python install/build_extension.py [--output-dir dist] [--no-defaults] [--blender-ext PATH]
+    python install/build_extension.py [--output-dir dist] [--no-defaults] [--blender-ext PATH] [--model ID|DIR]
 """
 from __future__ import annotations
 
@@ -45,14 +45,16 @@ def find_blender_ext() -> Path:
     return Path(candidates[-1])
 
 
-def checkout_defaults() -> dict:
-    """Backend python and weights dir of this checkout, when they exist."""
+def checkout_defaults(model: str | None = None) -> dict:
+    """Backend python and weights dir of this checkout (and the model set up), when they exist."""
     out = {}
     for cand in (REPO / ".venv" / "bin" / "python", REPO / ".venv" / "Scripts" / "python.exe"):
         if cand.exists():
             out["python"] = str(cand.absolute())
             break
     out["weights_dir"] = str((REPO / "weights").absolute())
+    if model:
+        out["model"] = str(Path(model).absolute()) if Path(model).is_dir() else model
     return out
 
 
@@ -73,7 +75,8 @@ def run_tool(tool: Path, *args: str) -> str:
     return proc.stdout
 
 
-def build(output_dir: Path, with_defaults: bool = True, tool: Path | None = None) -> Path:
+def build(output_dir: Path, with_defaults: bool = True, tool: Path | None = None,
+          model: str | None = None) -> Path:
     tool = tool or find_blender_ext()
     manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,7 @@ def build(output_dir: Path, with_defaults: bool = True, tool: Path | None = None
         out.unlink()
     with tempfile.TemporaryDirectory(prefix="cupid-ext-") as tmp:
         src = Path(tmp) / "cupid"
-        stage(src, checkout_defaults() if with_defaults else None)
+        stage(src, checkout_defaults(model) if with_defaults else None)
         run_tool(tool, "build", "--source-dir", str(src), "--output-filepath", str(out))
     run_tool(tool, "validate", str(out))
     return out
@@ -93,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-dir", type=Path, default=REPO / "dist")
     ap.add_argument("--no-defaults", action="store_true", help="do not record this checkout's paths")
     ap.add_argument("--blender-ext", type=Path, default=None, help="path of blender_ext.py")
+    ap.add_argument("--model", default=None, help="model id or directory the add-on uses by default")
     args = ap.parse_args(argv)
     try:
-        out = build(args.output_dir, not args.no_defaults, args.blender_ext)
+        out = build(args.output_dir, not args.no_defaults, args.blender_ext, args.model)
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One command to set CUPID up and run it once:
 #   1. the backend environment (.venv: PyTorch + the `cupid` package),
-#   2. the Blender extension zip (dist/cupid-*.zip) to install in Blender,
-#   3. the weights (official CUPID + TRELLIS parts; offline, a tiny random-weight model instead),
+#   2. the weights (official CUPID + TRELLIS parts; offline, a tiny random-weight model instead),
+#   3. the Blender extension zip (dist/cupid-*.zip, set up to use that environment and model),
 #   4. the main job: reconstruct examples/monkey.png into out/monkey (scene.json, GLB, PLY, overlay).
 # Environment knobs: PYTHON (interpreter, default python3.11), CUPID_VENV (default ./.venv),
 # CUPID_TORCH (pip spec for torch, default torch==2.13.0; e.g. a CUDA build on a GPU box),
@@ -34,20 +34,6 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q -e "$ROOT/backend" || die "could not install the cupid backend package"
 "$PY" -m cupid --version
 
-say "Blender extension zip"
-# The zip is built with Blender's own extension tool (blender_ext.py): from a Blender on PATH when
-# there is one, else from Blender-as-a-Python-module (bpy 4.5.4, which the tests use too).
-if [ -z "${CUPID_BLENDER_EXT:-}" ] && command -v blender >/dev/null 2>&1; then
-  BL_DIR="$(cd "$(dirname "$(readlink -f "$(command -v blender)")")/.." && pwd)"
-  EXT_TOOL="$(find "$BL_DIR" -path '*addons_core/bl_pkg/cli/blender_ext.py' 2>/dev/null | head -1 || true)"
-  [ -n "$EXT_TOOL" ] && export CUPID_BLENDER_EXT="$EXT_TOOL"
-fi
-if [ -z "${CUPID_BLENDER_EXT:-}" ] && ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('bpy') is None)"; then
-  echo "No Blender found on PATH: installing Blender as a Python module (bpy 4.5.4) for its extension tool."
-  "$PY" -m pip install -q "bpy==4.5.4" || die "could not install bpy 4.5.4 (it needs Python 3.11); put Blender on PATH or set CUPID_BLENDER_EXT=/path/to/blender_ext.py"
-fi
-"$PY" "$ROOT/install/build_extension.py" --output-dir "$ROOT/dist" || die "could not build the extension zip"
-
 say "Weights"
 mkdir -p "$WEIGHTS"
 MODEL="${CUPID_MODEL:-}"
@@ -62,6 +48,20 @@ if [ -z "$MODEL" ]; then
     MODEL="$WEIGHTS/tiny"
   fi
 fi
+
+say "Blender extension zip"
+# The zip is built with Blender's own extension tool (blender_ext.py): from a Blender on PATH when
+# there is one, else from Blender-as-a-Python-module (bpy 4.5.4, which the tests use too).
+if [ -z "${CUPID_BLENDER_EXT:-}" ] && command -v blender >/dev/null 2>&1; then
+  BL_DIR="$(cd "$(dirname "$(readlink -f "$(command -v blender)")")/.." && pwd)"
+  EXT_TOOL="$(find "$BL_DIR" -path '*addons_core/bl_pkg/cli/blender_ext.py' 2>/dev/null | head -1 || true)"
+  [ -n "$EXT_TOOL" ] && export CUPID_BLENDER_EXT="$EXT_TOOL"
+fi
+if [ -z "${CUPID_BLENDER_EXT:-}" ] && ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('bpy') is None)"; then
+  echo "No Blender found on PATH: installing Blender as a Python module (bpy 4.5.4) for its extension tool."
+  "$PY" -m pip install -q "bpy==4.5.4" || die "could not install bpy 4.5.4 (it needs Python 3.11); put Blender on PATH or set CUPID_BLENDER_EXT=/path/to/blender_ext.py"
+fi
+"$PY" "$ROOT/install/build_extension.py" --output-dir "$ROOT/dist" --model "$MODEL" || die "could not build the extension zip"
 
 say "Main job: reconstructing examples/monkey.png"
 "$PY" -m cupid reconstruct "$ROOT/examples/monkey.png" -o "$ROOT/out/monkey" --model "$MODEL" --steps "${CUPID_STEPS:-0}"
