@@ -18,6 +18,12 @@ REGISTRY: dict[str, str] = {
     "SLatEncoder": "cupid.models.structured_latent_vae:SLatEncoder",
     "SLatGaussianDecoder": "cupid.models.structured_latent_vae:SLatGaussianDecoder",
     "SLatMeshDecoder": "cupid.models.structured_latent_vae:SLatMeshDecoder",
+    # CUPID's configs name the training-time "elastic" variants; same weights, same forward
+    "ElasticSLatEncoder": "cupid.models.structured_latent_vae:ElasticSLatEncoder",
+    "ElasticSLatGaussianDecoder": "cupid.models.structured_latent_vae:ElasticSLatGaussianDecoder",
+    "ElasticSLatMeshDecoder": "cupid.models.structured_latent_vae:ElasticSLatMeshDecoder",
+    "VisualLatentConditioningSLatFlowModel":
+        "cupid.models.visual_conditioning_flow:VisualLatentConditioningSLatFlowModel",
     "ElasticVisualLatentConditioningSLatFlowModel":
         "cupid.models.visual_conditioning_flow:ElasticVisualLatentConditioningSLatFlowModel",
 }
