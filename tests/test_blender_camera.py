@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cupid_blender.camera import BlenderCameraSettings, blender_camera_settings, opencv_from_blender
+from tests.blender_scripts.silhouette import setup_silhouette_render
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -112,17 +113,7 @@ def _render_alpha(bpy, v, f, K, R, t, W, H, path: Path) -> np.ndarray:
     scene.collection.objects.link(obj)
     cam = add_camera(scene, K, R, t, W, H)
     assert scene.camera == cam and cam.name in scene.collection.objects
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = 16
-    scene.cycles.use_denoising = False
-    scene.cycles.use_adaptive_sampling = False
-    scene.cycles.max_bounces = 0
-    scene.cycles.filter_width = 0.01  # sample at pixel centres: alpha = point coverage
-    scene.render.film_transparent = True
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGBA"
-    scene.render.filepath = str(path)
+    setup_silhouette_render(scene, path, samples=16)
     bpy.ops.render.render(write_still=True)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert img is not None and img.shape == (H, W, 4)

@@ -9,6 +9,7 @@ import pytest
 
 from cupid.errors import InputError
 from cupid.geometry import project, rotation_angle_deg, voxel_centers
+from tests.blender_scripts.silhouette import setup_silhouette_render
 from cupid.scene.alignment import (
     align_object,
     point_map_from_depth,
@@ -178,18 +179,8 @@ def rendered_scene(tmp_path_factory):
         ob.matrix_world = Matrix(M.tolist())
         objs.append(ob)
     add_camera(scene, K, Rc, tc, W, H)
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = 8
-    scene.cycles.use_denoising = False
-    scene.cycles.use_adaptive_sampling = False
-    scene.cycles.max_bounces = 0
-    scene.cycles.filter_width = 0.01
-    scene.render.film_transparent = True
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGBA"
     out = tmp_path_factory.mktemp("scene") / "scene.png"
-    scene.render.filepath = str(out)
+    setup_silhouette_render(scene, out, samples=8)
     bpy.ops.render.render(write_still=True)
     alpha = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)[:, :, 3] > 127
 

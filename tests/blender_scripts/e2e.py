@@ -21,6 +21,7 @@ import traceback
 import bpy  # first: it puts Blender's script modules (addon_utils) on sys.path
 
 import addon_utils  # noqa: E402
+from silhouette import setup_silhouette_render  # noqa: E402  (next to this script)
 
 
 def registered() -> dict:
@@ -110,18 +111,7 @@ def describe_scene(result: dict) -> None:
 
 def render_silhouette(path: str) -> None:
     """Cycles render of the CUPID objects alone from the scene camera, alpha = coverage."""
-    scene = bpy.context.scene
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = 8
-    scene.cycles.use_denoising = False
-    scene.cycles.use_adaptive_sampling = False
-    scene.cycles.max_bounces = 0
-    scene.cycles.filter_width = 0.01  # sample at pixel centres, like the backend's rasteriser
-    scene.render.film_transparent = True
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGBA"
-    scene.render.filepath = path
+    setup_silhouette_render(bpy.context.scene, path, samples=8)
     bpy.ops.render.render(write_still=True)
 
 
