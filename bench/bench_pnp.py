@@ -23,46 +23,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
+sys.path.insert(0, str(ROOT / "tests"))  # the test suite's synthetic cameras and Suzanne
 
+from cameras import random_camera  # noqa: E402
 from cupid.geometry import project, rotation_angle_deg, solve_camera, voxel_centers  # noqa: E402
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    a, b, c, d = q
-    return np.array([
-        [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-        [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
-        [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
-    ])
-
-
-def random_camera(rng: np.random.Generator, width: int, height: int):
-    fov_x = np.radians(rng.uniform(15.0, 70.0))
-    f = width / 2.0 / np.tan(fov_x / 2.0)
-    K = np.array([[f, 0, width * (0.5 + rng.uniform(-0.05, 0.05))],
-                  [0, f, height * (0.5 + rng.uniform(-0.05, 0.05))], [0, 0, 1.0]])
-    half = np.arctan(min(width, height) / 2.0 / f)
-    dist = 0.6 / np.tan(half) * rng.uniform(1.0, 1.3) + 0.5
-    t = np.array([rng.uniform(-0.05, 0.05) * dist, rng.uniform(-0.05, 0.05) * dist, dist])
-    return K, random_rotation(rng), t
-
-
-def suzanne_surface_points() -> np.ndarray:
-    data = np.load(ROOT / "tests" / "assets" / "suzanne.npz")
-    v, f = data["vertices"].astype(np.float64), data["faces"]
-    v = (v - (v.max(0) + v.min(0)) / 2) * (0.95 / np.ptp(v, axis=0).max())
-    rng = np.random.default_rng(0)
-    tri = v[f]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    n = 400_000
-    which = rng.choice(len(f), size=n, p=area / area.sum())
-    s, r2 = np.sqrt(rng.random(n)), rng.random(n)
-    pts = ((1 - s)[:, None] * tri[which, 0] + (s * (1 - r2))[:, None] * tri[which, 1]
-           + (s * r2)[:, None] * tri[which, 2])
-    idx = np.unique(np.clip(np.floor((pts + 0.5) * 64), 0, 63).astype(int), axis=0)
-    return voxel_centers(idx)
+from meshes import surface_voxels, suzanne  # noqa: E402
 
 
 def official_cupid_solve(points: np.ndarray, uv: np.ndarray, size) -> tuple:
@@ -122,7 +87,7 @@ def bench_speed(rng: np.random.Generator, repeats: int) -> None:
 
 
 def bench_accuracy(rng: np.random.Generator, trials: int) -> None:
-    pts = suzanne_surface_points()
+    pts = voxel_centers(surface_voxels(*suzanne(), res=64))
     print(f"\naccuracy on Suzanne surface voxels ({len(pts)} pairs), {trials} random cameras per row;"
           " median / max over trials")
     header = f"{'scenario':<26}{'solver':<10}{'rot deg':>18}{'t-dir deg':>18}{'focal rel':>20}"
