@@ -1,0 +1,81 @@
+"""The add-on's backend manager against a real `cupid serve` process (tiny model): start, reuse,
+restart after a crash, stop; and the clear errors an artist sees when it cannot start."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("bpy", reason="the extension package imports bpy")
+
+from cupid.tiny import make_tiny_model  # noqa: E402
+from cupid_blender.backend_manager import BackendConfig, BackendManager, BackendStartError  # noqa: E402
+
+PYTHON = sys.executable  # the backend environment (the venv running the tests)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("manager") / "tiny")
+
+
+@pytest.fixture()
+def manager():
+    m = BackendManager()
+    yield m
+    m.stop()
+
+
+def _config(model: Path | str, **kw) -> BackendConfig:
+    return BackendConfig(python=PYTHON, model=str(model), device="cpu", **kw)
+
+
+def test_start_reuse_restart_after_crash_and_stop(manager, tiny):
+    cfg = _config(tiny)
+    client = manager.client(cfg, timeout=120)
+    assert client.health()["model_error"] is None
+    pid = manager._proc.pid
+    assert manager.running() and f"pid {pid}" in manager.status_text()
+    assert manager.client(cfg) is client  # same config: the running backend is reused
+
+    os.kill(pid, signal.SIGKILL)  # the backend crashes (out of memory, a driver fault, ...)
+    manager._proc.wait(timeout=10)
+    assert not manager.running()
+    again = manager.client(cfg, timeout=120)
+    assert "version" in again.health()
+    assert manager._proc.pid != pid and manager.restarts == 1
+
+    proc = manager._proc
+    manager.stop()
+    assert proc.poll() is not None and not manager.running()
+    assert manager.status_text().startswith("stopped")
+    manager.client(cfg, timeout=120)  # a stop on purpose is not counted as a crash
+    assert manager.restarts == 1
+
+
+def test_a_missing_python_is_a_clear_error(manager, tmp_path):
+    with pytest.raises(BackendStartError, match="CUPID backend environment not found at .*nowhere.*install/setup.sh"):
+        manager.client(BackendConfig(python=str(tmp_path / "nowhere" / "python")))
+
+
+def test_a_backend_that_dies_while_starting_reports_its_log(manager, tiny):
+    t0 = time.monotonic()
+    with pytest.raises(BackendStartError, match=r"exited \(code 2\) while starting") as ei:
+        manager.client(BackendConfig(python=PYTHON, model=str(tiny), device="tpu"), timeout=120)
+    assert "unknown device 'tpu'" in str(ei.value)  # the backend's own message reaches the artist
+    assert time.monotonic() - t0 < 60
+
+
+def test_cancel_while_starting(manager, tiny):
+    with pytest.raises(BackendStartError, match="cancelled while the backend was starting"):
+        manager.client(_config(tiny), timeout=120, should_cancel=lambda: True)
+    assert not manager.running()
+
+
+def test_remote_needs_a_url(manager):
+    with pytest.raises(BackendStartError, match="no backend URL"):
+        manager.client(BackendConfig(kind="REMOTE", url=""))
