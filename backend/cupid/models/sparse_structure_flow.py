@@ -5,13 +5,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modules.embedders import AbsolutePositionEmbedder, TimestepEmbedder
+from ..modules.embedders import AbsolutePositionEmbedder
 from ..modules.spatial import patchify, unpatchify
 from ..modules.transformer import ModulatedTransformerCrossBlock
-from ..modules.utils import TorsoDtypeMixin
+from .flow_core import FlowCoreMixin
 
 
-class SparseStructureFlowModel(TorsoDtypeMixin, nn.Module):
+class SparseStructureFlowModel(FlowCoreMixin, nn.Module):
     """Velocity field v(x, t | cond) on a dense [B, C, R, R, R] latent, TRELLIS layout and keys."""
 
     torso_names = ("blocks",)
@@ -22,25 +22,10 @@ class SparseStructureFlowModel(TorsoDtypeMixin, nn.Module):
                  use_checkpoint: bool = False, share_mod: bool = False, qk_rms_norm: bool = False,
                  qk_rms_norm_cross: bool = False):
         super().__init__()
-        if pe_mode != "ape":
-            raise ValueError(f"pe_mode {pe_mode!r} is not supported (released checkpoints use 'ape')")
-        self.resolution = resolution
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.cond_channels = cond_channels
-        self.out_channels = out_channels
-        self.num_blocks = num_blocks
-        self.num_heads = num_heads or model_channels // num_head_channels
-        self.mlp_ratio = mlp_ratio
-        self.patch_size = patch_size
-        self.pe_mode = pe_mode
-        self.share_mod = share_mod
-        self.use_fp16 = use_fp16
-        self.dtype = torch.float16 if use_fp16 else torch.float32
-
-        self.t_embedder = TimestepEmbedder(model_channels)
-        if share_mod:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 6 * model_channels, bias=True))
+        self._init_flow_core(resolution=resolution, in_channels=in_channels, model_channels=model_channels,
+                             cond_channels=cond_channels, out_channels=out_channels, num_blocks=num_blocks,
+                             num_heads=num_heads, num_head_channels=num_head_channels, mlp_ratio=mlp_ratio,
+                             patch_size=patch_size, pe_mode=pe_mode, share_mod=share_mod, use_fp16=use_fp16)
         grid = resolution // patch_size
         ax = torch.arange(grid)
         pos = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), dim=-1).reshape(-1, 3)
@@ -63,10 +48,7 @@ class SparseStructureFlowModel(TorsoDtypeMixin, nn.Module):
         h = patchify(x, self.patch_size)
         h = h.reshape(*h.shape[:2], -1).permute(0, 2, 1).contiguous()
         h = self.input_layer(h) + self.pos_emb[None]
-        t_emb = self.t_embedder(t)
-        if self.share_mod:
-            t_emb = self.adaLN_modulation(t_emb)
-        t_emb = t_emb.type(self.dtype)
+        t_emb = self.embed_timestep(t)
         h = h.type(self.dtype)
         cond = cond.type(self.dtype)
         for block in self.blocks:

@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modules.embedders import AbsolutePositionEmbedder, TimestepEmbedder
+from ..modules.embedders import AbsolutePositionEmbedder
 from ..modules.norm import LayerNorm32
-from ..modules.utils import TorsoDtypeMixin, zero_module
+from ..modules.utils import zero_module
+from .flow_core import FlowCoreMixin
 from ..sparse import (ModulatedSparseTransformerCrossBlock, SparseConv3d, SparseDownsample, SparseLinear,
                       SparseTensor, SparseUpsample)
 
@@ -60,7 +61,7 @@ class SparseResBlock3d(nn.Module):
         return h + self.skip_connection(x)
 
 
-class SLatFlowModel(TorsoDtypeMixin, nn.Module):
+class SLatFlowModel(FlowCoreMixin, nn.Module):
     """Velocity field on a SparseTensor latent, conditioned on the timestep and dense image tokens."""
 
     torso_names = ("input_blocks", "blocks", "out_blocks")
@@ -72,32 +73,17 @@ class SLatFlowModel(TorsoDtypeMixin, nn.Module):
                  use_checkpoint: bool = False, use_skip_connection: bool = True, share_mod: bool = False,
                  qk_rms_norm: bool = False, qk_rms_norm_cross: bool = False):
         super().__init__()
-        if pe_mode != "ape":
-            raise ValueError(f"pe_mode {pe_mode!r} is not supported (released checkpoints use 'ape')")
         if io_block_channels is not None:
             stages = math.log2(patch_size)
             if stages != int(stages) or int(stages) != len(io_block_channels):
                 raise ValueError("patch_size must be 2**len(io_block_channels)")
-        self.resolution = resolution
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.cond_channels = cond_channels
-        self.out_channels = out_channels
-        self.num_blocks = num_blocks
-        self.num_heads = num_heads or model_channels // num_head_channels
-        self.mlp_ratio = mlp_ratio
-        self.patch_size = patch_size
+        self._init_flow_core(resolution=resolution, in_channels=in_channels, model_channels=model_channels,
+                             cond_channels=cond_channels, out_channels=out_channels, num_blocks=num_blocks,
+                             num_heads=num_heads, num_head_channels=num_head_channels, mlp_ratio=mlp_ratio,
+                             patch_size=patch_size, pe_mode=pe_mode, share_mod=share_mod, use_fp16=use_fp16)
         self.num_io_res_blocks = num_io_res_blocks
         self.io_block_channels = io_block_channels
-        self.pe_mode = pe_mode
         self.use_skip_connection = use_skip_connection
-        self.share_mod = share_mod
-        self.use_fp16 = use_fp16
-        self.dtype = torch.float16 if use_fp16 else torch.float32
-
-        self.t_embedder = TimestepEmbedder(model_channels)
-        if share_mod:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 6 * model_channels, bias=True))
         self.pos_embedder = AbsolutePositionEmbedder(model_channels)
         first = model_channels if io_block_channels is None else io_block_channels[0]
         self.input_layer = SparseLinear(in_channels, first)
@@ -128,12 +114,6 @@ class SLatFlowModel(TorsoDtypeMixin, nn.Module):
         self.out_layer = SparseLinear(first, out_channels)
         if use_fp16:
             self.set_compute_dtype(torch.float16)
-
-    def embed_timestep(self, t: torch.Tensor) -> torch.Tensor:
-        t_emb = self.t_embedder(t)
-        if self.share_mod:
-            t_emb = self.adaLN_modulation(t_emb)
-        return t_emb.type(self.dtype)
 
     def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor) -> SparseTensor:
         if x.feats.shape[-1] != self.in_channels:
