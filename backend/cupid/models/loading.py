@@ -110,7 +110,9 @@ def load_model(stem: str | os.PathLike, device: str | torch.device | None = None
     with torch.device("meta"):
         model = build_model(name, args)
     try:
-        state = load_file(str(weights_path), device="cpu")
+        # own copies: tensors left on the file's memory map would keep every touched page of the
+        # checkpoint resident for as long as any one of them lives (3 GB for the full pipeline)
+        state = {k: v.clone() for k, v in load_file(str(weights_path), device="cpu").items()}
     except Exception as exc:
         raise CheckpointError(f"unreadable checkpoint weights {weights_path}: {exc}") from exc
     check_state_dict(model, state, label=f"checkpoint {weights_path.name} ({name})")

@@ -181,6 +181,9 @@ class CupidPipeline:
         noise = SparseTensor(seeded_noise((len(idx), flow.out_channels), seed + 1, self.device), coords)
         cond_d = {"dino_cond": cond, "visual_cond": visual}
         neg_d = {"dino_cond": torch.zeros_like(cond), "visual_cond": torch.zeros_like(visual)}
+        if hasattr(flow, "voxel_condition"):  # per-voxel features: once per run, not once per step
+            cond_d["voxel_cond"] = flow.voxel_condition(uvs, cond_d)
+            neg_d["voxel_cond"] = flow.voxel_condition(uvs, neg_d)
         sampler = _with_steps(self.slat_sampler, steps)
         slat = sampler.sample(flow, noise, cond_d, neg_d, uvs=uvs,
                               progress=lambda f: job.report("latent", f), should_cancel=job.should_cancel)
