@@ -1,0 +1,328 @@
+"""Stage-by-stage time and peak memory of the full-size CUPID pipeline on the CPU (random weights, real shapes).
+
+A model directory in the release's layout is written first (pipeline.json with the release's role stems,
+ckpts/NAME.json + NAME.safetensors with torso tensors in float16 as the release stores them, DINOv2
+ViT-L/14-reg as a hub .pth), with `cupid.tiny`'s seeded random weights (N(0, 0.05²), norm gains +1, as the
+parity fixtures); then `CupidPipeline.from_pretrained` loads it and every stage runs through the pipeline's
+own methods at a reduced step count.
+
+Random weights decode a meaningless stage-1 structure (about half the 64³ grid, and a UV cube that fits
+no camera), so stage 1 (flow sampling + both decoders + decode_structure) is timed as the code runs it
+and its output is dropped; the pose solve and stage 2 get Suzanne's 64³ surface voxels and their exact
+UV cube in a fixed camera, i.e. a real object's size. Memory (Linux only: /proc/self): the run's process
+resets its peak RSS before each stage, so a stage's peak includes every network the pipeline keeps
+resident, as in real use; writer and run are separate subprocesses. --model-dir keeps the written model
+(about 4 GB) for later runs.
+
+Run: PYTHONPATH=backend:. python bench/bench_pipeline.py [--steps 2] [--dtype float32|bfloat16] [--model-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = Path(os.environ.get("CUPID_SHARED", ROOT.parent / "shared")) / "fixtures" / "trellis_image_large_manifest.json"
+DINO_FILE = "ckpts/dinov2_vitl14_reg4_pretrain.pth"
+GB = 2 ** 30
+
+
+# ---------------------------------------------------------------------------- writing the model
+
+def release_specs() -> dict[str, dict[str, Any]]:
+    """Role -> {"name", "args"} of every release checkpoint: TRELLIS's from the manifest, CUPID's derived."""
+    from cupid import config
+
+    manifest = json.loads(MANIFEST.read_text())
+
+    def entry(key: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
+        return {"name": name or manifest[key]["name"], "args": {**manifest[key]["args"], **extra}}
+
+    return {
+        "sparse_structure_flow_model": entry("ss_flow_img_dit_L_16l8_fp16", in_channels=16, out_channels=16),
+        "sparse_structure_decoder": entry("ss_dec_conv3d_16l8_fp16"),
+        "sparse_structure_uv_decoder": entry("ss_dec_conv3d_16l8_fp16", out_channels=3),
+        "slat_flow_model": entry("slat_flow_img_dit_L_64l8p2_fp16", "ElasticVisualLatentConditioningSLatFlowModel",
+                                 cond_latent_channels=8, visual_feat_channels=[4, 4, 4, 4],
+                                 visual_feat_resolution=256, visual_conv_kernel_size=3,
+                                 pretrained_slat_enc=config.RELEASE_MODELS["slat_encoder"]),
+        "slat_encoder": {"name": "SLatEncoder", "args": {
+            "resolution": 64, "in_channels": 1024, "model_channels": 768, "latent_channels": 8, "num_blocks": 12,
+            "num_heads": 12, "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8, "use_fp16": True}},
+        "slat_decoder_mesh": entry("slat_dec_mesh_swin8_B_64l8m256c_fp16"),
+        "slat_decoder_gs": entry("slat_dec_gs_swin8_B_64l8gs32_fp16"),
+    }
+
+
+def write_model(model_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """Write the full-size random model directory, one network in memory at a time."""
+    from cupid import config
+    from cupid.models import build_model
+    from cupid.models.dinov2 import DinoV2
+    from cupid.tiny import _randomize, _save
+
+    gen = torch.Generator().manual_seed(seed)
+    params = {}
+    for role, spec in release_specs().items():
+        model = build_model(spec["name"], spec["args"])  # use_fp16 stores the torso in float16, as released
+        _randomize(model, gen)
+        stem = model_dir / config.RELEASE_MODELS[role]
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        _save(model, stem.parent, stem.name, spec)
+        params[role] = sum(p.numel() for p in model.parameters())
+        del model
+        print(f"  wrote {role} ({params[role] / 1e6:.0f} M parameters)", file=sys.stderr, flush=True)
+    dino = DinoV2.vitl14_reg4()
+    _randomize(dino, gen)
+    torch.save({k: v.detach().clone() for k, v in dino.state_dict().items()}, model_dir / DINO_FILE)
+    params["dinov2"] = sum(p.numel() for p in dino.parameters())
+    del dino
+    pipeline = {"name": "Cupid3DPipeline", "args": {
+        "models": config.RELEASE_MODELS, "image_cond_model": DINO_FILE,
+        "slat_normalization": {"mean": [0.0] * 8, "std": [1.0] * 8}}}  # samplers: cupid.config's defaults
+    (model_dir / "pipeline.json").write_text(json.dumps(pipeline, indent=1))
+    return {"params": params}
+
+
+# ---------------------------------------------------------------------------- measuring
+
+def _status_gb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile) in GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024 / GB
+    raise KeyError(field)
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (VmHWM); False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class StageMeter:
+    """Wall time, peak RSS during the stage and RSS at its start, per named stage."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.per_stage_peak = True
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        print(f"  {stage} ...", file=sys.stderr, flush=True)
+        self.per_stage_peak &= _reset_peak()
+        start_rss = _status_gb("VmRSS")
+        t0 = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - t0
+        peak = _status_gb("VmHWM")  # the running peak where it could not be reset
+        self.rows.append({"stage": stage, "seconds": seconds, "peak_gb": peak, "start_gb": start_rss,
+                          "end_gb": _status_gb("VmRSS"), "end_anon_gb": _status_gb("RssAnon"),
+                          "end_file_gb": _status_gb("RssFile")})
+        print(f"  {stage}: {seconds:.1f} s, peak {peak:.2f} GB", file=sys.stderr, flush=True)
+
+
+class ForwardTimer:
+    """Counts and times a module's forward calls through hooks (nested calls are timed on their own)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.calls, self.seconds, self._t0 = 0, 0.0, 0.0
+        module.register_forward_pre_hook(self._pre)
+        module.register_forward_hook(self._post)
+
+    def _pre(self, *_: Any) -> None:
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_: Any) -> None:
+        self.calls += 1
+        self.seconds += time.perf_counter() - self._t0
+
+
+def flow_forwards(sampler: Any) -> int:
+    """Network calls of one sampling run: one per step, two inside the guidance interval (as FlowSampler)."""
+    lo, hi = sampler.cfg_interval
+    return sum(1 + bool(sampler.cfg_strength and lo <= t <= hi) for t in sampler.timesteps()[:-1])
+
+
+def synthetic_photo(width: int = 1024, height: int = 768) -> np.ndarray:
+    """An RGBA cut-out (an elliptical object on a transparent background): preprocessing only needs a mask."""
+    y, x = np.mgrid[:height, :width].astype(np.float32)
+    inside = ((x - width * 0.5) / (width * 0.3)) ** 2 + ((y - height * 0.5) / (height * 0.4)) ** 2 < 1
+    rgb = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 37.0) * np.cos(y / 23.0)], -1) * 255
+    return np.concatenate([rgb, inside[..., None] * 255.0], -1).astype(np.uint8)
+
+
+def suzanne_structure() -> Any:
+    """Suzanne's 64³ surface voxels with their exact UV cube in the tiny model's 518² crop camera."""
+    from cupid.geometry import uv_cube
+    from cupid.pipeline.stage1 import structure_from_cubes
+    from cupid.tiny import TINY_CAMERA
+    from tests.meshes import suzanne, surface_voxels
+
+    occ = np.zeros((64, 64, 64), dtype=bool)
+    occ[tuple(surface_voxels(*suzanne(), res=64).T)] = True
+    K, R, t = TINY_CAMERA
+    return structure_from_cubes(occ, uv_cube(occ, K, R, t, (518, 518)))
+
+
+@torch.no_grad()
+def run_pipeline(model_dir: Path, steps: int, dtype: torch.dtype, seed: int) -> dict[str, Any]:
+    """Load the model and run each stage once through the pipeline's own methods; returns rows + facts."""
+    from cupid.export import ObjectSpec, write_bundle
+    from cupid.pipeline.pipeline import CupidPipeline, _Job
+    from cupid.pipeline.stage1 import pose_from_structure
+    from cupid.preprocess import preprocess
+
+    meter = StageMeter()
+    job = _Job(None, None)
+    with meter("load"):
+        pipe = CupidPipeline.from_pretrained(model_dir, device="cpu", dtype=dtype)
+    timers = {role: ForwardTimer(module) for role, module in pipe.models.items()}
+    photo = synthetic_photo()
+    with meter("preprocess"):
+        processed = preprocess(photo)
+    with meter("condition"):
+        cond, visual = pipe.condition(processed)
+    with meter("structure"):
+        random_structure = pipe.sample_structure(cond, seed, steps, job)
+    structure = suzanne_structure()
+    with meter("pose"):
+        pose, solution = pose_from_structure(structure, processed.crop.offset, processed.crop.size,
+                                             processed.size, seed=seed)
+    with meter("latent"):
+        slat = pipe.sample_latent(structure, solution.pose, cond, visual, seed, steps, job)
+    with meter("decode"):
+        mesh, gaussians = pipe.decode(slat)
+    colors = None if mesh.vertex_attrs is None else mesh.vertex_attrs[:, :3].float().cpu().numpy()
+    spec = ObjectSpec(name="object_0", vertices=mesh.vertices.float().cpu().numpy(), faces=mesh.faces.cpu().numpy(),
+                      vertex_colors=colors, gaussians=gaussians)
+    out_dir = Path(tempfile.mkdtemp(prefix="cupid_bench_bundle_"))
+    try:
+        with meter("export"):
+            write_bundle(out_dir, processed.photo, pose, [spec], pipe.export_options())
+        counts = json.loads((out_dir / "scene.json").read_text())["objects"][0]["counts"]
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    samplers = {"sparse_structure_flow_model": pipe.ss_sampler, "slat_flow_model": pipe.slat_sampler}
+    flows = {role: {"calls": timers[role].calls, "seconds": timers[role].seconds,
+                    "default_steps": samplers[role].steps, "default_calls": flow_forwards(samplers[role])}
+             for role in samplers}
+    return {"rows": meter.rows, "per_stage_peak": meter.per_stage_peak, "flows": flows,
+            "modules": {role: {"calls": t.calls, "seconds": t.seconds} for role, t in timers.items()},
+            "voxels": int(structure.occupancy.sum()), "random_stage1_voxels": int(random_structure.occupancy.sum()),
+            "pose_inliers": float(solution.inlier_ratio), "mesh_faces": int(mesh.faces.shape[0]),
+            "export_counts": counts, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+# ---------------------------------------------------------------------------- driver
+
+def _child(args: list[str]) -> tuple[dict[str, Any], float]:
+    """Run this file with `args` in a fresh interpreter; its last JSON line and the wall time."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "backend"), str(ROOT)]))
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=env)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode or not lines:
+        raise SystemExit(f"{' '.join(args)} failed (exit {res.returncode}); see the messages above")
+    return json.loads(lines[-1]), time.perf_counter() - t0
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.2f}" if seconds < 1 else f"{seconds:.1f}"
+
+
+def report(r: dict[str, Any], steps: int, dtype: str, write_s: float | None) -> None:
+    """Print the markdown table (pasteable into the README) and the notes."""
+    rows = {row["stage"]: row for row in r["rows"]}
+    ss, sl = r["flows"]["sparse_structure_flow_model"], r["flows"]["slat_flow_model"]
+    mod = r["modules"]
+    total = sum(row["seconds"] for row in rows.values())
+    peak = max(row["peak_gb"] for row in rows.values())
+    print(f"\nCUPID full-size pipeline on the CPU ({r['threads']} threads, torch {r['torch']}): {dtype}, random "
+          f"weights, {steps} sampler steps per flow (default {ss['default_steps']}), stage 2 on {r['voxels']} "
+          f"voxels (Suzanne at 64³)\n")
+    print("| stage | time (s) | peak RSS (GB) | peak − RSS at start (GB) |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, row in rows.items():
+        print(f"| {name} | {_s(row['seconds'])} | {row['peak_gb']:.2f} | {row['peak_gb'] - row['start_gb']:.2f} |")
+    print(f"| **total** | **{total:.1f}** | **{peak:.2f}** | |")
+
+    def per(role: str) -> float:
+        return mod[role]["seconds"] / max(mod[role]["calls"], 1)
+
+    est = total + sum((f["default_calls"] - f["calls"]) * f["seconds"] / max(f["calls"], 1) for f in (ss, sl))
+    load = rows["load"]
+    notes = [
+        f"load: CupidPipeline.from_pretrained of a just-written directory (warm page cache); afterwards "
+        f"{load['end_anon_gb']:.2f} GB is anonymous memory and {load['end_file_gb']:.2f} GB file pages of the "
+        f"safetensors checkpoints, which stay memory-mapped (clean and reclaimable, but counted in RSS).",
+        f"structure: stage-1 flow {ss['calls']} forwards (CFG doubles each step) at "
+        f"{per('sparse_structure_flow_model'):.1f} s, occupancy decoder "
+        f"{_s(mod['sparse_structure_decoder']['seconds'])} s, UV decoder "
+        f"{_s(mod['sparse_structure_uv_decoder']['seconds'])} s; its random output "
+        f"({r['random_stage1_voxels']} voxels) is dropped.",
+        f"pose: solve_camera on Suzanne's {r['voxels']} exact voxel/uv pairs (inlier ratio {r['pose_inliers']:.2f}).",
+        f"latent: stage-2 flow {sl['calls']} forwards at {per('slat_flow_model'):.1f} s, plus the SLat encoder "
+        f"once per condition, not per step ({mod['slat_encoder']['calls']} calls at {per('slat_encoder'):.1f} s).",
+        f"decode: mesh decoder + FlexiCubes {_s(mod['slat_decoder_mesh']['seconds'])} s, Gaussian decoder "
+        f"{_s(mod['slat_decoder_gs']['seconds'])} s; random weights give a noisy {r['mesh_faces']}-face mesh.",
+        f"export: write_bundle with the default ExportOptions -> {r['export_counts']}.",
+        "peak RSS: the process's resident peak during the stage, every loaded network included; total = the "
+        "largest." if r["per_stage_peak"] else "peak RSS: the kernel refused to reset it: each is the peak so far.",
+        f"Estimate, not a measurement: at the default {ss['default_steps']} steps the flows run "
+        f"{ss['default_calls']} + {sl['default_calls']} forwards instead of {ss['calls']} + {sl['calls']}; at the "
+        f"per-forward times above the whole job would take ~{est / 60:.0f} min.",
+    ]
+    if write_s is not None:
+        notes.append(f"Writing the random model directory took {write_s:.0f} s (not part of the pipeline).")
+    print("\nNotes (GB = GiB):\n" + "\n".join(f"- {n}" for n in notes))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=2, help="sampler steps of each flow (default 2)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="torso compute dtype")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-dir", type=Path, help="write the random model here (kept) or reuse it if present")
+    parser.add_argument("--child-write", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-run", type=Path, help=argparse.SUPPRESS)
+    a = parser.parse_args()
+    if a.child_write:
+        print(json.dumps(write_model(a.child_write, a.seed)))
+        return
+    if a.child_run:
+        print(json.dumps(run_pipeline(a.child_run, a.steps, getattr(torch, a.dtype), a.seed)))
+        return
+    model_dir = a.model_dir or Path(tempfile.mkdtemp(prefix="cupid_bench_model_"))
+    try:
+        write_s = None
+        if not (model_dir / "pipeline.json").is_file():
+            print(f"writing the full-size random model to {model_dir} ...", file=sys.stderr, flush=True)
+            model_dir.mkdir(parents=True, exist_ok=True)
+            _, write_s = _child(["--child-write", str(model_dir), "--seed", str(a.seed)])
+        print("running the pipeline ...", file=sys.stderr, flush=True)
+        result, _ = _child(["--child-run", str(model_dir), "--steps", str(a.steps), "--dtype", a.dtype,
+                            "--seed", str(a.seed)])
+    finally:
+        if a.model_dir is None:
+            shutil.rmtree(model_dir, ignore_errors=True)
+    report(result, a.steps, a.dtype, write_s)
+
+
+if __name__ == "__main__":
+    main()
