@@ -71,21 +71,21 @@ def write_model(model_dir: Path, seed: int = 0) -> dict[str, Any]:
     from cupid import config
     from cupid.models import build_model
     from cupid.models.dinov2 import DinoV2
-    from cupid.tiny import _randomize, _save
+    from cupid.tiny import randomize_weights, save_checkpoint
 
     gen = torch.Generator().manual_seed(seed)
     params = {}
     for role, spec in release_specs().items():
         model = build_model(spec["name"], spec["args"])  # use_fp16 stores the torso in float16, as released
-        _randomize(model, gen)
+        randomize_weights(model, gen)
         stem = model_dir / config.RELEASE_MODELS[role]
         stem.parent.mkdir(parents=True, exist_ok=True)
-        _save(model, stem.parent, stem.name, spec)
+        save_checkpoint(model, stem.parent, stem.name, spec)
         params[role] = sum(p.numel() for p in model.parameters())
         del model
         print(f"  wrote {role} ({params[role] / 1e6:.0f} M parameters)", file=sys.stderr, flush=True)
     dino = DinoV2.vitl14_reg4()
-    _randomize(dino, gen)
+    randomize_weights(dino, gen)
     torch.save({k: v.detach().clone() for k, v in dino.state_dict().items()}, model_dir / DINO_FILE)
     params["dinov2"] = sum(p.numel() for p in dino.parameters())
     del dino

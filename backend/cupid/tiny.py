@@ -109,7 +109,7 @@ ROLES = {
 }
 
 
-def _randomize(model: torch.nn.Module, generator: torch.Generator) -> None:
+def randomize_weights(model: torch.nn.Module, generator: torch.Generator) -> None:
     """Draw every parameter from N(0, 0.05²) and shift norm gains by +1 (as the parity fixtures do):
     the networks' own initialisation zeroes output layers, which would make every output constant."""
     with torch.no_grad():
@@ -144,7 +144,8 @@ def _fit_decoder(model: torch.nn.Module, target_occ: np.ndarray, target_uv: np.n
     return float(loss.detach())
 
 
-def _save(model: torch.nn.Module, ckpts: Path, stem: str, spec: dict[str, Any]) -> None:
+def save_checkpoint(model: torch.nn.Module, ckpts: Path, stem: str, spec: dict[str, Any]) -> None:
+    """Write ckpts/STEM.json ({"name", "args"}) and STEM.safetensors: the official checkpoint format."""
     from safetensors.torch import save_file
 
     (ckpts / f"{stem}.json").write_text(json.dumps(spec, indent=1))
@@ -162,7 +163,7 @@ def _write_tiny_moge(folder: Path, generator: torch.Generator) -> None:
     from .models.moge import build_moge
 
     net = build_moge(TINY_MOGE_CONFIG)
-    _randomize(net, generator)
+    randomize_weights(net, generator)
     with torch.no_grad():  # every pixel valid, depths around 2 units: a usable (if noisy) point map
         points_out, mask_out = net.head.output_block[0][-1], net.head.output_block[1][-1]
         mask_out.weight.zero_()
@@ -185,14 +186,14 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     specs = _configs()
     for stem, spec in specs.items():
         model = build_model(spec["name"], spec["args"])
-        _randomize(model, generator)
+        randomize_weights(model, generator)
         if stem == "ss_dec_tiny":
             _fit_decoder(model, occ, None)
         elif stem == "uv_vae_tiny_decoder":
             _fit_decoder(model, occ, uv)
-        _save(model, ckpts, stem, spec)
+        save_checkpoint(model, ckpts, stem, spec)
     dino = DinoV2.tiny(dim=TINY_DINO_DIM, depth=2, num_heads=1, img_size=518)
-    _randomize(dino, generator)
+    randomize_weights(dino, generator)
     torch.save({k: v.detach().clone() for k, v in dino.state_dict().items()}, ckpts / "dinov2_tiny.pth")
     _write_tiny_moge(out / "ckpts" / "moge_tiny", generator)
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
