@@ -85,6 +85,26 @@ def test_install_enable_disable_enable(run):
     assert steps[0]["default_model"] == run["cfg"]["model"]
 
 
+def _drawn(log: list, method: str) -> list:
+    return [entry for entry in log if entry[0] == method]
+
+
+def test_panel_draws_inputs_button_progress_and_backend_status(run):
+    idle, busy = run["result"]["panel_idle"], run["result"]["panel_running"]
+    ops_idle = [e[1][0] for e in _drawn(idle, "operator")]
+    ops_busy = [e[1][0] for e in _drawn(busy, "operator")]
+    assert "cupid.reconstruct" in ops_idle and "cupid.cancel" not in ops_idle
+    assert "cupid.cancel" in ops_busy and "cupid.reconstruct" not in ops_busy
+    assert {"cupid.start_backend", "cupid.stop_backend"} <= set(ops_idle)
+    assert any(e[1][1] == "image" for e in _drawn(idle, "template_ID_preview"))  # photo with a thumbnail
+    assert any(e[1][1] == "mask" for e in _drawn(idle, "template_ID"))
+    assert any(e[1][1] == "mode" for e in _drawn(idle, "prop"))
+    progress = _drawn(busy, "progress")
+    assert progress and progress[0][2]["factor"] == pytest.approx(0.4) and "latent 40%" in progress[0][2]["text"]
+    labels = [e[2].get("text", "") for e in _drawn(idle, "label")]
+    assert any(text.startswith("Backend: ") for text in labels)
+
+
 def test_dead_backend_is_a_clear_report_and_changes_nothing(run):
     case = run["result"]["dead_backend"]
     assert case["ret"] == ["ERROR"]

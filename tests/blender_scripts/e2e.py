@@ -46,6 +46,38 @@ def install_cycle(zip_path: str) -> tuple[str, list]:
     return name, steps
 
 
+class LayoutRecorder:
+    """Stands in for a UILayout in background mode (no window): records what a panel draws."""
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def __getattr__(self, method: str):
+        def call(*args, **kwargs):
+            self.log.append([method, [a if isinstance(a, (str, int, float)) else type(a).__name__ for a in args],
+                             {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))}])
+            return OperatorProps() if method == "operator" else self
+        return call
+
+
+class OperatorProps:
+    """What layout.operator returns: the panel sets the operator's properties on it."""
+
+
+def draw_panel(module_name: str, running: bool) -> list:
+    """Run the CUPID panel's draw() as Blender would, idle or with a job in progress."""
+    panel = sys.modules[module_name + ".panel"].CUPID_PT_reconstruct
+    wm = bpy.context.window_manager
+    wm.cupid_running, wm.cupid_stage, wm.cupid_progress = running, "latent" if running else "", 0.4
+    log: list = []
+    fake = type("PanelSelf", (), {"layout": LayoutRecorder(log)})()
+    try:
+        panel.draw(fake, bpy.context)
+    finally:
+        wm.cupid_running, wm.cupid_stage, wm.cupid_progress = False, "", 0.0
+    return log
+
+
 def snapshot() -> dict:
     scene = bpy.context.scene
     counts = {k: len(getattr(bpy.data, k)) for k in
@@ -124,6 +156,7 @@ def main(cfg: dict) -> dict:
     prefs.device = "cpu"
     for obj in list(bpy.data.objects):  # an empty scene (factory settings would also drop the add-on)
         bpy.data.objects.remove(obj)
+    out["panel_idle"], out["panel_running"] = draw_panel(name, False), draw_panel(name, True)
 
     # 1. a dead backend
     prefs.backend_kind, prefs.remote_url, prefs.remote_token = "REMOTE", cfg["dead_url"], "x"
