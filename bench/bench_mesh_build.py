@@ -2,10 +2,8 @@
 
 The mesh: a bumpy torus, 1000 x 500 quads -> 1,000,000 triangles on 501,501 vertices, with a
 UV grid (seam columns duplicated), per-vertex colours and a 1024² texture. It is written as a
-result bundle the way ``cupid.export.write_bundle`` writes one (same writers: ``write_npz`` for
-the NPZ, the bundle's PNG writer, ``write_glb`` for the GLB, ``dumps_scene`` for scene.json;
-``write_bundle`` itself is not called because it would xatlas-unwrap the 1M-triangle mesh) and
-checked with ``load_bundle``.
+result bundle by ``cupid.export.write_bundle`` (the mesh handed over as already textured, so it is
+not simplified or xatlas-unwrapped) and checked with ``load_bundle``.
 
 Timed, each in a fresh empty scene (``read_factory_settings(use_empty=True)``), best of N:
   ours  ``cupid_blender.scene_builder.build_from_bundle`` -- what the add-on runs on a result:
@@ -34,10 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import bpy  # noqa: E402
 
-from cupid import __version__  # noqa: E402
-from cupid.export.bundle import (IMAGE_FILE, OVERLAY_FILE, SCENE_FILE, SCHEMA_ID, _write_png,  # noqa: E402
-                                 dumps_scene, load_bundle, transform_matrix, write_npz)
-from cupid.export.glb import write_glb  # noqa: E402
+from cupid.export import ExportOptions, ObjectSpec, load_bundle, write_bundle  # noqa: E402
+from cupid.export.mesh import TexturedMesh  # noqa: E402
 from cupid_blender import scene_builder as sb  # noqa: E402
 
 
@@ -76,32 +72,18 @@ def texture_image(size: int) -> np.ndarray:
 
 
 def write_big_bundle(out: Path, nu: int, nv: int, tex_size: int) -> tuple[Path, int]:
-    """A one-object bundle laid out exactly as write_bundle lays it out; returns (dir, faces)."""
+    """A one-object bundle written by write_bundle (mesh passed as already textured, so it is not
+    re-simplified or xatlas-unwrapped); returns (dir, faces)."""
     verts, faces, uv, colors = bumpy_torus(nu, nv)
-    out.mkdir(parents=True, exist_ok=True)
     w, h = 640, 480
     photo = np.full((h, w, 3), 128, np.uint8)
-    _write_png(out / IMAGE_FILE, photo)
-    _write_png(out / OVERLAY_FILE, photo)
-    name = "object_0"
-    write_npz(out / f"{name}.npz", {"vertices": verts, "faces": faces, "colors": colors, "uv": uv})
-    tex = texture_image(tex_size)
-    _write_png(out / f"{name}.png", tex)
-    write_glb(out / f"{name}.glb", verts, faces, uv, tex, colors, name=name)
-    s, R, t = 1.0, np.eye(3), np.zeros(3)
-    entry = {"name": name, "mesh": f"{name}.npz", "texture": f"{name}.png", "glb": f"{name}.glb",
-             "transform": {"scale": s, "R": R.tolist(), "t": t.tolist()},
-             "matrix_world": transform_matrix(s, R, t).tolist(),
-             "counts": {"vertices": int(len(verts)), "faces": int(len(faces))},
-             "bounds": {"min": verts.min(0).astype(float).tolist(), "max": verts.max(0).astype(float).tolist()}}
     f = 1.2 * w
-    K = [[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]]
-    scene = {"schema": SCHEMA_ID, "generator": {"name": "cupid", "version": __version__},
-             "image": {"file": IMAGE_FILE, "width": w, "height": h},
-             "camera": {"convention": "opencv", "K": K, "R": [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
-                        "t": [0.0, 0.0, 2.5]},
-             "objects": [entry], "overlay": OVERLAY_FILE}
-    (out / SCENE_FILE).write_text(dumps_scene(scene), encoding="utf-8")
+    camera = {"K": [[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]],
+              "R": [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], "t": [0.0, 0.0, 2.5],
+              "width": w, "height": h}
+    mesh = TexturedMesh(verts, faces, colors, uv, texture_image(tex_size))
+    write_bundle(out, photo, camera, [ObjectSpec("object_0", verts, faces, colors, textured=mesh)],
+                 ExportOptions(gaussians=False, overlay=False))
     load_bundle(out)  # the bundle is valid by the backend's own checks
     return out, int(len(faces))
 

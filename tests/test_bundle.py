@@ -251,3 +251,21 @@ def test_bundle_from_reference_decoder_outputs(tmp_path):
     assert np.allclose(back.scaling, g["gs0_scaling"], rtol=1e-5)
     assert np.allclose(back.opacity, g["gs0_opacity"], atol=1e-5)
     assert np.allclose(back.features_dc, g["gs0_features_dc"], atol=1e-7)
+
+
+def test_an_already_textured_mesh_is_written_as_it_is(tmp_path):
+    """ObjectSpec.textured skips simplification, unwrapping and baking (huge or pre-made meshes)."""
+    from cupid.export.mesh import TexturedMesh
+
+    rng = np.random.default_rng(3)
+    box = trimesh.creation.box(extents=(0.5, 0.4, 0.3))
+    v, f = np.asarray(box.vertices, np.float32), np.asarray(box.faces, np.int32)
+    tm = TexturedMesh(v, f, rng.random((len(v), 3)).astype(np.float32),
+                      rng.random((len(v), 2)).astype(np.float32), rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    cam = {"K": K, "R": R_CAM, "t": T_CAM, "width": W, "height": H}
+    d = write_bundle(tmp_path / "t", _photo(), cam, [ObjectSpec("made", v, f, tm.colors, textured=tm)],
+                     ExportOptions(target_faces=4, gaussians=False))  # target_faces ignored for it
+    m = load_bundle(d).load_mesh(0)
+    for key in ("vertices", "faces", "colors", "uv"):
+        np.testing.assert_array_equal(m[key], getattr(tm, key))
+    np.testing.assert_array_equal(np.asarray(Image.open(d / "made.png")), tm.texture)

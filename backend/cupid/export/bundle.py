@@ -50,7 +50,9 @@ class BundleError(CupidError):
 @dataclass
 class ObjectSpec:
     """One reconstructed object. Vertices are in the object frame (Z-up, about [-0.5, 0.5]³);
-    `transform` = (scale, R [3,3], t [3]) places it in the world: x_w = scale·R·x + t."""
+    `transform` = (scale, R [3,3], t [3]) places it in the world: x_w = scale·R·x + t.
+    `textured`: a mesh already post-processed (uv, texture) that is written as it is, skipping
+    simplification, unwrapping and baking."""
 
     name: str
     vertices: Any
@@ -58,6 +60,7 @@ class ObjectSpec:
     vertex_colors: Any = None
     gaussians: GaussiansLike | None = None
     transform: tuple[float, Any, Any] = (1.0, np.eye(3), np.zeros(3))
+    textured: TexturedMesh | None = None
 
 
 @dataclass
@@ -235,7 +238,7 @@ def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence
         if progress is not None:
             progress("export", k / (len(objects) + 1))
         s, R, t = _transform(spec)
-        tm: TexturedMesh = postprocess_mesh(
+        tm: TexturedMesh = spec.textured if spec.textured is not None else postprocess_mesh(
             spec.vertices, spec.faces, spec.vertex_colors, target_faces=opts.target_faces,
             texture_size=opts.texture_size, unwrap=opts.texture, chart_iterations=opts.chart_iterations)
         arrays = {"vertices": tm.vertices.astype(np.float32), "faces": tm.faces.astype(np.int32),
