@@ -35,6 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = Path(os.environ.get("CUPID_SHARED", ROOT.parent / "shared")) / "fixtures" / "trellis_image_large_manifest.json"
+RELEASE_JSON = ROOT / "tests" / "assets" / "cupid_release_ckpts.json"
 DINO_FILE = "ckpts/dinov2_vitl14_reg4_pretrain.pth"
 GB = 2 ** 30
 
@@ -42,28 +43,17 @@ GB = 2 ** 30
 # ---------------------------------------------------------------------------- writing the model
 
 def release_specs() -> dict[str, dict[str, Any]]:
-    """Role -> {"name", "args"} of every release checkpoint: TRELLIS's from the manifest, CUPID's derived."""
+    """Role -> {"name", "args"} of every release checkpoint: CUPID's own from the release JSONs that
+    tests/test_release_manifest.py checks, TRELLIS-image-large's from its manifest."""
     from cupid import config
 
+    release = json.loads(RELEASE_JSON.read_text())
     manifest = json.loads(MANIFEST.read_text())
-
-    def entry(key: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
-        return {"name": name or manifest[key]["name"], "args": {**manifest[key]["args"], **extra}}
-
-    return {
-        "sparse_structure_flow_model": entry("ss_flow_img_dit_L_16l8_fp16", in_channels=16, out_channels=16),
-        "sparse_structure_decoder": entry("ss_dec_conv3d_16l8_fp16"),
-        "sparse_structure_uv_decoder": entry("ss_dec_conv3d_16l8_fp16", out_channels=3),
-        "slat_flow_model": entry("slat_flow_img_dit_L_64l8p2_fp16", "ElasticVisualLatentConditioningSLatFlowModel",
-                                 cond_latent_channels=8, visual_feat_channels=[4, 4, 4, 4],
-                                 visual_feat_resolution=256, visual_conv_kernel_size=3,
-                                 pretrained_slat_enc=config.RELEASE_MODELS["slat_encoder"]),
-        "slat_encoder": {"name": "SLatEncoder", "args": {
-            "resolution": 64, "in_channels": 1024, "model_channels": 768, "latent_channels": 8, "num_blocks": 12,
-            "num_heads": 12, "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8, "use_fp16": True}},
-        "slat_decoder_mesh": entry("slat_dec_mesh_swin8_B_64l8m256c_fp16"),
-        "slat_decoder_gs": entry("slat_dec_gs_swin8_B_64l8gs32_fp16"),
-    }
+    specs = {}
+    for role, stem in config.RELEASE_MODELS.items():
+        entry = release.get(stem) or manifest[stem.rsplit("/", 1)[-1]]
+        specs[role] = {"name": entry["name"], "args": entry["args"]}
+    return specs
 
 
 def write_model(model_dir: Path, seed: int = 0) -> dict[str, Any]:

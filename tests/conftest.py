@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,10 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"reference fixtures not found at {SHARED} (set CUPID_SHARED)")
     return SHARED
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for 'backend is down' cases)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 from cupid.cli import main as cupid_main  # noqa: E402
 from cupid.export import load_bundle, render_silhouette  # noqa: E402
 from cupid.tiny import make_tiny_model  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "monkey.png"
@@ -35,12 +35,6 @@ import build_extension  # noqa: E402
 COUNTED = ("objects", "meshes", "materials", "images", "cameras", "collections", "node_groups")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("blender_e2e")
@@ -49,7 +43,7 @@ def run(tmp_path_factory) -> dict:
     bad = tmp / "notes.png"
     bad.write_text("this is a shopping list, not a picture\n")
     cfg = {"zip": str(zip_path), "python": sys.executable, "model": str(model), "photo": str(PHOTO),
-           "bad_photo": str(bad), "dead_url": f"http://127.0.0.1:{_free_port()}",
+           "bad_photo": str(bad), "dead_url": f"http://127.0.0.1:{free_port()}",
            "result": str(tmp / "result.json"), "render": str(tmp / "render.png"), "seed": 0, "steps": 0}
     (tmp / "config.json").write_text(json.dumps(cfg))
     user = tmp / "blender_user"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cupid_blender.client import BackendError, BackendUnavailable, CupidClient, safe_extract
+from tests.conftest import free_port
 
 TOKEN = "s3cret-token"
 
@@ -123,16 +124,8 @@ def stub():
     httpd.server_close()
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_no_server_is_backend_unavailable_with_the_url():
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(BackendUnavailable, match=f"CUPID backend is not running at {url}"):
         CupidClient(url, TOKEN, timeout=5).health()
 
@@ -164,7 +157,7 @@ def test_a_connection_dropped_mid_answer_is_backend_unavailable(stub):
 
 
 def test_proxy_settings_are_ignored(stub, monkeypatch):
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     for var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.setenv(var, dead)
     monkeypatch.delenv("NO_PROXY", raising=False)

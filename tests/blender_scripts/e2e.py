@@ -102,7 +102,7 @@ def cancel_when_submitted(operators, timeout: float = 120.0) -> threading.Thread
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = operators._ACTIVE["job"]
-            if job is not None and job.job_id is not None and job.stage not in ("uploading",):
+            if job is not None and job.job_id is not None and job.stage != "uploading":
                 job.cancel_requested = True
                 return
             time.sleep(0.05)
