@@ -12,7 +12,8 @@ several objects of one scene are placed in a common camera frame by :func:`umeya
 """
 from __future__ import annotations
 
-from .camera import GRID_RES, CameraPose, project, uncrop_uv, uv_cube, voxel_centers
+from .camera import (GRID_RES, CameraPose, check_rotation, project, uncrop_uv, uv_cube, validate_camera,
+                     voxel_centers)
 from .pnp import CameraSolution, decompose_projection, solve_camera
 from .rotation import rodrigues, rotation_angle_deg
 from .similarity import Similarity, umeyama, umeyama_robust
@@ -20,6 +21,8 @@ from .similarity import Similarity, umeyama, umeyama_robust
 __all__ = [
     "GRID_RES",
     "CameraPose",
+    "check_rotation",
+    "validate_camera",
     "CameraSolution",
     "Similarity",
     "project",

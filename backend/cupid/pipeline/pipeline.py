@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from .. import config
 from ..errors import CheckpointError, CupidError, InputError
-from ..geometry import CameraPose, uncrop_uv, voxel_centers
+from ..geometry import CameraPose, uncrop_uv, validate_camera, voxel_centers
 from ..hub import hub_file
 from ..models import load_model
 from ..models.dinov2 import ImageConditioner, load_dinov2
 from ..preprocess import Processed, load_photo, preprocess
 from ..progress import CancelCheck, Progress, ProgressCallback
-from ..reconstruction import Pairs, ReconstructedObject, Reconstruction
+from ..reconstruction import Pairs, Preview, ReconstructedObject, Reconstruction
 from ..sampler import FlowSampler, seeded_noise
 from ..sparse import SparseTensor
 from .scene import SCENE_OBJECTS_SPAN, object_alphas, place_objects, point_map
@@ -65,6 +66,21 @@ def _read_pipeline_json(model: str | os.PathLike) -> tuple[dict, str, bool]:
                               f"such as {config.CUPID_MODEL_ID}")
     cfg = hub_file(str(model), "pipeline.json", what=f"the model description {model}/pipeline.json")
     return json.loads(Path(cfg).read_text())["args"], str(model), False
+
+
+@dataclass
+class StageOne:
+    """What stage 1 leaves for stage 2 (kept by the service so that a refine skips stage 1)."""
+
+    processed: Processed
+    cond: torch.Tensor
+    visual: torch.Tensor
+    structure: StructureResult
+    camera: CameraPose     # photo pixels: solved from the UV cube, or given
+    seed: int
+
+    def preview(self) -> Preview:
+        return Preview(self.camera, np.argwhere(self.structure.occupancy), self.structure.res)
 
 
 class CupidPipeline:
@@ -184,18 +200,47 @@ class CupidPipeline:
 
     # ------------------------------------------------------------------ one object
     @torch.no_grad()
-    def reconstruct_object(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
-                           progress: Progress | None = None, name: str = "object_0") -> ReconstructedObject:
-        """Stages 1 and 2 for one object: its mesh and Gaussians (object frame), the camera solved from
-        its structure (photo pixels) and its 3D-2D pairs (voxel centres, uv in the photo)."""
+    def stage_one(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
+                  progress: Progress | None = None, camera: CameraPose | None = None) -> StageOne:
+        """Condition and sample the structure; solve the camera from its UV cube, or take `camera`
+        (photo pixels) as given. What it returns is all stage 2 needs, so a refine can start there."""
         job = progress or Progress()
         job.report("condition", 0.0)
         cond, visual = self.condition(processed)
         structure = self.sample_structure(cond, seed, steps, job)
         job.report("pose", 0.0)
         crop = processed.crop
-        pose, solution = pose_from_structure(structure, crop.offset, crop.size, processed.size, seed=seed)
-        slat = self.sample_latent(structure, solution.pose, cond, visual, seed, steps, job)
+        if camera is None:
+            camera, _ = pose_from_structure(structure, crop.offset, crop.size, processed.size, seed=seed)
+        else:
+            camera = self.check_camera(camera, structure, processed)
+        return StageOne(processed, cond, visual, structure, camera, seed)
+
+    def check_camera(self, camera: CameraPose, structure: StructureResult, processed: Processed) -> CameraPose:
+        """A given camera, refused (InputError) when it is malformed, for another photo size, or sees
+        none of the object's voxels."""
+        validate_camera(camera)
+        if camera.image_size != processed.size:
+            raise InputError(f"the camera is for a {camera.width}x{camera.height} image but the photo is "
+                             f"{processed.size[0]}x{processed.size[1]}")
+        centres = voxel_centers(np.argwhere(structure.occupancy), structure.res)
+        uv = camera.project(centres)
+        seen = np.isfinite(uv).all(1) & (uv >= 0).all(1) & (uv <= 1).all(1)
+        if not seen.any():
+            raise InputError("the camera sees none of the object's voxels: it must look at the object "
+                             "(in front of it, inside the photo)")
+        return camera
+
+    @torch.no_grad()
+    def stage_two(self, first: StageOne, *, camera: CameraPose | None = None, steps: int | None = None,
+                  progress: Progress | None = None, name: str = "object_0") -> ReconstructedObject:
+        """Stage 2 and decoding with stage 1's camera (or `camera`, photo pixels): the object's mesh and
+        Gaussians (object frame), that camera, its 3D-2D pairs (voxel centres, uv in the photo), its mask."""
+        job = progress or Progress()
+        processed, structure, crop = first.processed, first.structure, first.processed.crop
+        camera = first.camera if camera is None else self.check_camera(camera, structure, processed)
+        slat = self.sample_latent(structure, camera.in_crop(crop.offset, crop.size), first.cond, first.visual,
+                                  first.seed, steps, job)
         job.report("decode", 0.0)
         mesh, gaussians = self.decode(slat)
         attrs = mesh.vertex_attrs
@@ -204,30 +249,59 @@ class CupidPipeline:
         pairs = Pairs(voxel_centers(structure.uv_indices, structure.res), uv_photo, structure.res)
         return ReconstructedObject(name=name, vertices=mesh.vertices.float().cpu().numpy(),
                                    faces=mesh.faces.cpu().numpy(), vertex_colors=colors, gaussians=gaussians,
-                                   camera=pose, pairs=pairs)
+                                   camera=camera, pairs=pairs, mask=processed.alpha)
+
+    def reconstruct_object(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
+                           progress: Progress | None = None, name: str = "object_0",
+                           camera: CameraPose | None = None,
+                           on_stage_one: Callable[[StageOne], None] | None = None) -> ReconstructedObject:
+        """Stages 1 and 2 for one object (see `stage_one`, `stage_two`); `on_stage_one` sees stage 1's
+        result (its `preview()`) before stage 2 starts."""
+        job = progress or Progress()
+        first = self.stage_one(processed, seed=seed, steps=steps, progress=job, camera=camera)
+        if on_stage_one is not None:
+            on_stage_one(first)
+        return self.stage_two(first, steps=steps, progress=job, name=name)
 
     # ------------------------------------------------------------------ the two modes
     def reconstruct(self, image: Any, *, mask: Any = None, mode: str = "object", seed: int = 0,
                     steps: int | None = None, progress: ProgressCallback | Progress | None = None,
-                    should_cancel: CancelCheck | None = None) -> Reconstruction:
+                    should_cancel: CancelCheck | None = None, camera: CameraPose | None = None,
+                    on_stage_one: Callable[[StageOne], None] | None = None) -> Reconstruction:
         """Photo (+ mask) -> Reconstruction (write it with `cupid.export.write_bundle`).
 
-        Object mode: one object, seen by the camera solved from its own structure. Scene mode: one
-        object per mask (a label image, mask files, or automatic masks), each reconstructed from its
-        own occlusion-aware crop and placed in the point-map model's camera. `progress` is a (stage,
-        fraction of the job) callback, or a `Progress` whose `remainder()` then drives the export."""
+        Object mode: one object, seen by the camera solved from its own structure, or by `camera`
+        (photo pixels) when given; `on_stage_one` is called with stage 1's result (camera + voxels)
+        before stage 2. Scene mode: one object per mask (a label image, mask files, or automatic
+        masks), each reconstructed from its own occlusion-aware crop and placed in the point-map
+        model's camera. `progress` is a (stage, fraction of the job) callback, or a `Progress` whose
+        `remainder()` then drives the export."""
         if mode not in ("object", "scene"):
             raise InputError(f"mode must be 'object' or 'scene', got {mode!r}")
         if steps is not None and not (0 <= int(steps) <= 500):
             raise InputError(f"steps must be between 1 and 500 (0 = the model's default), got {steps}")
+        if camera is not None and mode != "object":
+            raise InputError("a given camera is for object mode (a scene's camera comes from its point map)")
         job = progress if isinstance(progress, Progress) else Progress(progress, should_cancel)
         job.check()
         if mode == "scene":
             return self._reconstruct_scene(image, mask, seed=seed, steps=steps, job=job)
         processed = preprocess(image, mask)
-        obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job)
+        obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job, camera=camera,
+                                      on_stage_one=on_stage_one)
         job.report("export", 0.0)
         return Reconstruction(photo=processed.photo, camera=obj.camera, objects=[obj], mode="object", seed=seed)
+
+    def refine(self, first: StageOne, camera: CameraPose, *, steps: int | None = None,
+               progress: ProgressCallback | Progress | None = None,
+               should_cancel: CancelCheck | None = None) -> Reconstruction:
+        """Stage 2, decoding and nothing else, from a kept stage 1 and a camera the artist moved."""
+        job = progress if isinstance(progress, Progress) else Progress(progress, should_cancel)
+        job.report("latent", 0.0)
+        obj = self.stage_two(first, camera=camera, steps=steps, progress=job)
+        job.report("export", 0.0)
+        return Reconstruction(photo=first.processed.photo, camera=obj.camera, objects=[obj], mode="object",
+                              seed=first.seed)
 
     @torch.no_grad()
     def _reconstruct_scene(self, image: Any, mask: Any, *, seed: int, steps: int | None,
@@ -237,9 +311,10 @@ class CupidPipeline:
         objects = []
         for k, alpha in enumerate(alphas):
             processed = preprocess(photo, mask=(alpha * 255).astype(np.uint8))
-            objects.append(self.reconstruct_object(processed, seed=seed + 7919 * k, steps=steps,
-                                                   progress=job.part(k, len(alphas), SCENE_OBJECTS_SPAN),
-                                                   name=f"object_{k}"))
+            obj = self.reconstruct_object(processed, seed=seed + 7919 * k, steps=steps,
+                                          progress=job.part(k, len(alphas), SCENE_OBJECTS_SPAN), name=f"object_{k}")
+            obj.mask = alpha   # the visible part of the object: what its fit score checks
+            objects.append(obj)
         job.mark("pointmap", SCENE_OBJECTS_SPAN + 0.01)
         points, valid, K_scene = point_map(self.point_map_model, photo, [o.camera.K[0, 0] for o in objects])
         place_objects(objects, alphas, points, valid, seed=seed)
