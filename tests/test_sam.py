@@ -167,16 +167,27 @@ def test_loading_refuses_other_checkpoints(tmp_path):
 
 
 def test_missing_weights_name_cupid_download(tmp_path, monkeypatch):
-    with pytest.raises(CheckpointError, match="no SAM weights at .*run `cupid download`"):
+    from cupid import config
+    from cupid.models.sam import SAM_CHECKPOINT_ENV
+
+    with pytest.raises(CheckpointError, match="no SAM weights at .*sam_vit_b_01ec64.pth: run 'cupid download'"):
         load_sam(tmp_path / "sam_vit_b_01ec64.pth")
+    monkeypatch.setenv(SAM_CHECKPOINT_ENV, str(tmp_path / "mine.pth"))
+    with pytest.raises(CheckpointError, match="no SAM weights at .*mine.pth"):
+        load_sam()
+    monkeypatch.delenv(SAM_CHECKPOINT_ENV)
     import huggingface_hub
 
-    def offline(*args, **kwargs):
+    asked = []
+
+    def offline(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
         raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(CheckpointError, match=r"no SAM weights \(checkpoints/sam_vit_b_01ec64.pth from "
-                                              r"ybelkada/segment-anything.*run `cupid download`"):
-        load_sam("ybelkada/segment-anything/checkpoints/sam_vit_b_01ec64.pth")
+    with pytest.raises(CheckpointError, match=r"cannot get the segment-anything weights checkpoints/sam_vit_b_01ec64.pth "
+                                              r"\(ybelkada/segment-anything\).*run 'cupid download'"):
+        load_sam()  # the default checkpoint
+    assert asked == [(config.SAM_REPO_ID, config.SAM_FILENAME)]
 
 
 # ---------------------------------------------------------------- the hand-built tiny SAM
@@ -224,7 +235,7 @@ def test_make_tiny_model_writes_the_tiny_sam(tmp_path, monkeypatch):
     name = json.loads((out / "pipeline.json").read_text())["args"]["sam_model"]
     assert name == f"ckpts/{TINY_SAM_FILE}"
     photo, (disc,) = _photo(200, 160, [(0.5, 0.5, 0.2, (200, 60, 40))])
-    found = MS.segment_automatic(photo, model=out / name, points_per_side=8)
+    found = MS.segment_automatic(photo, model=load_sam(out / name), points_per_side=8)
     assert len(found) == 1 and _iou(found.binary[0], disc) > 0.7
 
 

@@ -16,7 +16,8 @@ MOGE_ID = "Ruicheng/moge-vitl"  # the point-map model of scene mode (MoGe v1, as
 
 # Segment Anything: scene mode's automatic masks and picks (cupid.models.sam loads the official .pth).
 # Meta publishes the checkpoints only on dl.fbaipublicfiles.com; ybelkada/segment-anything on the Hub
-# holds byte-identical copies (Git LFS SHA-256 equal to the official files'), pinned to one revision.
+# holds byte-identical copies (Git LFS SHA-256 equal to the official files' below) at SAM_REVISION, the
+# revision they were checked at (cupid.hub fetches the default branch, which holds the same files).
 # ViT-B by default: scene mode must work on a CPU, and ViT-B's encoder (91M parameters, 375 MB) needs
 # about a sixth of ViT-H's compute (636M parameters, 2.5 GB download) per photo, for masks of whole
 # objects that differ little (SAM's paper: ViT-H gains only marginally over ViT-L, and ViT-B trails

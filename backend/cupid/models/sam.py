@@ -24,14 +24,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import config
 from ..errors import CheckpointError, InputError
-from .loading import _hf_offline, check_state_dict
-from .sam_decoder import MaskDecoder, PromptEncoder, TwoWayTransformer
+from ..hub import hub_file
+from .loading import check_state_dict
+from .sam_amg import MaskProposal, generate_proposals
+from .sam_decoder import MASK_THRESHOLD, MaskDecoder, PromptEncoder, TwoWayTransformer
 from .sam_encoder import ImageEncoderViT
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-MASK_THRESHOLD = 0.0
+SAM_CHECKPOINT_ENV = "CUPID_SAM_CHECKPOINT"  # a local sam_vit_*.pth or owner/repo/FILE.pth instead of the default
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,10 @@ class SamModel:
         masks = self.upscale(low, image)[:, 0] > MASK_THRESHOLD
         return masks.cpu().numpy(), pred.iou_predictions[rows, best].cpu().numpy()
 
+    def automatic(self, photo: np.ndarray, **settings: Any) -> list[MaskProposal]:
+        """SAM's automatic masks of an RGB uint8 photo (:func:`cupid.models.sam_amg.generate_proposals`)."""
+        return generate_proposals(self, photo, **settings)
+
     @torch.inference_mode()
     def upscale(self, low_res_logits: torch.Tensor, image: SamImage) -> torch.Tensor:
         """Low-res logits [B, M, 4h, 4w] → logits [B, M, H, W] in photo pixels."""
@@ -233,24 +240,18 @@ def _variant(path: Path, state: dict[str, torch.Tensor], model_type: str | None)
                           f"({', '.join(SAM_CONFIGS)})")
 
 
-def resolve_sam(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local `.pth` file, or `owner/repo/FILE.pth` on Hugging Face (the local cache first)."""
+def resolve_sam(path_or_id: str | os.PathLike) -> Path:
+    """A local `.pth` file, or `owner/repo/FILE.pth` on Hugging Face (the weights cache first)."""
     s = str(path_or_id)
     p = Path(s).expanduser()
     if p.is_file():
         return p
     parts = [q for q in s.split("/") if q]
     if p.is_absolute() or s.startswith((".", "~")) or len(parts) < 3:
-        raise CheckpointError(f"no SAM weights at {s}: run `cupid download` to fetch them, or give the path of "
+        raise CheckpointError(f"no SAM weights at {s}: run 'cupid download' to fetch them, or give the path of "
                               "an official sam_vit_*.pth")
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    try:
-        from huggingface_hub import hf_hub_download
-        return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision))
-    except Exception as exc:
-        why = "offline and not in the local cache" if _hf_offline() else f"download failed: {type(exc).__name__}"
-        raise CheckpointError(f"no SAM weights ({filename} from {repo}: {why}): run `cupid download` while online, "
-                              "or give the path of an official sam_vit_*.pth") from exc
+    return hub_file(repo, filename, what=f"the segment-anything weights {filename} ({repo})")
 
 
 def read_sam_state(path: Path) -> dict[str, torch.Tensor]:
@@ -265,14 +266,17 @@ def read_sam_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_sam(path_or_id: str | os.PathLike, device: str | torch.device | None = None,
-             model_type: str | None = None, revision: str | None = None) -> SamModel:
+def load_sam(path_or_id: str | os.PathLike | None = None, device: str | torch.device | None = None,
+             model_type: str | None = None) -> SamModel:
     """Load an official `sam_vit_{b,l,h}_*.pth` (or the tiny model's) strictly, float32, eval mode.
 
-    The variant comes from `model_type`, else the file name, else the encoder width; every key and
-    shape must then match that variant (:func:`cupid.models.loading.check_state_dict` names the bad ones).
+    `path_or_id` None means $CUPID_SAM_CHECKPOINT, else :data:`cupid.config.SAM_ID` (what `cupid download`
+    fetches). The variant comes from `model_type`, else the file name, else the encoder width; every key
+    and shape must then match that variant (:func:`cupid.models.loading.check_state_dict` names the bad ones).
     """
-    path = resolve_sam(path_or_id, revision)
+    if path_or_id is None:
+        path_or_id = os.environ.get(SAM_CHECKPOINT_ENV, "").strip() or config.SAM_ID
+    path = resolve_sam(path_or_id)
     state = read_sam_state(path)
     variant = _variant(path, state, model_type)
     with torch.device("meta"):

@@ -12,11 +12,12 @@ chunks, and the masks that pass are kept as packed bits until NMS has chosen amo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from .sam import MASK_THRESHOLD, SamImage, SamModel
+from .sam_decoder import MASK_THRESHOLD
 
 _CHUNK_PIXELS = 1 << 25  # photo-size logits made at once (128 MB of float32)
 
@@ -110,7 +111,7 @@ class _Kept:
     points: list[np.ndarray]
 
 
-def _process_batch(model: SamModel, image: SamImage, points: np.ndarray, kept: _Kept, pred_iou_thresh: float,
+def _process_batch(model: Any, image: Any, points: np.ndarray, kept: _Kept, pred_iou_thresh: float,
                    stability_score_thresh: float, stability_score_offset: float) -> None:
     labels = np.ones((len(points), 1), dtype=np.int64)
     pred = model.predict(image, points[:, None, :], labels, multimask=True)
@@ -140,11 +141,13 @@ def _process_batch(model: SamModel, image: SamImage, points: np.ndarray, kept: _
         kept.stability.extend(float(s) for s in stab[ok])
 
 
-def generate_proposals(model: SamModel, photo: np.ndarray, *, points_per_side: int = 32, points_per_batch: int = 64,
+def generate_proposals(model: Any, photo: np.ndarray, *, points_per_side: int = 32, points_per_batch: int = 64,
                        pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
                        stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7,
-                       image: SamImage | None = None) -> list[MaskProposal]:
-    """SAM's automatic masks of an RGB uint8 photo [H, W, 3], best predicted IoU first."""
+                       image: Any = None) -> list[MaskProposal]:
+    """SAM's automatic masks of an RGB uint8 photo [H, W, 3], best predicted IoU first. `model` is a
+    :class:`cupid.models.sam.SamModel` (`embed`, `predict`, `upscale`), `image` its embedding of the
+    photo when already computed."""
     image = image if image is not None else model.embed(photo)
     h, w = image.original_size
     grid = point_grid(points_per_side) * np.array([[w, h]], dtype=np.float64)

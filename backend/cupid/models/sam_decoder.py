@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from .sam_encoder import LayerNorm2d, MLPBlock
 
+MASK_THRESHOLD = 0.0  # a pixel is in the mask where the decoder's logit is above this
+
 
 class PositionEmbeddingRandom(nn.Module):
     """Random Fourier features of positions normalised to [0, 1]² (the Gaussian matrix is stored)."""

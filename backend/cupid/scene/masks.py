@@ -20,13 +20,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 
 __all__ = ["ObjectMasks", "read_mask", "masks_from_label_image", "masks_from_images", "load_object_masks",
-           "occluder_mask", "label_png", "sam_model", "segment_automatic", "segment_prompts", "check_prompts",
-           "parse_point", "parse_box", "parse_prompts", "SAM_CHECKPOINT_ENV"]
+           "occluder_mask", "label_png", "segment_automatic", "segment_prompts", "check_prompts",
+           "parse_point", "parse_box", "parse_prompts"]
 
-SAM_CHECKPOINT_ENV = "CUPID_SAM_CHECKPOINT"
 MaskSource = Any  # path | bytes | PIL.Image | np.ndarray
 
 
@@ -296,21 +295,11 @@ def occluder_mask(masks: ObjectMasks, index: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- segment-anything
 
-def sam_model(model: Any = None, device: str = "cpu") -> Any:
-    """A loaded :class:`cupid.models.sam.SamModel`: `model` itself when already loaded, else loaded from
-    a path or Hugging Face id; None means $CUPID_SAM_CHECKPOINT, else the default checkpoint
-    (:data:`cupid.config.SAM_ID`, fetched by `cupid download`)."""
-    from .. import config
-    from ..models.sam import SamModel, load_sam
-
-    if isinstance(model, SamModel):
-        return model
+def _need_model(model: Any) -> Any:
     if model is None:
-        env = os.environ.get(SAM_CHECKPOINT_ENV)
-        if env:
-            return load_sam(env, device)
-        return load_sam(config.SAM_ID, device, revision=config.SAM_REVISION)
-    return load_sam(model, device)
+        raise CheckpointError("segment-anything masks need a loaded SAM model (cupid.models.sam.load_sam); "
+                              "or give a mask or label image")
+    return model
 
 
 def _is_background(mask: np.ndarray, band: float = 0.01, side_share: float = 0.1) -> bool:
@@ -344,19 +333,18 @@ def _select_masks(segs: list[np.ndarray], scores: list[float], min_area: int, ma
     return sorted(kept, key=lambda i: -int(segs[i].sum()))
 
 
-def segment_automatic(image: Any, model: Any = None, device: str = "cpu", min_area_fraction: float = 0.005,
+def segment_automatic(image: Any, model: Any = None, *, min_area_fraction: float = 0.005,
                       max_area_fraction: float = 0.9, max_objects: int | None = 16, points_per_side: int = 16,
                       **generator_kwargs: Any) -> ObjectMasks:
-    """Object masks by SAM's automatic generator (:func:`cupid.models.sam_amg.generate_proposals`,
-    whose other settings `generator_kwargs` override), keeping whole objects and dropping parts and
-    background. A 16×16 point grid rather than SAM's 32×32: every prompt costs the mask decoder ~3
-    GFLOP (seconds per batch on a CPU), and an object large enough to keep (`min_area_fraction`)
-    already spans a grid cell of 1/16 of the photo's side; the finer grid adds mostly parts."""
-    from ..models.sam_amg import generate_proposals
+    """Object masks by SAM's automatic generator, keeping whole objects and dropping parts and background.
 
+    `model` is a loaded :class:`cupid.models.sam.SamModel` (this module sits below the networks);
+    `generator_kwargs` override the settings of :func:`cupid.models.sam_amg.generate_proposals`. A 16×16
+    point grid rather than SAM's 32×32: every prompt costs the mask decoder ~3 GFLOP (seconds per batch on
+    a CPU), and an object large enough to keep (`min_area_fraction`) already spans a grid cell of 1/16 of
+    the photo's side; the finer grid adds mostly parts."""
     photo = _read_photo(image)
-    sam = sam_model(model, device)
-    props = generate_proposals(sam, photo, points_per_side=points_per_side, **generator_kwargs)
+    props = _need_model(model).automatic(photo, points_per_side=points_per_side, **generator_kwargs)
     h, w = photo.shape[:2]
     segs = [p.mask for p in props]
     keep = _select_masks(segs, [p.predicted_iou for p in props], int(min_area_fraction * h * w),
@@ -450,15 +438,15 @@ def parse_prompts(field: str | bytes | dict | None) -> tuple[list[list[float]], 
 
 
 def segment_prompts(image: Any, points: Sequence[Sequence[float]] | None = None,
-                    boxes: Sequence[Sequence[float]] | None = None, model: Any = None,
-                    device: str = "cpu") -> ObjectMasks:
+                    boxes: Sequence[Sequence[float]] | None = None, model: Any = None) -> ObjectMasks:
     """One object per prompt, in photo pixels: each point [x, y] (a click on the object), then each box
-    [x0, y0, x1, y1] (a drag around it). A point keeps the best of SAM's three answers by predicted
-    IoU (a click is ambiguous: part, object, group); a box asks for SAM's single answer."""
+    [x0, y0, x1, y1] (a drag around it), by `model`, a loaded :class:`cupid.models.sam.SamModel`. A point
+    keeps the best of SAM's three answers by predicted IoU (a click is ambiguous: part, object, group);
+    a box asks for SAM's single answer. Prompts are checked before the model runs."""
     photo = _read_photo(image)
     h, w = photo.shape[:2]
     pts, bxs = check_prompts(points, boxes, (w, h))
-    sam = sam_model(model, device)
+    sam = _need_model(model)
     embedded = sam.embed(photo)
     alphas, names = [], []
     if len(pts):
