@@ -15,7 +15,7 @@ upscaled to the padded square, cropped to the resized photo and upscaled again t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,6 @@ class SamPrediction:
 
     low_res_logits: torch.Tensor
     iou_predictions: torch.Tensor
-    image: SamImage = field(repr=False)
 
 
 class SamModel:
@@ -192,9 +191,9 @@ class SamModel:
         if pts is None and box_t is None and mask_input is None:
             raise InputError("SAM needs at least one point, box or mask prompt")
         pe = self.net.prompt_encoder
-        sparse, dense = pe(pts, box_t, mask_input)
+        sparse, dense = pe(pts, box_t, None if mask_input is None else mask_input.to(self.device, torch.float32))
         low, iou = self.net.mask_decoder(image.embedding, pe.get_dense_pe(), sparse, dense, multimask)
-        return SamPrediction(low, iou, image)
+        return SamPrediction(low, iou)
 
     @torch.inference_mode()
     def segment(self, image: SamImage, points: np.ndarray | None = None, labels: np.ndarray | None = None,

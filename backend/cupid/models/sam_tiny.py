@@ -66,11 +66,12 @@ def _encoder(net: Sam) -> None:
         w[3 + k, k] = -1.0 / (p * p)
     enc.patch_embed.proj.bias[6], enc.patch_embed.proj.bias[7] = _K, -_K
     # block 0 is the identity (zero outputs); block 1 attends uniformly (zero queries and keys) and
-    # subtracts the mean colour. Its norm divides by ≈ K/4 (the ± pairs keep it linear).
+    # subtracts the mean colour. Its norm divides by the std of (c, −c, K, −K, 0, ...) ≈ K·√(2/dim):
+    # nearly constant, so the ± pairs keep it linear.
     glob = enc.blocks[1].attn
     dim = glob.qkv.weight.shape[1]
     for k in range(3):
-        glob.qkv.weight[2 * dim + k, k] = _K / 4.0  # value: the colour back in its own units
+        glob.qkv.weight[2 * dim + k, k] = _K * math.sqrt(2.0 / dim)  # value: the colour in its own units
         glob.proj.weight[k, k] = -1.0
         glob.proj.weight[3 + k, k] = 1.0
     neck_in, neck_mid = enc.neck[0].weight, enc.neck[2].weight
