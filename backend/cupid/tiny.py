@@ -1,8 +1,9 @@
 """`cupid make-tiny-model`: a complete model in the official format, small enough for a CPU in seconds.
 
 Every checkpoint the pipeline loads is written as `ckpts/NAME.json` + `NAME.safetensors` (the DINOv2
-conditioner as a torch.hub-layout `.pth`) beside a `pipeline.json`, exactly as the release lays
-them out, so the tiny model runs the same loading and inference code as the real weights.
+conditioner as a torch.hub-layout `.pth`, the segment-anything model as a `sam_vit_*.pth`-layout state
+dict) beside a `pipeline.json`, exactly as the release lays them out, so the tiny model runs the same
+loading and inference code as the real weights.
 
 Random networks give random shapes, and a random UV cube fits no camera. So that the whole pipeline
 still runs end to end, the two stage-1 decoders are fitted (a few hundred Adam steps, fixed seed)
@@ -22,6 +23,7 @@ import torch
 from .geometry import voxel_centers
 from .models import build_model
 from .models.dinov2 import DinoV2
+from .models.sam_tiny import TINY_SAM_FILE, write_tiny_sam
 
 TINY_FLOW_RES = 4        # stage-1 latent grid; the decoders upsample 4× to a 16³ structure grid
 TINY_GRID = 16
@@ -196,12 +198,14 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     randomize_weights(dino, generator)
     torch.save({k: v.detach().clone() for k, v in dino.state_dict().items()}, ckpts / "dinov2_tiny.pth")
     _write_tiny_moge(out / "ckpts" / "moge_tiny", generator)
+    write_tiny_sam(ckpts)  # hand-built, segments by colour (cupid.models.sam_tiny)
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                "params": {"steps": 4, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
     pipeline = {"name": "Cupid3DPipeline", "args": {
         "models": ROLES, "sparse_structure_sampler": sampler, "slat_sampler": sampler,
         "slat_normalization": {"mean": [0.0] * 8, "std": [1.0] * 8},
-        "image_cond_model": "ckpts/dinov2_tiny.pth", "moge_model": "ckpts/moge_tiny", "tiny": True,
+        "image_cond_model": "ckpts/dinov2_tiny.pth", "moge_model": "ckpts/moge_tiny",
+        "sam_model": f"ckpts/{TINY_SAM_FILE}", "tiny": True,
         "export": {"target_faces": 4000, "texture_size": 256, "chart_iterations": 0}}}
     (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1))
     return out
