@@ -61,6 +61,7 @@ DOWNLOAD_PATTERNS: dict[str, list[str]] = {
     ],
     DINOV2_HF_ID: ["config.json", "model.safetensors"],
     MOGE_ID: ["model.pt"],
+    SAM_REPO_ID: [SAM_FILENAME],
 }
 
 # Sampler defaults (TRELLIS-image-large's pipeline.json); a model's pipeline.json overrides them.

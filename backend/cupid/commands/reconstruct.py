@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=0, help="sampler steps per stage (0: the model's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
+    p.add_argument("--point", action="append", default=[], metavar="X,Y",
+                   help="scene mode: pick an object by a click at pixel X,Y of the photo (repeat for more objects)")
+    p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                   help="scene mode: pick an object by a box around it, in the photo's pixels (repeatable)")
     p.add_argument("--camera", metavar="CAMERA.json",
                    help="use this camera instead of solving one: JSON with K, R, t (OpenCV, in the photo's pixels), "
                         "e.g. a bundle's preview.json or scene.json (object mode)")
@@ -63,12 +67,20 @@ def run(args: argparse.Namespace) -> int:
 
     from ..pipeline import CupidPipeline
     from ..run import reconstruct_bundle
+    from ..scene.masks import parse_box, parse_point
 
     if not Path(args.photo).is_file():
         raise CliError(f"photo not found: {args.photo}")
     if args.mask and not Path(args.mask).is_file():
         raise CliError(f"mask not found: {args.mask}")
     camera = read_camera_json(args.camera, args.photo) if args.camera else None
+    prompts = None
+    if args.point or args.box:
+        if args.mode != "scene":
+            raise CliError("--point and --box pick objects in scene mode: add --mode scene")
+        if args.mask:
+            raise CliError("give either --mask or --point/--box, not both")
+        prompts = ([list(parse_point(p)) for p in args.point], [list(parse_box(b)) for b in args.box])
     out_dir = Path(args.output)
     bars: dict[str, tqdm] = {}
     state = {"stage": None}
@@ -87,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = CupidPipeline.from_pretrained(args.model, device=args.device)
     try:
         out = reconstruct_bundle(pipe, args.photo, out_dir, mask=args.mask, mode=args.mode, seed=args.seed,
-                                 steps=args.steps or None, progress=progress, camera=camera,
+                                 steps=args.steps or None, progress=progress, camera=camera, prompts=prompts,
                                  on_stage_one=lambda first: write_preview(out_dir, first.preview()))
     finally:
         for bar in bars.values():

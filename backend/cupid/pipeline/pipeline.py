@@ -29,7 +29,8 @@ from ..progress import CancelCheck, Progress, ProgressCallback
 from ..reconstruction import Pairs, Preview, ReconstructedObject, Reconstruction
 from ..sampler import FlowSampler, seeded_noise
 from ..sparse import SparseTensor
-from .scene import SCENE_OBJECTS_SPAN, object_alphas, place_objects, point_map
+from ..scene.masks import ObjectMasks
+from .scene import SCENE_OBJECTS_SPAN, Prompts, object_alphas, object_masks, place_objects, point_map
 from .stage1 import StructureResult, decode_structure, pose_from_structure, voxel_uvs
 
 
@@ -99,6 +100,7 @@ class CupidPipeline:
         self.source = source
         self.settings = dict(settings or {})  # the rest of pipeline.json (point-map model, export defaults)
         self._point_map_model: Any = None
+        self._segmentation_model: Any = None
         self.models["slat_flow_model"].attach_slat_encoder(self.models["slat_encoder"])
 
     @classmethod
@@ -149,6 +151,28 @@ class CupidPipeline:
             local = Path(self.source) / name
             self._point_map_model = load_moge(local if local.exists() else name, device=self.device)
         return self._point_map_model
+
+    @property
+    def segmentation_model(self) -> Any:
+        """The SAM that makes scene masks: pipeline.json "sam_model" (a file of the model directory or a
+        Hub path), else $CUPID_SAM_CHECKPOINT or the default of `cupid download`; loaded on first use."""
+        if self._segmentation_model is None:
+            from ..models.sam import load_sam
+
+            name = self.settings.get("sam_model")
+            local = Path(self.source) / name if name else None
+            self._segmentation_model = load_sam(local if local is not None and local.exists() else name,
+                                                device=self.device)
+        return self._segmentation_model
+
+    def segment(self, image: Any, prompts: Prompts | None = None) -> ObjectMasks:
+        """The objects of a photo as masks: one per prompt (points, then boxes, in photo pixels), or the
+        automatic ones. What scene mode would reconstruct, shown before it runs."""
+        photo = load_photo(image)[..., :3]
+        masks = object_masks(photo, None, prompts, lambda: self.segmentation_model)
+        if len(masks) == 0:
+            raise InputError("no object found in the photo: pick the objects with points or boxes")
+        return masks
 
     # ------------------------------------------------------------------ stages
     def condition(self, processed: Processed) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,14 +291,16 @@ class CupidPipeline:
     def reconstruct(self, image: Any, *, mask: Any = None, mode: str = "object", seed: int = 0,
                     steps: int | None = None, progress: ProgressCallback | Progress | None = None,
                     should_cancel: CancelCheck | None = None, camera: CameraPose | None = None,
-                    on_stage_one: Callable[[StageOne], None] | None = None) -> Reconstruction:
+                    on_stage_one: Callable[[StageOne], None] | None = None,
+                    prompts: Prompts | None = None) -> Reconstruction:
         """Photo (+ mask) -> Reconstruction (write it with `cupid.export.write_bundle`).
 
         Object mode: one object, seen by the camera solved from its own structure, or by `camera`
         (photo pixels) when given; `on_stage_one` is called with stage 1's result (camera + voxels)
         before stage 2. Scene mode: one object per mask (a label image, mask files, or automatic
         masks), each reconstructed from its own occlusion-aware crop and placed in the point-map
-        model's camera. `progress` is a (stage, fraction of the job) callback, or a `Progress` whose
+        model's camera; without a mask, `prompts` (points, boxes in photo pixels) pick the objects, and
+        without either the segmentation model finds them. `progress` is a (stage, fraction of the job) callback, or a `Progress` whose
         `remainder()` then drives the export."""
         if mode not in ("object", "scene"):
             raise InputError(f"mode must be 'object' or 'scene', got {mode!r}")
@@ -284,8 +310,10 @@ class CupidPipeline:
             raise InputError("a given camera is for object mode (a scene's camera comes from its point map)")
         job = progress if isinstance(progress, Progress) else Progress(progress, should_cancel)
         job.check()
+        if prompts is not None and mode != "scene":
+            raise InputError("object picks (points, boxes) are for scene mode")
         if mode == "scene":
-            return self._reconstruct_scene(image, mask, seed=seed, steps=steps, job=job)
+            return self._reconstruct_scene(image, mask, prompts, seed=seed, steps=steps, job=job)
         processed = preprocess(image, mask)
         obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job, camera=camera,
                                       on_stage_one=on_stage_one)
@@ -304,10 +332,10 @@ class CupidPipeline:
                               seed=first.seed)
 
     @torch.no_grad()
-    def _reconstruct_scene(self, image: Any, mask: Any, *, seed: int, steps: int | None,
-                           job: Progress) -> Reconstruction:
+    def _reconstruct_scene(self, image: Any, mask: Any, prompts: Prompts | None, *, seed: int,
+                           steps: int | None, job: Progress) -> Reconstruction:
         photo = load_photo(image)[..., :3]
-        alphas = object_alphas(photo, mask)
+        alphas = object_alphas(photo, mask, prompts, lambda: self.segmentation_model)
         objects = []
         for k, alpha in enumerate(alphas):
             processed = preprocess(photo, mask=(alpha * 255).astype(np.uint8))

@@ -10,29 +10,42 @@ MoGe's camera frame and each object's placement is its similarity. No renderer i
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import CupidError, InputError
 from ..reconstruction import ReconstructedObject
 from ..scene.alignment import align_object, visible_points
-from ..scene.masks import load_object_masks, occluder_mask, segment_automatic
+from ..scene.masks import (ObjectMasks, check_prompts, load_object_masks, occluder_mask, segment_automatic,
+                           segment_prompts)
 
+Prompts = tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]]   # (points [[x, y]], boxes [[x0, y0, x1, y1]])
 SCENE_OBJECTS_SPAN = 0.85  # share of a scene job's progress bar its objects take (then point map, export)
 
 
-def object_alphas(photo: np.ndarray, mask: Any) -> list[np.ndarray]:
-    """One float alpha [H, W] per object, each without the pixels another object owns (its occluders).
-
-    `mask`: a label image, a list of mask images, or None for automatic masks."""
+def object_masks(photo: np.ndarray, mask: Any = None, prompts: Prompts | None = None,
+                 segmenter: Callable[[], Any] | None = None) -> ObjectMasks:
+    """The objects of a scene: from `mask` (a label image or a list of mask images), else from
+    `prompts` (points, boxes) given to the segmentation model, else that model's automatic masks.
+    `segmenter()` returns the loaded model (called only when one is needed)."""
     size = (photo.shape[1], photo.shape[0])
-    if mask is None:
-        masks = segment_automatic(photo)  # clear error when the segmentation weights are missing
-    else:
-        masks = load_object_masks(list(mask) if isinstance(mask, (list, tuple)) else mask, size)
+    if mask is not None:
+        return load_object_masks(list(mask) if isinstance(mask, (list, tuple)) else mask, size)
+    if prompts is not None:
+        points, boxes = prompts
+        check_prompts(points, boxes, size)   # refused before the model loads
+        return segment_prompts(photo, points=points, boxes=boxes, model=segmenter() if segmenter else None)
+    return segment_automatic(photo, segmenter() if segmenter else None)
+
+
+def object_alphas(photo: np.ndarray, mask: Any = None, prompts: Prompts | None = None,
+                  segmenter: Callable[[], Any] | None = None) -> list[np.ndarray]:
+    """One float alpha [H, W] per object (see `object_masks`), each without the pixels another object
+    owns (its occluders)."""
+    masks = object_masks(photo, mask, prompts, segmenter)
     if len(masks) == 0:
-        raise InputError("scene mode found no object in the masks")
+        raise InputError("scene mode found no object in the photo: give a label image or pick the objects")
     alphas = []
     for k in range(len(masks)):
         alpha = np.asarray(masks.alphas[k], dtype=np.float32)
