@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .. import config
 from ..cli import CliError
+from ..geometry.pnp import PNP_METHODS
 
 NAME = "reconstruct"
 HELP = "reconstruct the object(s) in a photo and the camera that took it into a result bundle"
@@ -19,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
     p.add_argument("--steps", type=int, default=0, help="sampler steps per stage (0: the model's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--pnp", choices=PNP_METHODS, default=None,
+                   help="camera solver: robust (RANSAC + refinement, the default) or dlt (the release's, "
+                        "to reproduce its results seed for seed); default: the model's pipeline.json")
     p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
 
 
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = CupidPipeline.from_pretrained(args.model, device=args.device)
     try:
         out = pipe.reconstruct(args.photo, mask=args.mask, mode=args.mode, seed=args.seed, steps=args.steps or None,
-                               out_dir=args.output, progress=progress)
+                               out_dir=args.output, progress=progress,
+                               pnp=args.pnp)
     finally:
         for bar in bars.values():
             bar.close()

@@ -13,7 +13,7 @@ several objects of one scene are placed in a common camera frame by :func:`umeya
 from __future__ import annotations
 
 from .camera import GRID_RES, CameraPose, project, uncrop_uv, uv_cube, uv_pairs, voxel_centers
-from .pnp import CameraSolution, decompose_projection, solve_camera
+from .pnp import PNP_METHODS, CameraSolution, decompose_projection, solve_camera
 from .rotation import rodrigues, rotation_angle_deg
 from .similarity import Similarity, umeyama, umeyama_robust
 
@@ -28,6 +28,7 @@ __all__ = [
     "uv_pairs",
     "uncrop_uv",
     "solve_camera",
+    "PNP_METHODS",
     "decompose_projection",
     "umeyama",
     "umeyama_robust",

@@ -23,9 +23,9 @@ from ..geometry import CameraPose, voxel_centers
 from ..models import load_model
 from ..models.dinov2 import ImageConditioner, load_dinov2
 from ..preprocess import Processed, preprocess
-from ..sampler import FlowSampler, seeded_noise
+from ..sampler import FlowSampler, draw_noise, noise_stream
 from ..sparse import SparseTensor
-from .stage1 import StructureResult, decode_structure, pose_from_structure, voxel_uvs
+from .stage1 import PNP_METHODS, StructureResult, decode_structure, pose_from_structure, voxel_uvs
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
@@ -110,6 +110,8 @@ class CupidPipeline:
         self.source = source
         self.extras = dict(extras or {})  # the rest of pipeline.json (e.g. the scene mode's point-map model)
         self._moge = None
+        self.pnp = check_pnp(self.extras.get("pnp", "robust"), f"{source or 'the model'}: pipeline.json's \"pnp\"",
+                             CheckpointError)
         self.models["slat_flow_model"].attach_slat_encoder(self.models["slat_encoder"])
 
     @classmethod
@@ -155,14 +157,16 @@ class CupidPipeline:
         cond = self.conditioner.encode(processed.cond_image[None].to(self.device))
         return cond, processed.visual_image[None].to(self.device)
 
-    def sample_structure(self, cond: torch.Tensor, seed: int, steps: int | None, job: _Job) -> StructureResult:
+    def sample_structure(self, cond: torch.Tensor, noise: torch.Generator | int, steps: int | None,
+                         job: _Job) -> StructureResult:
+        """Stage 1; `noise` is the run's stream (see `noise_stream`), or a seed for a fresh one."""
         flow = self.models["sparse_structure_flow_model"]
         ss_dec = self.models["sparse_structure_decoder"]
         uv_dec = self.models["sparse_structure_uv_decoder"]
         sampler = _with_steps(self.ss_sampler, steps)
         res = flow.resolution
-        noise = seeded_noise((1, flow.in_channels, res, res, res), seed, self.device)
-        z = sampler.sample(flow, noise, cond, torch.zeros_like(cond),
+        x = draw_noise((1, flow.in_channels, res, res, res), _stream(noise), self.device)
+        z = sampler.sample(flow, x, cond, torch.zeros_like(cond),
                            progress=lambda f: job.report("structure", f), should_cancel=job.should_cancel)
         c = ss_dec.latent_channels
         ss_logits = ss_dec(z[:, :c])
@@ -170,7 +174,9 @@ class CupidPipeline:
         return decode_structure(ss_logits[0, 0], uv_logits[0])
 
     def sample_latent(self, structure: StructureResult, pose_in_crop: CameraPose, cond: torch.Tensor,
-                      visual: torch.Tensor, seed: int, steps: int | None, job: _Job) -> SparseTensor:
+                      visual: torch.Tensor, noise: torch.Generator | int, steps: int | None,
+                      job: _Job) -> SparseTensor:
+        """Stage 2; draws its noise from the run's stream right after stage 1's, as the release does."""
         flow = self.models["slat_flow_model"]
         idx = np.argwhere(structure.occupancy)
         coords = torch.zeros((len(idx), 4), dtype=torch.int32)
@@ -178,14 +184,14 @@ class CupidPipeline:
         coords = coords.to(self.device)
         uvs = SparseTensor(torch.from_numpy(voxel_uvs(idx, structure.res, pose_in_crop)).float().to(self.device),
                            coords)
-        noise = SparseTensor(seeded_noise((len(idx), flow.out_channels), seed + 1, self.device), coords)
+        x = SparseTensor(draw_noise((len(idx), flow.out_channels), _stream(noise), self.device), coords)
         cond_d = {"dino_cond": cond, "visual_cond": visual}
         neg_d = {"dino_cond": torch.zeros_like(cond), "visual_cond": torch.zeros_like(visual)}
         if hasattr(flow, "voxel_condition"):  # per-voxel features: once per run, not once per step
             cond_d["voxel_cond"] = flow.voxel_condition(uvs, cond_d)
             neg_d["voxel_cond"] = flow.voxel_condition(uvs, neg_d)
         sampler = _with_steps(self.slat_sampler, steps)
-        slat = sampler.sample(flow, noise, cond_d, neg_d, uvs=uvs,
+        slat = sampler.sample(flow, x, cond_d, neg_d, uvs=uvs,
                               progress=lambda f: job.report("latent", f), should_cancel=job.should_cancel)
         return slat.replace(slat.feats.float() * self.slat_std + self.slat_mean)
 
@@ -200,17 +206,22 @@ class CupidPipeline:
     # ------------------------------------------------------------------ one object
     @torch.no_grad()
     def reconstruct_object(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
-                           job: _Job | None = None, name: str = "object_0", return_pairs: bool = False) -> Any:
+                           job: _Job | None = None, name: str = "object_0", return_pairs: bool = False,
+                           pnp: str | None = None) -> Any:
         """Stages 1 and 2 for one object; returns its export spec (object frame) and the camera, and
-        with `return_pairs` also its 3D-2D pairs (voxel centres, uv in the photo, grid resolution) for scene alignment."""
+        with `return_pairs` also its 3D-2D pairs (voxel centres, uv in the photo, grid resolution) for scene alignment.
+        One noise stream seeded once with `seed` feeds stage 1 then stage 2 (the release's order);
+        `pnp` picks the camera solver (None: the model's pipeline.json "pnp", default robust)."""
         job = job or _Job(None, None)
+        method = self.pnp if pnp is None else check_pnp(pnp, "pnp")
+        stream = noise_stream(seed)
         job.report("condition", 0.0)
         cond, visual = self.condition(processed)
-        structure = self.sample_structure(cond, seed, steps, job)
+        structure = self.sample_structure(cond, stream, steps, job)
         job.report("pose", 0.0)
         pose, solution = pose_from_structure(structure, processed.crop.offset, processed.crop.size,
-                                             processed.size, seed=seed)
-        slat = self.sample_latent(structure, solution.pose, cond, visual, seed, steps, job)
+                                             processed.size, seed=seed, method=method)
+        slat = self.sample_latent(structure, solution.pose, cond, visual, stream, steps, job)
         job.report("decode", 0.0)
         mesh, gaussians = self.decode(slat)
         attrs = mesh.vertex_attrs
@@ -225,23 +236,37 @@ class CupidPipeline:
 
     def reconstruct(self, image: Any, *, mask: Any = None, mode: str = "object", seed: int = 0,
                     steps: int | None = None, out_dir: str | os.PathLike, progress: Progress | None = None,
-                    should_cancel: Cancel | None = None, export: ExportOptions | None = None) -> Path:
+                    should_cancel: Cancel | None = None, export: ExportOptions | None = None,
+                    pnp: str | None = None) -> Path:
         """Photo (+ mask) -> result bundle directory (see docs/ARCHITECTURE.md)."""
         if mode not in ("object", "scene"):
             raise InputError(f"mode must be 'object' or 'scene', got {mode!r}")
+        if pnp is not None:
+            check_pnp(pnp, "pnp")
         if steps is not None and not (0 <= int(steps) <= 500):
             raise InputError(f"steps must be between 1 and 500 (0 = the model's default), got {steps}")
         if mode == "scene":
             from .scene import reconstruct_scene
             return reconstruct_scene(self, image, mask, seed=seed, steps=steps, out_dir=out_dir,
-                                     progress=progress, should_cancel=should_cancel, export=export)
+                                     progress=progress, should_cancel=should_cancel, export=export, pnp=pnp)
         processed = preprocess(image, mask)
         job = _Job(progress, should_cancel)
-        spec, pose = self.reconstruct_object(processed, seed=seed, steps=steps, job=job)
+        spec, pose = self.reconstruct_object(processed, seed=seed, steps=steps, job=job, pnp=pnp)
         job.report("export", 0.0)
         out = write_bundle(out_dir, processed.photo, pose, [spec], export or self.export_options())
         job.report("export", 1.0)
         return out
+
+
+def check_pnp(method: Any, what: str, error: type[CupidError] = InputError) -> str:
+    """The camera solver's name, or `error` naming where the bad value came from."""
+    if not isinstance(method, str) or method not in PNP_METHODS:
+        raise error(f"{what} must be one of {', '.join(PNP_METHODS)}, got {method!r}")
+    return method
+
+
+def _stream(noise: torch.Generator | int) -> torch.Generator:
+    return noise if isinstance(noise, torch.Generator) else noise_stream(int(noise))
 
 
 def _flat(entry: dict) -> dict:

@@ -78,7 +78,7 @@ def _point_map(pipe: Any, photo: np.ndarray, object_focals: list[float]) -> tupl
 
 def reconstruct_scene(pipe: Any, image: Any, mask: Any, *, seed: int, steps: int | None,
                       out_dir: str | os.PathLike, progress: Progress | None, should_cancel: Callable[[], bool] | None,
-                      export: ExportOptions | None) -> Path:
+                      export: ExportOptions | None, pnp: str | None = None) -> Path:
     from .pipeline import _Job
 
     photo = load_photo(image)[..., :3]
@@ -91,7 +91,7 @@ def reconstruct_scene(pipe: Any, image: Any, mask: Any, *, seed: int, steps: int
         job = _Job(progress, should_cancel, share=share, base=k * share)
         processed = preprocess(photo, mask=(alpha * 255).astype(np.uint8))
         spec, pose, pairs = pipe.reconstruct_object(processed, seed=seed + 7919 * k, steps=steps, job=job,
-                                                    name=f"object_{k}", return_pairs=True)
+                                                    name=f"object_{k}", return_pairs=True, pnp=pnp)
         specs.append(spec)
         placements.append((pose, pairs))
     if progress:
