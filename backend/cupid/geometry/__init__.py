@@ -15,7 +15,7 @@ from __future__ import annotations
 from .camera import GRID_RES, CameraPose, project, uncrop_uv, uv_cube, uv_pairs, voxel_centers
 from .pnp import PNP_METHODS, CameraSolution, decompose_projection, solve_camera
 from .rotation import rodrigues, rotation_angle_deg
-from .similarity import Similarity, umeyama, umeyama_robust
+from .similarity import Similarity, refine_similarity_along_rays, umeyama, umeyama_robust
 
 __all__ = [
     "GRID_RES",
@@ -32,6 +32,7 @@ __all__ = [
     "decompose_projection",
     "umeyama",
     "umeyama_robust",
+    "refine_similarity_along_rays",
     "rotation_angle_deg",
     "rodrigues",
 ]
