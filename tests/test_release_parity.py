@@ -102,6 +102,7 @@ def test_pose_from_structure_passes_the_method():
     np.testing.assert_allclose(pose.K[:2, 2], sol.K[:2, 2] + [10.0, 20.0])
     robust_pose, _ = pose_from_structure(s, (10.0, 20.0), 300.0, (640, 480))
     assert abs(robust_pose.K[0, 1]) == 0.0 and abs(pose.K[0, 0] - robust_pose.K[0, 0]) > 1e-3
+    assert sol.K[0, 1] != 0.0 and pose.K[0, 1] == 0.0   # the exported camera has no skew
 
 
 # ---------------------------------------------------------------- voxels behind the camera
@@ -200,3 +201,35 @@ def test_whole_run_equals_the_releases(tiny_pipe, seed):
     np.testing.assert_array_equal(seen["noise"][1].feats.numpy(), ref[p + "noise2"])
     np.testing.assert_array_equal(slat.coords.numpy(), ref[p + "slat_coords"])
     np.testing.assert_allclose(slat.feats.numpy(), ref[p + "slat"], atol=TOL, rtol=0)
+
+
+# ---------------------------------------------------------------- choosing the solver
+
+def test_pnp_choice_reaches_the_camera(tiny_pipe, tmp_path):
+    """reconstruct(pnp=...) picks the solver: the release's DLT has fx != fy (its skew is not exported),
+    the robust one has square pixels; a model's pipeline.json "pnp" sets the default."""
+    from cupid.errors import CheckpointError, InputError
+
+    photo = Path(__file__).resolve().parents[1] / "examples" / "monkey.png"
+    cams = {}
+    for method in ("dlt", "robust"):
+        out = tiny_pipe.reconstruct(photo, seed=2, steps=1, out_dir=tmp_path / method, pnp=method)
+        cams[method] = np.array(json.loads((out / "scene.json").read_text())["camera"]["K"])
+    assert cams["robust"][0, 1] == 0 and cams["robust"][0, 0] == cams["robust"][1, 1]
+    assert cams["dlt"][0, 1] == 0 and cams["dlt"][0, 0] != cams["dlt"][1, 1]  # no skew: Blender shows it
+    with pytest.raises(InputError, match="pnp must be one of"):
+        tiny_pipe.reconstruct(photo, out_dir=tmp_path / "x", pnp="epnp")
+
+    model = Path(tiny_pipe.source)
+    cfg = json.loads((model / "pipeline.json").read_text())
+    for value, expect in (("dlt", "dlt"), (None, "robust"), ("ransac", CheckpointError)):
+        args = {k: v for k, v in cfg["args"].items() if k != "pnp"}
+        if value is not None:
+            args["pnp"] = value
+        (model / "pipeline.json").write_text(json.dumps({**cfg, "args": args}))
+        if expect is CheckpointError:
+            with pytest.raises(CheckpointError, match="pnp"):
+                CupidPipeline.from_pretrained(model, device="cpu")
+        else:
+            assert CupidPipeline.from_pretrained(model, device="cpu").pnp == expect
+    (model / "pipeline.json").write_text(json.dumps(cfg))

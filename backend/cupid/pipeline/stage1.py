@@ -63,7 +63,8 @@ def pose_from_structure(structure: StructureResult, crop_offset: tuple[float, fl
                         method: str = "robust") -> tuple[CameraPose, CameraSolution]:
     """Solve the camera from the structure's 3D-2D pairs, in the ORIGINAL photo's pixels.
 
-    `method` is :func:`cupid.geometry.solve_camera`'s: "robust" (default) or "dlt" (the release's).
+    `method` is :func:`cupid.geometry.solve_camera`'s: "robust" (default) or "dlt" (the release's;
+    its skew is kept in the solution, dropped from the photo camera, which a bundle exports).
 
     uv are normalised to the square crop, so the solve runs in crop pixels (side `crop_size`, photo
     pixels per crop pixel = 1); `de_crop` then shifts the principal point by the crop's offset.
@@ -82,6 +83,10 @@ def pose_from_structure(structure: StructureResult, crop_offset: tuple[float, fl
         raise CupidError(f"the camera could not be solved from stage 1's UV cube: {exc.message}",
                          code="pose_failed") from None
     pose = solution.pose.de_crop(1.0, crop_offset, image_size=photo_size)
+    if method == "dlt":
+        # Blender (and most renderers) cannot show a skewed camera: the exported camera drops the DLT's
+        # skew, while stage 2 keeps projecting with the release's full camera (`solution`)
+        pose.K[0, 1] = 0.0
     return pose, solution
 
 
