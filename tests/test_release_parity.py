@@ -17,10 +17,12 @@ from cupid.models.registry import model_class
 from cupid.pipeline import CupidPipeline
 from cupid.pipeline.pipeline import _Job
 from cupid.pipeline.stage1 import pose_from_structure, voxel_uvs
+from cupid.preprocess import preprocess
 from cupid.sampler import draw_noise, noise_stream
 from cupid.tiny import _configs, make_tiny_model
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PHOTO = Path(__file__).resolve().parents[1] / "examples" / "monkey.png"
 TOL = 1e-4
 
 
@@ -163,13 +165,21 @@ def tiny_pipe(tmp_path_factory) -> CupidPipeline:
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_whole_run_equals_the_releases(tiny_pipe, seed):
-    """Same seed, same tiny weights, the release's conditioning of the same photo: stage-1 noise and
-    latent, structure, uv, the dlt camera, stage-2 noise and latent equal the release's (1e-4)."""
+    """Same seed, same tiny weights, same photo: the conditioning, stage-1 noise and latent, structure,
+    uv, the dlt camera (in the crop), stage-2 noise and latent equal the release's (1e-4)."""
     ref = np.load(FIXTURES / "release_run" / "run.npz")
     p = f"seed{seed}."
-    cond = torch.from_numpy(ref["cond"])
-    visual = torch.from_numpy(ref["visual"])
     pipe = tiny_pipe
+    # from the photo itself, our preprocessing and DINOv2 give the release's conditioning
+    processed = preprocess(PHOTO)
+    cond, visual = pipe.condition(processed)
+    np.testing.assert_allclose(cond.numpy(), ref["cond"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(visual.numpy(), ref["visual"], atol=1e-6, rtol=0)
+    crop = json.loads((FIXTURES / "release_run" / "run.json").read_text())["seeds"][0]["crop"]
+    side = max(processed.size)
+    # the release de-crops with the box before PIL rounds it and with the odd side; ours is the crop made
+    assert abs(processed.crop.size - crop["fov_scale"] * side) <= 1.0
+    assert np.abs(np.array(processed.crop.offset) - [crop["cx_offset"] * side, crop["cy_offset"] * side]).max() <= 0.5
     seen: dict[str, list] = {"noise": [], "out": []}
 
     def spy(sampler):
@@ -210,7 +220,7 @@ def test_pnp_choice_reaches_the_camera(tiny_pipe, tmp_path):
     the robust one has square pixels; a model's pipeline.json "pnp" sets the default."""
     from cupid.errors import CheckpointError, InputError
 
-    photo = Path(__file__).resolve().parents[1] / "examples" / "monkey.png"
+    photo = PHOTO
     cams = {}
     for method in ("dlt", "robust"):
         out = tiny_pipe.reconstruct(photo, seed=2, steps=1, out_dir=tmp_path / method, pnp=method)
