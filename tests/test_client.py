@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cupid_blender.client import BackendError, BackendUnavailable, CupidClient, safe_extract
-from tests.conftest import free_port
+from helpers.net import free_port
 
 TOKEN = "s3cret-token"
 

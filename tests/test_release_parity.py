@@ -15,9 +15,9 @@ import torch
 from cupid.geometry import CameraPose, solve_camera, voxel_centers
 from cupid.models.registry import model_class
 from cupid.pipeline import CupidPipeline
-from cupid.pipeline.pipeline import _Job
 from cupid.pipeline.stage1 import pose_from_structure, voxel_uvs
 from cupid.preprocess import preprocess
+from cupid.progress import Progress
 from cupid.sampler import draw_noise, noise_stream
 from cupid.tiny import _configs, make_tiny_model
 
@@ -192,7 +192,7 @@ def test_whole_run_equals_the_releases(tiny_pipe, seed):
             return out
         return sample
 
-    job = _Job(None, None)
+    job = Progress()
     stream = noise_stream(seed)
     orig_ss, orig_slat = pipe.ss_sampler.sample, pipe.slat_sampler.sample
     pipe.ss_sampler.sample, pipe.slat_sampler.sample = spy(pipe.ss_sampler), spy(pipe.slat_sampler)
@@ -215,7 +215,7 @@ def test_whole_run_equals_the_releases(tiny_pipe, seed):
 
 # ---------------------------------------------------------------- choosing the solver
 
-def test_pnp_choice_reaches_the_camera(tiny_pipe, tmp_path):
+def test_pnp_choice_reaches_the_camera(tiny_pipe):
     """reconstruct(pnp=...) picks the solver: the release's DLT has fx != fy (its skew is not exported),
     the robust one has square pixels; a model's pipeline.json "pnp" sets the default."""
     from cupid.errors import CheckpointError, InputError
@@ -223,12 +223,11 @@ def test_pnp_choice_reaches_the_camera(tiny_pipe, tmp_path):
     photo = PHOTO
     cams = {}
     for method in ("dlt", "robust"):
-        out = tiny_pipe.reconstruct(photo, seed=2, steps=1, out_dir=tmp_path / method, pnp=method)
-        cams[method] = np.array(json.loads((out / "scene.json").read_text())["camera"]["K"])
+        cams[method] = tiny_pipe.reconstruct(photo, seed=2, steps=1, pnp=method).camera.K
     assert cams["robust"][0, 1] == 0 and cams["robust"][0, 0] == cams["robust"][1, 1]
     assert cams["dlt"][0, 1] == 0 and cams["dlt"][0, 0] != cams["dlt"][1, 1]  # no skew: Blender shows it
     with pytest.raises(InputError, match="pnp must be one of"):
-        tiny_pipe.reconstruct(photo, out_dir=tmp_path / "x", pnp="epnp")
+        tiny_pipe.reconstruct(photo, pnp="epnp")
 
     model = Path(tiny_pipe.source)
     cfg = json.loads((model / "pipeline.json").read_text())

@@ -2,22 +2,19 @@
 in a scene rendered with Blender (Cycles silhouettes + ray-cast depth -> camera-frame point map)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 from cupid.errors import InputError
 from cupid.geometry import project, rotation_angle_deg, voxel_centers
-from meshes import chair, ell, suzanne
+from helpers.meshes import chair, ell, suzanne
 from tests.blender_scripts.silhouette import setup_silhouette_render
 from cupid.scene.alignment import (
     align_object,
     point_map_from_depth,
     sample_point_map,
-    similarity_to_world,
     visible_points,
 )
-
 
 
 # ------------------------------------------------------------------ unit checks (no bpy)
@@ -206,8 +203,5 @@ def test_recover_scene_placements(rendered_scene, noise_px, wrong):
         assert scale_err < 0.01, (k, scale_err)
         assert pos_err < 0.01, (k, pos_err)
         assert sim.inliers.sum() > 200
-        world = similarity_to_world(sim, Rc, tc)  # back to the Blender world placement
-        assert rotation_angle_deg(world.R, Ro) < 1.0
-        assert np.linalg.norm(world.t - to) / scene_size < 0.01
         if wrong:
             assert sim.inliers[bad].mean() < 0.1

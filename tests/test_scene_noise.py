@@ -12,8 +12,8 @@ import pytest
 
 from cupid.geometry import project, rotation_angle_deg, voxel_centers
 from cupid.scene.alignment import align_object, point_map_from_depth, visible_points
-from depth_render import render_depth
-from meshes import chair, ell, surface_voxels, suzanne
+from helpers.depth_render import render_depth
+from helpers.meshes import chair, ell, surface_voxels, suzanne
 
 W, H = 400, 300
 K = np.array([[430.0, 0, 226.0], [0, 430.0, 139.0], [0, 0, 1]])

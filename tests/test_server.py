@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_images import png_header_only
+from helpers.bad_images import png_header_only
+from helpers.bundles import obj, reconstruction
 
 from cupid.server import ServerSettings
 from cupid.tiny import make_tiny_model
@@ -286,7 +288,8 @@ def test_kill_mid_job_then_restart(model, tmp_path):
 # ------------------------------------------------------------------ the job queue with a timed pipeline
 # A stand-in pipeline whose steps take a known time, for what needs controlled timing (cancelling
 # between steps, queue order against the clock). It honours the pipeline interface for real: it
-# reports progress per step, checks should_cancel before each step and writes a real bundle.
+# reports progress per step, checks should_cancel before each step and returns a real (tiny) Reconstruction,
+# which the queue writes as a real bundle.
 
 class SteppedPipeline:
     def __init__(self, step_s: float = 0.02, steps: int = 10):
@@ -294,10 +297,13 @@ class SteppedPipeline:
         self.log: list[tuple[int, int]] = []  # (seed, step) as they ran
         self.pnp: list = []                   # the camera solver each job asked for
 
-    def reconstruct(self, image, *, mask=None, mode="object", seed=0, steps=None, out_dir, progress=None,
+    export_settings = {"texture": False, "glb": False, "gaussians": False, "overlay": False, "target_faces": None}
+
+    def reconstruct(self, image, *, mask=None, mode="object", seed=0, steps=None, progress=None,
                     should_cancel=None, pnp=None):
         from cupid.errors import Cancelled
         self.pnp.append(pnp)
+        from cupid.preprocess import load_photo
         n = steps or self.default_steps
         for k in range(n):
             if should_cancel is not None and should_cancel():
@@ -305,12 +311,13 @@ class SteppedPipeline:
             time.sleep(self.step_s)
             self.log.append((seed, k))
             if progress is not None:
-                progress("sampling", (k + 1) / n)
-        out = Path(out_dir)
-        out.mkdir(parents=True)
-        (out / "scene.json").write_text(json.dumps({"schema": "cupid.scene/1", "seed": seed}))
-        (out / "input.png").write_bytes(image)
-        return out
+                progress.report("structure", (k + 1) / n)
+        photo = load_photo(image)[..., :3]
+        h, w = photo.shape[:2]
+        K = [[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]]
+        tetra = obj(f"seed_{seed}", [[0, 0, 0], [0.2, 0, 0], [0, 0.2, 0], [0, 0, 0.2]],
+                    [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+        return reconstruction(photo, (K, np.eye(3), [0, 0, 2], w, h), [tetra])
 
 
 def _settle(jobs, ids, timeout=30.0):
@@ -342,7 +349,9 @@ def test_cancel_stops_within_one_step_and_a_queued_job_never_runs():
         assert not any(s == 2 for s, _ in pipe.log)
         assert [k for s, k in pipe.log if s == 3] == list(range(5))
         with zipfile.ZipFile(after.result_zip) as z:
-            assert json.loads(z.read("scene.json"))["seed"] == 3 and z.read("input.png") == PHOTO
+            assert json.loads(z.read("scene.json"))["objects"][0]["name"] == "seed_3"
+            sent = np.asarray(Image.open(io.BytesIO(PHOTO)).convert("RGB"))
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("input.png")))), sent)
     finally:
         jobs.close()
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import config
-from ..cli import CliError
+from ..errors import CliError
 
 NAME = "serve"
 HELP = "run the CUPID service the Blender extension talks to (loopback only by default)"

@@ -12,7 +12,7 @@ several objects of one scene are placed in a common camera frame by :func:`umeya
 """
 from __future__ import annotations
 
-from .camera import GRID_RES, CameraPose, project, uncrop_uv, uv_cube, uv_pairs, voxel_centers
+from .camera import GRID_RES, CameraPose, project, uncrop_uv, uv_cube, voxel_centers
 from .pnp import PNP_METHODS, CameraSolution, decompose_projection, solve_camera
 from .rotation import rodrigues, rotation_angle_deg
 from .similarity import Similarity, refine_similarity_along_rays, umeyama, umeyama_robust
@@ -25,7 +25,6 @@ __all__ = [
     "project",
     "uv_cube",
     "voxel_centers",
-    "uv_pairs",
     "uncrop_uv",
     "solve_camera",
     "PNP_METHODS",

@@ -181,17 +181,6 @@ def uv_cube(occupancy: Any, K: Any, R: Any, t: Any, image_size: Sequence[float],
     return cube
 
 
-def uv_pairs(occupancy: Any, cube: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(points (N, 3), uv (N, 2)) of the active voxels of ``occupancy`` read from a UV cube."""
-    idx = _active_indices(occupancy)
-    cube = np.asarray(cube)
-    res = np.asarray(occupancy).shape[0]
-    if cube.shape != (res, res, res, 2):
-        raise InputError(f"uv cube must have shape {(res, res, res, 2)}, got {cube.shape}")
-    uv = cube[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
-    return voxel_centers(idx, res), uv
-
-
 def uncrop_uv(uv: Any, scale: float, offset: Sequence[float], crop_size: Sequence[float],
               image_size: Sequence[float]) -> np.ndarray:
     """uv in a crop -> uv in the original photo, with the crop transform of

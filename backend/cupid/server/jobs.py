@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import Cancelled, CupidError
+from ..run import reconstruct_bundle
 
 PipelineFactory = Callable[[], Any]
 TMP_PREFIX = "cupid-serve-"
@@ -221,11 +222,11 @@ class JobQueue:
                 if not job.cancel.is_set():
                     job.message = stage
 
-            bundle = pipe.reconstruct(job.image, mask=job.mask, mode=job.mode, seed=job.seed,
-                                      steps=job.steps or None, out_dir=out, progress=progress,
-                                      should_cancel=job.cancel.is_set, pnp=job.pnp)
+            bundle = reconstruct_bundle(pipe, job.image, out, mask=job.mask, mode=job.mode, seed=job.seed,
+                                        steps=job.steps or None, progress=progress, should_cancel=job.cancel.is_set,
+                                        pnp=job.pnp)
             job.stage, job.message = "packing", "packing the result"
-            zipped = zip_dir(Path(bundle) if bundle is not None else out, self._tmp / f"{job.id}.zip")
+            zipped = zip_dir(Path(bundle), self._tmp / f"{job.id}.zip")
             shutil.rmtree(out, ignore_errors=True)
         except Cancelled:
             shutil.rmtree(out, ignore_errors=True)
