@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cupid.errors import CupidError, InputError
+from cupid.errors import InputError
 from cupid.export import load_bundle
 from cupid.pipeline import CupidPipeline
 from cupid.tiny import make_tiny_model

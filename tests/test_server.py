@@ -295,12 +295,14 @@ class SteppedPipeline:
     def __init__(self, step_s: float = 0.02, steps: int = 10):
         self.step_s, self.default_steps = step_s, steps
         self.log: list[tuple[int, int]] = []  # (seed, step) as they ran
+        self.pnp: list = []                   # the camera solver each job asked for
 
     export_settings = {"texture": False, "glb": False, "gaussians": False, "overlay": False, "target_faces": None}
 
     def reconstruct(self, image, *, mask=None, mode="object", seed=0, steps=None, progress=None,
-                    should_cancel=None):
+                    should_cancel=None, pnp=None):
         from cupid.errors import Cancelled
+        self.pnp.append(pnp)
         from cupid.preprocess import load_photo
         n = steps or self.default_steps
         for k in range(n):
@@ -352,6 +354,28 @@ def test_cancel_stops_within_one_step_and_a_queued_job_never_runs():
             np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("input.png")))), sent)
     finally:
         jobs.close()
+
+
+def test_the_pnp_field_reaches_the_pipeline(server):
+    """`pnp` picks the camera solver per job (empty: the model's default); a bad value is a clear 422."""
+    from cupid.server import JobQueue
+    pipe = SteppedPipeline(step_s=0.0, steps=1)
+    jobs = JobQueue(lambda: pipe)
+    try:
+        ids = [jobs.submit(PHOTO, "a.png", None, "object", 1, 0, pnp="dlt").id,
+               jobs.submit(PHOTO, "b.png", None, "object", 2, 0).id]
+        _settle(jobs, ids)
+        assert pipe.pnp == ["dlt", None]
+    finally:
+        jobs.close()
+    good = {"Host": f"127.0.0.1:{server.port}", "Authorization": f"Bearer {server.client.token}"}
+    boundary = "b0undary"
+    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="pnp"\r\n\r\nepnp\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="m.png"\r\n'
+            f'Content-Type: image/png\r\n\r\n').encode() + PHOTO + f'\r\n--{boundary}--\r\n'.encode()
+    status, body = raw(server, "POST", "/v1/jobs", {**good, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+                       form)
+    assert status == 422 and body["error"]["code"] == "bad_input" and "pnp must be one of" in body["error"]["message"]
 
 
 def test_results_expire_after_fetch_grace_or_ttl():

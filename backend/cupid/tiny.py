@@ -68,7 +68,8 @@ def shell_targets(res: int = TINY_GRID) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _configs() -> dict[str, dict[str, Any]]:
-    """Tiny args for every checkpoint, mirroring the release's classes and argument names."""
+    """Tiny args for every checkpoint: only argument names the release's own classes accept (its stage-2
+    flow takes no `pretrained_slat_enc`; the pipeline hands it the SLat encoder of pipeline.json)."""
     flow_common = {"model_channels": 32, "cond_channels": TINY_DINO_DIM, "num_blocks": 1, "num_heads": 2,
                    "mlp_ratio": 2, "pe_mode": "ape", "qk_rms_norm": True, "use_fp16": False}
     ss_dec = {"latent_channels": 8, "num_res_blocks": 1, "num_res_blocks_middle": 1, "channels": [32, 16, 8],
@@ -83,8 +84,7 @@ def _configs() -> dict[str, dict[str, Any]]:
         "slat_flow_tiny": {"name": "ElasticVisualLatentConditioningSLatFlowModel", "args": {
             "resolution": TINY_GRID, "in_channels": 8, "out_channels": 8, "cond_latent_channels": 8,
             "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [16], "visual_feat_channels": [4, 4, 4, 4],
-            "visual_feat_resolution": 64, "visual_conv_kernel_size": 3,
-            "pretrained_slat_enc": "ckpts/slat_enc_tiny", **flow_common}},
+            "visual_feat_resolution": 64, "visual_conv_kernel_size": 3, **flow_common}},
         "slat_enc_tiny": {"name": "SLatEncoder", "args": {
             "resolution": TINY_GRID, "in_channels": TINY_DINO_DIM, "model_channels": 32, "latent_channels": 8,
             **swin}},

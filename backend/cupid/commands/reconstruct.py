@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .. import config
 from ..errors import CliError
+from ..geometry.pnp import PNP_METHODS
 
 if TYPE_CHECKING:
     from ..geometry import CameraPose
@@ -25,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
     p.add_argument("--steps", type=int, default=0, help="sampler steps per stage (0: the model's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--pnp", choices=PNP_METHODS, default=None,
+                   help="camera solver: robust (RANSAC + refinement, the default) or dlt (the release's, "
+                        "to reproduce its results seed for seed); default: the model's pipeline.json")
     p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
     p.add_argument("--point", action="append", default=[], metavar="X,Y",
                    help="scene mode: pick an object by a click at pixel X,Y of the photo (repeat for more objects)")
@@ -99,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = CupidPipeline.from_pretrained(args.model, device=args.device)
     try:
         out = reconstruct_bundle(pipe, args.photo, out_dir, mask=args.mask, mode=args.mode, seed=args.seed,
-                                 steps=args.steps or None, progress=progress, camera=camera, prompts=prompts,
-                                 on_stage_one=lambda first: write_preview(out_dir, first.preview()))
+                                 steps=args.steps or None, progress=progress, pnp=args.pnp, camera=camera,
+                                 prompts=prompts, on_stage_one=lambda first: write_preview(out_dir, first.preview()))
     finally:
         for bar in bars.values():
             bar.close()

@@ -27,11 +27,11 @@ from ..models.dinov2 import ImageConditioner, load_dinov2
 from ..preprocess import Processed, load_photo, preprocess
 from ..progress import CancelCheck, Progress, ProgressCallback
 from ..reconstruction import Pairs, Preview, ReconstructedObject, Reconstruction
-from ..sampler import FlowSampler, seeded_noise
-from ..sparse import SparseTensor
+from ..sampler import FlowSampler, draw_noise, noise_stream
 from ..scene.masks import ObjectMasks
+from ..sparse import SparseTensor
 from .scene import SCENE_OBJECTS_SPAN, Prompts, object_alphas, object_masks, place_objects, point_map
-from .stage1 import StructureResult, decode_structure, pose_from_structure, voxel_uvs
+from .stage1 import PNP_METHODS, StructureResult, decode_structure, pose_from_structure, voxel_uvs
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -79,6 +79,7 @@ class StageOne:
     structure: StructureResult
     camera: CameraPose     # photo pixels: solved from the UV cube, or given
     seed: int
+    noise_state: torch.Tensor   # the run's noise stream right after stage 1's draw (stage 2 draws next)
 
     def preview(self) -> Preview:
         return Preview(self.camera, np.argwhere(self.structure.occupancy), self.structure.res)
@@ -101,6 +102,8 @@ class CupidPipeline:
         self.settings = dict(settings or {})  # the rest of pipeline.json (point-map model, export defaults)
         self._point_map_model: Any = None
         self._segmentation_model: Any = None
+        self.pnp = check_pnp(self.settings.get("pnp", "robust"), f"{source or 'the model'}: pipeline.json's \"pnp\"",
+                             CheckpointError)
         self.models["slat_flow_model"].attach_slat_encoder(self.models["slat_encoder"])
 
     @classmethod
@@ -180,14 +183,16 @@ class CupidPipeline:
         cond = self.conditioner.encode(processed.cond_image[None].to(self.device))
         return cond, processed.visual_image[None].to(self.device)
 
-    def sample_structure(self, cond: torch.Tensor, seed: int, steps: int | None, job: Progress) -> StructureResult:
+    def sample_structure(self, cond: torch.Tensor, noise: torch.Generator | int, steps: int | None,
+                         job: Progress) -> StructureResult:
+        """Stage 1; `noise` is the run's stream (see `noise_stream`), or a seed for a fresh one."""
         flow = self.models["sparse_structure_flow_model"]
         ss_dec = self.models["sparse_structure_decoder"]
         uv_dec = self.models["sparse_structure_uv_decoder"]
         sampler = _with_steps(self.ss_sampler, steps)
         res = flow.resolution
-        noise = seeded_noise((1, flow.in_channels, res, res, res), seed, self.device)
-        z = sampler.sample(flow, noise, cond, torch.zeros_like(cond),
+        x = draw_noise((1, flow.in_channels, res, res, res), _stream(noise), self.device)
+        z = sampler.sample(flow, x, cond, torch.zeros_like(cond),
                            progress=lambda f: job.report("structure", f), should_cancel=job.should_cancel)
         c = ss_dec.latent_channels
         ss_logits = ss_dec(z[:, :c])
@@ -195,7 +200,9 @@ class CupidPipeline:
         return decode_structure(ss_logits[0, 0], uv_logits[0])
 
     def sample_latent(self, structure: StructureResult, pose_in_crop: CameraPose, cond: torch.Tensor,
-                      visual: torch.Tensor, seed: int, steps: int | None, job: Progress) -> SparseTensor:
+                      visual: torch.Tensor, noise: torch.Generator | int, steps: int | None,
+                      job: Progress) -> SparseTensor:
+        """Stage 2; draws its noise from the run's stream right after stage 1's, as the release does."""
         flow = self.models["slat_flow_model"]
         idx = np.argwhere(structure.occupancy)
         coords = torch.zeros((len(idx), 4), dtype=torch.int32)
@@ -203,14 +210,14 @@ class CupidPipeline:
         coords = coords.to(self.device)
         uvs = SparseTensor(torch.from_numpy(voxel_uvs(idx, structure.res, pose_in_crop)).float().to(self.device),
                            coords)
-        noise = SparseTensor(seeded_noise((len(idx), flow.out_channels), seed + 1, self.device), coords)
+        x = SparseTensor(draw_noise((len(idx), flow.out_channels), _stream(noise), self.device), coords)
         cond_d = {"dino_cond": cond, "visual_cond": visual}
         neg_d = {"dino_cond": torch.zeros_like(cond), "visual_cond": torch.zeros_like(visual)}
         if hasattr(flow, "voxel_condition"):  # per-voxel features: once per run, not once per step
             cond_d["voxel_cond"] = flow.voxel_condition(uvs, cond_d)
             neg_d["voxel_cond"] = flow.voxel_condition(uvs, neg_d)
         sampler = _with_steps(self.slat_sampler, steps)
-        slat = sampler.sample(flow, noise, cond_d, neg_d, uvs=uvs,
+        slat = sampler.sample(flow, x, cond_d, neg_d, uvs=uvs,
                               progress=lambda f: job.report("latent", f), should_cancel=job.should_cancel)
         return slat.replace(slat.feats.float() * self.slat_std + self.slat_mean)
 
@@ -225,20 +232,26 @@ class CupidPipeline:
     # ------------------------------------------------------------------ one object
     @torch.no_grad()
     def stage_one(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
-                  progress: Progress | None = None, camera: CameraPose | None = None) -> StageOne:
-        """Condition and sample the structure; solve the camera from its UV cube, or take `camera`
-        (photo pixels) as given. What it returns is all stage 2 needs, so a refine can start there."""
+                  progress: Progress | None = None, camera: CameraPose | None = None,
+                  pnp: str | None = None) -> StageOne:
+        """Condition and sample the structure; solve the camera from its UV cube (`pnp`: "robust" or
+        "dlt", None for the model's pipeline.json "pnp"), or take `camera` (photo pixels) as given.
+        One noise stream seeded once with `seed` feeds stage 1, then stage 2 (the release's order); what
+        this returns is all stage 2 needs, the stream's state included, so a refine can start there."""
         job = progress or Progress()
+        method = self.pnp if pnp is None else check_pnp(pnp, "pnp")
+        stream = noise_stream(seed)
         job.report("condition", 0.0)
         cond, visual = self.condition(processed)
-        structure = self.sample_structure(cond, seed, steps, job)
+        structure = self.sample_structure(cond, stream, steps, job)
         job.report("pose", 0.0)
         crop = processed.crop
         if camera is None:
-            camera, _ = pose_from_structure(structure, crop.offset, crop.size, processed.size, seed=seed)
+            camera, _ = pose_from_structure(structure, crop.offset, crop.size, processed.size, seed=seed,
+                                            method=method)
         else:
             camera = self.check_camera(camera, structure, processed)
-        return StageOne(processed, cond, visual, structure, camera, seed)
+        return StageOne(processed, cond, visual, structure, camera, seed, stream.get_state())
 
     def check_camera(self, camera: CameraPose, structure: StructureResult, processed: Processed) -> CameraPose:
         """A given camera, refused (InputError) when it is malformed, for another photo size, or sees
@@ -263,8 +276,10 @@ class CupidPipeline:
         job = progress or Progress()
         processed, structure, crop = first.processed, first.structure, first.processed.crop
         camera = first.camera if camera is None else self.check_camera(camera, structure, processed)
+        stream = noise_stream(first.seed)
+        stream.set_state(first.noise_state)   # stage 2's noise follows stage 1's, however often this runs
         slat = self.sample_latent(structure, camera.in_crop(crop.offset, crop.size), first.cond, first.visual,
-                                  first.seed, steps, job)
+                                  stream, steps, job)
         job.report("decode", 0.0)
         mesh, gaussians = self.decode(slat)
         attrs = mesh.vertex_attrs
@@ -277,12 +292,12 @@ class CupidPipeline:
 
     def reconstruct_object(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
                            progress: Progress | None = None, name: str = "object_0",
-                           camera: CameraPose | None = None,
-                           on_stage_one: Callable[[StageOne], None] | None = None) -> ReconstructedObject:
+                           camera: CameraPose | None = None, on_stage_one: Callable[[StageOne], None] | None = None,
+                           pnp: str | None = None) -> ReconstructedObject:
         """Stages 1 and 2 for one object (see `stage_one`, `stage_two`); `on_stage_one` sees stage 1's
         result (its `preview()`) before stage 2 starts."""
         job = progress or Progress()
-        first = self.stage_one(processed, seed=seed, steps=steps, progress=job, camera=camera)
+        first = self.stage_one(processed, seed=seed, steps=steps, progress=job, camera=camera, pnp=pnp)
         if on_stage_one is not None:
             on_stage_one(first)
         return self.stage_two(first, steps=steps, progress=job, name=name)
@@ -292,18 +307,21 @@ class CupidPipeline:
                     steps: int | None = None, progress: ProgressCallback | Progress | None = None,
                     should_cancel: CancelCheck | None = None, camera: CameraPose | None = None,
                     on_stage_one: Callable[[StageOne], None] | None = None,
-                    prompts: Prompts | None = None) -> Reconstruction:
+                    prompts: Prompts | None = None, pnp: str | None = None) -> Reconstruction:
         """Photo (+ mask) -> Reconstruction (write it with `cupid.export.write_bundle`).
 
         Object mode: one object, seen by the camera solved from its own structure, or by `camera`
         (photo pixels) when given; `on_stage_one` is called with stage 1's result (camera + voxels)
         before stage 2. Scene mode: one object per mask (a label image, mask files, or automatic
         masks), each reconstructed from its own occlusion-aware crop and placed in the point-map
-        model's camera; without a mask, `prompts` (points, boxes in photo pixels) pick the objects, and
-        without either the segmentation model finds them. `progress` is a (stage, fraction of the job) callback, or a `Progress` whose
-        `remainder()` then drives the export."""
+        model's camera; without a mask, `prompts` (points, boxes in photo pixels) pick the objects,
+        and without either the segmentation model finds them. `progress` is a (stage, fraction of the
+        job) callback, or a `Progress` whose `remainder()` then drives the export. `pnp` picks the
+        camera solver, "robust" or "dlt" (None: the model's pipeline.json "pnp")."""
         if mode not in ("object", "scene"):
             raise InputError(f"mode must be 'object' or 'scene', got {mode!r}")
+        if pnp is not None:
+            check_pnp(pnp, "pnp")
         if steps is not None and not (0 <= int(steps) <= 500):
             raise InputError(f"steps must be between 1 and 500 (0 = the model's default), got {steps}")
         if camera is not None and mode != "object":
@@ -313,10 +331,10 @@ class CupidPipeline:
         if prompts is not None and mode != "scene":
             raise InputError("object picks (points, boxes) are for scene mode")
         if mode == "scene":
-            return self._reconstruct_scene(image, mask, prompts, seed=seed, steps=steps, job=job)
+            return self._reconstruct_scene(image, mask, prompts, seed=seed, steps=steps, job=job, pnp=pnp)
         processed = preprocess(image, mask)
         obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job, camera=camera,
-                                      on_stage_one=on_stage_one)
+                                      on_stage_one=on_stage_one, pnp=pnp)
         job.report("export", 0.0)
         return Reconstruction(photo=processed.photo, camera=obj.camera, objects=[obj], mode="object", seed=seed)
 
@@ -333,23 +351,35 @@ class CupidPipeline:
 
     @torch.no_grad()
     def _reconstruct_scene(self, image: Any, mask: Any, prompts: Prompts | None, *, seed: int,
-                           steps: int | None, job: Progress) -> Reconstruction:
+                           steps: int | None, job: Progress, pnp: str | None = None) -> Reconstruction:
         photo = load_photo(image)[..., :3]
         alphas = object_alphas(photo, mask, prompts, lambda: self.segmentation_model)
         objects = []
         for k, alpha in enumerate(alphas):
             processed = preprocess(photo, mask=(alpha * 255).astype(np.uint8))
             obj = self.reconstruct_object(processed, seed=seed + 7919 * k, steps=steps,
-                                          progress=job.part(k, len(alphas), SCENE_OBJECTS_SPAN), name=f"object_{k}")
+                                          progress=job.part(k, len(alphas), SCENE_OBJECTS_SPAN), name=f"object_{k}",
+                                          pnp=pnp)
             obj.mask = alpha   # the visible part of the object: what its fit score checks
             objects.append(obj)
         job.mark("pointmap", SCENE_OBJECTS_SPAN + 0.01)
-        points, valid, K_scene = point_map(self.point_map_model, photo, [o.camera.K[0, 0] for o in objects])
+        points, valid, K_scene = point_map(self.point_map_model, photo, [o.camera for o in objects])
         place_objects(objects, alphas, points, valid, seed=seed)
         job.mark("export", 0.95)
         H, W = photo.shape[:2]
         camera = CameraPose(K_scene, np.eye(3), np.zeros(3), W, H)
         return Reconstruction(photo=photo, camera=camera, objects=objects, mode="scene", seed=seed)
+
+
+def check_pnp(method: Any, what: str, error: type[CupidError] = InputError) -> str:
+    """The camera solver's name, or `error` naming where the bad value came from."""
+    if not isinstance(method, str) or method not in PNP_METHODS:
+        raise error(f"{what} must be one of {', '.join(PNP_METHODS)}, got {method!r}")
+    return method
+
+
+def _stream(noise: torch.Generator | int) -> torch.Generator:
+    return noise if isinstance(noise, torch.Generator) else noise_stream(int(noise))
 
 
 def _flat(entry: dict) -> dict:

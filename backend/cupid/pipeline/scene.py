@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CupidError, InputError
+from ..geometry import CameraPose
 from ..reconstruction import ReconstructedObject
 from ..scene.alignment import align_object, visible_points
 from ..scene.masks import (ObjectMasks, check_prompts, load_object_masks, occluder_mask, segment_automatic,
@@ -59,16 +60,43 @@ def _valid_intrinsics(K: np.ndarray, W: int, H: int) -> bool:
                 and -W < K[0, 2] < 2 * W and -H < K[1, 2] < 2 * H)
 
 
-def point_map(model: Any, photo: np.ndarray, object_focals: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# The objects' solved principal points replace the photo centre only when they agree with each other
+# (within this share of the photo) and the centre lies clearly outside that agreement: a photo straight
+# from a camera has its principal point at the centre, a cropped one does not, and one object's
+# principal point alone is too loosely determined to move it.
+PP_AGREEMENT = 0.03
+PP_OFF_CENTRE = 0.02
+
+
+def scene_principal_point(object_cameras: Sequence[CameraPose], width: int, height: int) -> tuple[float, float] | None:
+    """The principal point (uv) to give MoGe: the objects' median when at least two agree and it is
+    off the photo centre, else None (MoGe's centred principal point)."""
+    if len(object_cameras) < 2:
+        return None
+    pp = np.array([[c.K[0, 2] / width, c.K[1, 2] / height] for c in object_cameras], np.float64)
+    if not np.isfinite(pp).all():
+        return None
+    med = np.median(pp, axis=0)
+    if np.abs(pp - med).max() > PP_AGREEMENT or np.abs(med - 0.5).max() <= PP_OFF_CENTRE:
+        return None
+    if not ((0.1 <= med) & (med <= 0.9)).all():
+        return None
+    return float(med[0]), float(med[1])
+
+
+def point_map(model: Any, photo: np.ndarray,
+              object_cameras: Sequence[CameraPose]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The point-map model's points [H, W, 3], validity [H, W] and intrinsics (pixels). MoGe recovers its
-    own focal length; when that fails (a degenerate map), the objects' own solved focal (median) is
-    given to it instead."""
+    own focal length (with the objects' principal point where they agree on one, see
+    :func:`scene_principal_point`); when that fails (a degenerate map), the objects' own solved focal
+    (median) is given to it instead."""
     H, W = photo.shape[:2]
-    geo = model.infer(photo)
+    pp = scene_principal_point(object_cameras, W, H)
+    geo = model.infer(photo, principal_point=pp)
     K = np.asarray(geo["intrinsics_px"], np.float64)
     if not _valid_intrinsics(K, W, H):
-        f = float(np.median(object_focals))
-        geo = model.infer(photo, fov_x=float(np.degrees(2 * np.arctan(W / (2 * f)))))
+        f = float(np.median([c.K[0, 0] for c in object_cameras]))
+        geo = model.infer(photo, fov_x=float(np.degrees(2 * np.arctan(W / (2 * f)))), principal_point=pp)
         K = np.asarray(geo["intrinsics_px"], np.float64)
         if not _valid_intrinsics(K, W, H):
             raise CupidError("the point-map model gave no usable camera for this photo", code="pointmap_failed")

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import CupidError
+from ..geometry.pnp import PNP_METHODS
 from ..preprocess import load_mask, load_photo
 from .jobs import JobQueue, PipelineFactory
 
@@ -252,10 +253,14 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> Any:
 
     @api.post("/v1/jobs")
     async def submit(image: UploadFile = File(...), mask: UploadFile | None = File(None),
-                     mode: str = Form("object"), seed: int = Form(0), steps: int = Form(0)) -> JSONResponse:
-        """Queue a reconstruction of `image` (with an optional `mask`); returns the job's id."""
+                     mode: str = Form("object"), seed: int = Form(0), steps: int = Form(0),
+                     pnp: str = Form("")) -> JSONResponse:
+        """Queue a reconstruction of `image` (with an optional `mask`); returns the job's id. `pnp`
+        picks the camera solver (robust or dlt; empty: the model's default)."""
         if mode not in ("object", "scene"):
             return _err(422, "bad_input", f"mode must be 'object' or 'scene', got {mode!r}")
+        if pnp and pnp not in PNP_METHODS:
+            return _err(422, "bad_input", f"pnp must be one of {', '.join(PNP_METHODS)} (or empty), got {pnp!r}")
         if not (0 <= steps <= 500):
             return _err(422, "bad_input", "steps must be between 0 (the model's default) and 500")
         data = await image.read()
@@ -269,7 +274,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> Any:
             mask_data = await mask.read()
             if mode == "object":
                 await run_in_threadpool(load_mask, mask_data, (photo.shape[1], photo.shape[0]))
-        job = jobs.submit(data, image.filename or "image", mask_data, mode, int(seed), int(steps))
+        job = jobs.submit(data, image.filename or "image", mask_data, mode, int(seed), int(steps), pnp=pnp or None)
         return JSONResponse({"id": job.id, **job.public()}, status_code=202)
 
     @api.get("/v1/jobs/{job_id}")

@@ -80,6 +80,7 @@ class Job:
     seed: int
     steps: int
     number: int
+    pnp: str | None = None         # camera solver; None: the model's default
     state: str = "queued"          # queued | running | done | failed | cancelled
     stage: str = "queued"
     progress: float = 0.0
@@ -132,9 +133,10 @@ class JobQueue:
         with self._lock:
             return sum(1 for j in self._jobs.values() if j.state in ("queued", "running"))
 
-    def submit(self, image: bytes, image_name: str, mask: bytes | None, mode: str, seed: int, steps: int) -> Job:
+    def submit(self, image: bytes, image_name: str, mask: bytes | None, mode: str, seed: int, steps: int,
+               pnp: str | None = None) -> Job:
         job = Job(id=secrets.token_hex(8), image=image, image_name=image_name, mask=mask, mode=mode, seed=seed,
-                  steps=steps, number=next(self._counter))
+                  steps=steps, number=next(self._counter), pnp=pnp)
         with self._lock:
             self._jobs[job.id] = job
         self._queue.put(job)
@@ -221,7 +223,8 @@ class JobQueue:
                     job.message = stage
 
             bundle = reconstruct_bundle(pipe, job.image, out, mask=job.mask, mode=job.mode, seed=job.seed,
-                                        steps=job.steps or None, progress=progress, should_cancel=job.cancel.is_set)
+                                        steps=job.steps or None, progress=progress, should_cancel=job.cancel.is_set,
+                                        pnp=job.pnp)
             job.stage, job.message = "packing", "packing the result"
             zipped = zip_dir(Path(bundle), self._tmp / f"{job.id}.zip")
             shutil.rmtree(out, ignore_errors=True)
