@@ -124,7 +124,20 @@ def randomize_weights(model: torch.nn.Module, generator: torch.Generator) -> Non
 
 def _fit_decoder(model: torch.nn.Module, target_occ: np.ndarray, target_uv: np.ndarray | None,
                  steps: int = 300) -> float:
-    """Fit a stage-1 decoder to output the target from any latent; returns the final loss."""
+    """Fit a stage-1 decoder to output the target from any latent; returns the final loss.
+
+    Fitted on one thread: reductions split over threads round differently, and after hundreds of Adam
+    steps that shows, so the same seed must give the same tiny model on every machine (the release-parity
+    fixtures were computed from it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_steps(model, target_occ, target_uv, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_steps(model: torch.nn.Module, target_occ: np.ndarray, target_uv: np.ndarray | None, steps: int) -> float:
     with torch.no_grad():
         model.input_layer.weight.zero_()   # the latent is ignored: zero padding gives the position
     params = [p for n, p in model.named_parameters() if not n.startswith("input_layer.weight")]
