@@ -1,4 +1,5 @@
-"""Turn Blender image datablocks into PNG bytes for the backend.
+"""Turn Blender image datablocks into the bytes uploaded to the backend (the bpy half; the pixel
+math is ``io/imaging.py``).
 
 Blender stores pixels bottom-to-top as float RGBA; the backend expects an ordinary top-to-bottom
 image file. When the datablock is an unmodified file on disk its bytes are sent as they are
@@ -8,27 +9,14 @@ image file. When the datablock is an unmodified file on disk its bytes are sent 
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from typing import Any
 
+import bpy
 import numpy as np
 
+from .io.imaging import linear_to_srgb, png_bytes, to_uint8
 
-def png_bytes(rgba: np.ndarray) -> bytes:
-    """Encode an [H, W, 4] uint8 array (top row first) as PNG."""
-    if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.dtype != np.uint8:
-        raise ValueError(f"expected [H, W, 4] uint8, got {rgba.dtype} {rgba.shape}")
-    h, w = rgba.shape[:2]
-    raw = np.zeros((h, 1 + 4 * w), dtype=np.uint8)  # filter byte 0 (None) per row
-    raw[:, 1:] = rgba.reshape(h, 4 * w)
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b""))
+__all__ = ["image_bytes", "image_pixels_top_down", "png_bytes"]
 
 
 def image_pixels_top_down(image: Any) -> np.ndarray:
@@ -46,15 +34,12 @@ def image_pixels_top_down(image: Any) -> np.ndarray:
         px = np.concatenate([px, np.ones((h, w, 1), np.float32)], axis=2)
     if image.colorspace_settings.name not in ("sRGB",) and not image.is_data and image.is_float:
         px = px.copy()
-        rgb = np.clip(px[..., :3], 0.0, 1.0)  # linear float buffers: encode to sRGB for the photo
-        px[..., :3] = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * np.power(rgb, 1 / 2.4) - 0.055)
-    return np.round(np.clip(px[..., :4], 0.0, 1.0) * 255.0).astype(np.uint8)
+        px[..., :3] = linear_to_srgb(px[..., :3])  # linear float buffers: encode to sRGB for the photo
+    return to_uint8(px[..., :4])
 
 
 def image_bytes(image: Any) -> tuple[bytes, str]:
     """(encoded bytes, file name) to upload for an image datablock."""
-    import bpy
-
     path = bpy.path.abspath(image.filepath_raw or image.filepath) if image.source == "FILE" else ""
     if path and not image.is_dirty and image.packed_file is None and os.path.isfile(path):
         with open(path, "rb") as fh:

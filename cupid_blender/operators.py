@@ -1,18 +1,15 @@
 """Operators: reconstruct a photo, cancel, start/stop the backend, switch CUPID cameras, import a
-bundle directory.
+bundle directory (the bpy room around :class:`cupid_blender.io.job.ReconstructJob`).
 
-Threading rule: the worker thread (:class:`ReconstructJob`) only talks HTTP and touches files;
-everything involving bpy runs on the main thread (operator execute/modal). In background mode
-(``bpy.app.background``) the job runs synchronously inside execute.
+The job runs in a worker thread in every mode; this module only reads inputs and preferences on
+the main thread, drains the job's progress (a modal 0.1 s timer in the UI, a plain loop with
+``-b`` or without a window) and builds the scene from its outcome.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,19 +18,11 @@ from bpy.app.handlers import persistent
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import scene_builder
-from .backend_manager import MANAGER, BackendConfig, BackendStartError
+from .backend_manager import MANAGER, BackendConfig
 from .imaging import image_bytes
+from .io.job import JobRequest, Outcome, ReconstructJob, UserError, describe_error
 from .preferences import get_prefs
 from .properties import MODES
-
-DONE_STATES = {"done", "succeeded", "success", "finished", "completed", "complete"}
-FAILED_STATES = {"failed", "error"}
-CANCELLED_STATES = {"cancelled", "canceled"}
-POLL_S = 0.25
-
-
-class UserError(Exception):
-    """A problem with the user's input or setup; reported as is."""
 
 
 def backend_config(context: Any) -> BackendConfig:
@@ -44,110 +33,6 @@ def backend_config(context: Any) -> BackendConfig:
                          model=prefs.model, device=prefs.device,
                          weights_dir=bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else "",
                          url=prefs.remote_url, token=prefs.remote_token)
-
-
-def _describe(exc: BaseException) -> str:
-    """One clear line for any error a job can meet (client errors are duck-typed: the client
-    module ships separately and may be absent)."""
-    kind = type(exc).__name__
-    if kind == "BackendError":
-        code = getattr(exc, "code", "") or "error"
-        msg = getattr(exc, "message", "") or str(exc)
-        return f"CUPID backend error ({code}): {msg}"
-    if kind == "BackendUnavailable":
-        return f"CUPID backend unavailable: {exc}"
-    if isinstance(exc, (UserError, BackendStartError, scene_builder.SceneBuildError)):
-        return str(exc)
-    return f"CUPID reconstruction failed: {kind}: {exc}"
-
-
-class JobCancelled(Exception):
-    pass
-
-
-class ReconstructJob:
-    """One reconstruction on the backend: submit, poll, download. Runs in a worker thread."""
-
-    def __init__(self, config: BackendConfig, image: bytes, filename: str, mask: Optional[bytes],
-                 mode: str, seed: int, steps: int) -> None:
-        self.config, self.image, self.filename, self.mask = config, image, filename, mask
-        self.mode, self.seed, self.steps = mode, seed, steps
-        self.stage = "starting backend"
-        self.progress = 0.0
-        self.cancel_requested = False
-        self.done = False
-        self.error: Optional[str] = None
-        self.cancelled = False
-        self.bundle: Optional[Path] = None
-        self.workdir = Path(tempfile.mkdtemp(prefix="cupid-result-"))
-        self.job_id: Optional[str] = None
-
-    def run(self) -> None:
-        try:
-            client = MANAGER.client(self.config, should_cancel=lambda: self.cancel_requested)
-            self._check_cancel(client)
-            self.stage = "uploading"
-            self.job_id = client.submit(self.image, self.filename, mask_bytes=self.mask, mode=self.mode,
-                                        seed=self.seed, steps=self.steps)
-            while True:
-                self._check_cancel(client)
-                st = client.status(self.job_id)
-                state = str(st.get("state", "")).lower()
-                self.stage = st.get("stage") or state or "working"
-                try:
-                    self.progress = min(1.0, max(0.0, float(st.get("progress") or 0.0)))
-                except (TypeError, ValueError):
-                    pass
-                if state in DONE_STATES:
-                    break
-                if state in FAILED_STATES:
-                    raise UserError(f"CUPID reconstruction failed: {st.get('message') or 'unknown error'}")
-                if state in CANCELLED_STATES:
-                    raise JobCancelled()
-                time.sleep(POLL_S)
-            self.stage = "downloading result"
-            self.bundle = find_bundle(Path(client.result(self.job_id, self.workdir / "bundle")))
-        except JobCancelled:
-            self.cancelled = True
-        except BaseException as exc:  # reported to the user on the main thread
-            if self.cancel_requested:
-                self.cancelled = True
-            else:
-                self.error = _describe(exc)
-        finally:
-            self.done = True
-
-    def _check_cancel(self, client: Any) -> None:
-        if not self.cancel_requested:
-            return
-        self.stage = "cancelling"
-        if self.job_id is not None:
-            try:
-                client.cancel(self.job_id)
-            except Exception:
-                pass  # the job may have finished meanwhile; nothing is built either way
-        raise JobCancelled()
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def find_bundle(path: Path) -> Path:
-    """The directory holding scene.json in a downloaded result (a directory or a zip file)."""
-    if path.is_file() and zipfile.is_zipfile(path):
-        dest = path.with_suffix("")
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                target = (dest / info.filename).resolve()
-                if not str(target).startswith(str(dest.resolve())):
-                    raise UserError("the backend sent a result archive with unsafe paths")
-            zf.extractall(dest)
-        path = dest
-    if (path / "scene.json").is_file():
-        return path
-    for sub in sorted(path.rglob("scene.json")):
-        return sub.parent
-    raise UserError(f"the backend result has no scene.json ({path})")
 
 
 _ACTIVE: dict = {"job": None}
@@ -262,53 +147,64 @@ class CUPID_OT_reconstruct(bpy.types.Operator):
         prefs = get_prefs(context)
         seed = self.seed if self.seed or prefs is None else prefs.default_seed
         steps = self.steps if self.steps or prefs is None else prefs.default_steps
-        job = ReconstructJob(backend_config(context), data, fname, mask, self.mode.lower(), seed, steps)
+        config = backend_config(context)
+        job = ReconstructJob(lambda should_cancel: MANAGER.client(config, should_cancel=should_cancel),
+                             JobRequest(data, fname, mask, self.mode.lower(), seed, steps))
         self._job, self._name = job, stem
         _ACTIVE["job"] = job
-        wm = context.window_manager
-        wm.cupid_running, wm.cupid_stage, wm.cupid_progress = True, job.stage, 0.0
-        if bpy.app.background or context.window is None:
-            job.run()
-            return self._finish(context)
+        self._show(context)
         self._thread = threading.Thread(target=job.run, name="cupid-job", daemon=True)
         self._thread.start()
+        if bpy.app.background or context.window is None:
+            outcome = None
+            while outcome is None:  # no event loop to come back to: wait here
+                time.sleep(0.1)
+                outcome = self._show(context)
+            return self._finish(context, outcome)
+        wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.modal_handler_add(self)
         return {"RUNNING_MODAL"}
 
+    def _show(self, context: Any) -> Optional[Outcome]:
+        """Take the job's news into the window manager's progress properties; its outcome once ended."""
+        progress, outcome = self._job.poll()
+        wm = context.window_manager
+        stage = "cancelling" if self._job.cancel_requested and outcome is None else progress.stage
+        wm.cupid_running, wm.cupid_stage, wm.cupid_progress = True, stage, progress.fraction
+        return outcome
+
     def modal(self, context: Any, event: Any) -> set:
-        job = self._job
         if event.type == "ESC" and event.value == "PRESS":
-            job.cancel_requested = True
+            self._job.cancel()
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
+        outcome = self._show(context)
         wm = context.window_manager
-        wm.cupid_stage = "cancelling" if job.cancel_requested and not job.done else job.stage
-        wm.cupid_progress = job.progress
-        _status(context, f"CUPID: {wm.cupid_stage} {100 * job.progress:.0f}%   (Esc to cancel)")
+        _status(context, f"CUPID: {wm.cupid_stage} {100 * wm.cupid_progress:.0f}%   (Esc to cancel)")
         _redraw(context)
-        if not job.done:
+        if outcome is None:
             return {"RUNNING_MODAL"}
         wm.event_timer_remove(self._timer)
         self._timer = None
         _status(context, None)
-        return self._finish(context)
+        return self._finish(context, outcome)
 
-    def _finish(self, context: Any) -> set:
+    def _finish(self, context: Any, outcome: Outcome) -> set:
         job = self._job
         wm = context.window_manager
         try:
-            if job.cancelled or (job.cancel_requested and job.bundle is None):
+            if outcome.state == "cancelled":
                 wm.cupid_last_message = "Reconstruction cancelled"
                 self.report({"WARNING"}, "CUPID reconstruction cancelled; the scene is unchanged")
                 return {"CANCELLED"}
-            if job.error is not None:
-                wm.cupid_last_message = job.error
-                self.report({"ERROR"}, job.error)
+            if outcome.state == "failed":
+                wm.cupid_last_message = outcome.message
+                self.report({"ERROR"}, outcome.message)
                 return {"CANCELLED"}
             try:
-                res = scene_builder.build_from_bundle(job.bundle, context.scene, name=self._name)
+                res = scene_builder.build_from_bundle(outcome.bundle, context.scene, name=self._name)
             except scene_builder.SceneBuildError as exc:
                 wm.cupid_last_message = str(exc)
                 self.report({"ERROR"}, f"CUPID: {exc}")
@@ -325,7 +221,7 @@ class CUPID_OT_reconstruct(bpy.types.Operator):
     def cancel(self, context: Any) -> None:
         """Blender ends the modal operator (file load, window close): stop the job too."""
         if self._job is not None:
-            self._job.cancel_requested = True
+            self._job.cancel()
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
         _ACTIVE["job"] = None
@@ -342,7 +238,7 @@ class CUPID_OT_cancel(bpy.types.Operator):
         return _ACTIVE["job"] is not None
 
     def execute(self, context: Any) -> set:
-        _ACTIVE["job"].cancel_requested = True
+        _ACTIVE["job"].cancel()
         return {"FINISHED"}
 
 
@@ -357,7 +253,7 @@ class CUPID_OT_start_backend(bpy.types.Operator):
         try:
             MANAGER.client(config, timeout=120.0)
         except BaseException as exc:
-            self.report({"ERROR"}, _describe(exc))
+            self.report({"ERROR"}, describe_error(exc))
             return {"CANCELLED"}
         self.report({"INFO"}, f"CUPID backend: {MANAGER.status_text()}")
         return {"FINISHED"}
@@ -371,7 +267,7 @@ class CUPID_OT_stop_backend(bpy.types.Operator):
 
     def execute(self, context: Any) -> set:
         if _ACTIVE["job"] is not None:
-            _ACTIVE["job"].cancel_requested = True
+            _ACTIVE["job"].cancel()
         MANAGER.stop()
         self.report({"INFO"}, "CUPID backend stopped")
         return {"FINISHED"}
@@ -448,5 +344,5 @@ def unregister_handlers() -> None:
             lst.remove(fn)
     job = _ACTIVE["job"]
     if job is not None:
-        job.cancel_requested = True
+        job.cancel()
     _ACTIVE["job"] = None

@@ -1,8 +1,8 @@
-"""Build a Blender scene from a CUPID result bundle (scene.json, schema ``cupid.scene/1``).
+"""Build a Blender scene from a CUPID result bundle (read by :mod:`cupid_blender.io.bundle`).
 
-All or nothing: the bundle is read and checked completely before any datablock is created, and
-every datablock made while building is recorded so that a failure midway removes them all and
-restores the scene camera and render settings. The caller (an operator with the UNDO flag)
+All or nothing: the bundle is read and checked completely (``io/bundle.py``) before any
+datablock is created, and every datablock made while building is recorded so that a failure
+midway removes them all and restores the scene camera and render settings. The caller (an operator with the UNDO flag)
 turns a successful build into one undo step.
 
 Render resolution is scene-wide in Blender while every CUPID camera belongs to one photo. The
@@ -17,50 +17,25 @@ Python lists and is several times slower on million-triangle meshes).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
+import bpy
 import numpy as np
+from mathutils import Matrix
 
-SCHEMA_ID = "cupid.scene/1"
+from .camera import add_camera
+from .io.bundle import SceneBuildError, read_bundle
+
 RESOLUTION_PROP = "cupid_resolution"
 PIXEL_ASPECT_PROP = "cupid_pixel_aspect"
 BUNDLE_PROP = "cupid_bundle"
 
-
-class SceneBuildError(Exception):
-    """The bundle cannot be turned into a scene; the message is meant for the user."""
-
-
-@dataclass
-class ObjectData:
-    """One object of the bundle, read and checked (nothing created in Blender yet)."""
-
-    name: str
-    vertices: np.ndarray            # float32 [V, 3], object frame
-    faces: np.ndarray               # int32 [F, 3]
-    uv: Optional[np.ndarray]        # float32 [V, 2], v up
-    colors: Optional[np.ndarray]    # float32 [V, 3] in [0, 1]
-    texture: Optional[Path]
-    matrix_world: np.ndarray        # float64 [4, 4]
-
-
-@dataclass
-class BundleData:
-    """A bundle read into memory: camera, photo and objects."""
-
-    root: Path
-    photo: Path
-    width: int
-    height: int
-    K: np.ndarray
-    R: np.ndarray
-    t: np.ndarray
-    objects: List[ObjectData]
+__all__ = ["SceneBuildError", "read_bundle", "BuildResult", "build_from_bundle", "create_mesh",
+           "camera_resolution", "sync_render_resolution"]
 
 
 @dataclass
@@ -71,110 +46,6 @@ class BuildResult:
     camera: Any
     objects: List[Any] = field(default_factory=list)
 
-
-# ---------------------------------------------------------------------------------------------
-# reading (no bpy)
-# ---------------------------------------------------------------------------------------------
-
-def _matrix(value: Any, shape: tuple, what: str) -> np.ndarray:
-    try:
-        a = np.asarray(value, dtype=np.float64).reshape(shape)
-    except (TypeError, ValueError) as exc:
-        raise SceneBuildError(f"scene.json: {what} must be a {shape} array of numbers") from exc
-    if not np.all(np.isfinite(a)):
-        raise SceneBuildError(f"scene.json: {what} contains NaN or infinite values")
-    return a
-
-
-def _file(root: Path, name: Any, what: str) -> Path:
-    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in Path(name).parts:
-        raise SceneBuildError(f"scene.json: {what} must be a file name inside the bundle, got {name!r}")
-    path = root / name
-    if not path.is_file():
-        raise SceneBuildError(f"bundle {root} is incomplete: the {what} file {name!r} is missing")
-    return path
-
-
-def _read_mesh(path: Path, name: str) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:  # zip, format and OS errors alike mean an unusable file
-        raise SceneBuildError(f"object {name!r}: mesh file {path.name} is unreadable ({exc})") from exc
-    v, f = arrays.get("vertices"), arrays.get("faces")
-    if v is None or f is None:
-        raise SceneBuildError(f"object {name!r}: mesh file {path.name} needs `vertices` and `faces`")
-    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
-        raise SceneBuildError(f"object {name!r}: vertices must be [V, 3] and faces [F, 3], "
-                              f"got {v.shape} and {f.shape}")
-    if v.shape[0] == 0 or f.shape[0] == 0:
-        raise SceneBuildError(f"object {name!r}: the mesh is empty")
-    if not np.all(np.isfinite(v)):
-        raise SceneBuildError(f"object {name!r}: vertices contain NaN or infinite values")
-    if f.min() < 0 or f.max() >= v.shape[0]:
-        raise SceneBuildError(f"object {name!r}: faces reference vertices that do not exist")
-    out = {"vertices": np.ascontiguousarray(v, dtype=np.float32),
-           "faces": np.ascontiguousarray(f, dtype=np.int32)}
-    for key, width in (("uv", 2), ("colors", 3)):
-        a = arrays.get(key)
-        if a is not None:
-            if a.shape != (v.shape[0], width):
-                raise SceneBuildError(f"object {name!r}: {key} must be [{v.shape[0]}, {width}], got {a.shape}")
-            out[key] = np.ascontiguousarray(a, dtype=np.float32)
-    return out
-
-
-def read_bundle(directory: str | os.PathLike) -> BundleData:
-    """Read and check a bundle directory (or its scene.json) completely; raises SceneBuildError."""
-    root = Path(directory)
-    if root.is_file() and root.name == "scene.json":
-        root = root.parent
-    scene_path = root / "scene.json"
-    if not scene_path.is_file():
-        raise SceneBuildError(f"{root} is not a CUPID result: scene.json not found")
-    try:
-        scene = json.loads(scene_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SceneBuildError(f"{scene_path} is not valid JSON: {exc}") from exc
-    if not isinstance(scene, dict) or scene.get("schema") != SCHEMA_ID:
-        raise SceneBuildError(f"{scene_path} is not a {SCHEMA_ID} file "
-                              f"(schema {scene.get('schema') if isinstance(scene, dict) else None!r})")
-    try:
-        image, camera, objects = scene["image"], scene["camera"], scene["objects"]
-        width, height = int(image["width"]), int(image["height"])
-        photo = _file(root, image["file"], "photo")
-        if camera.get("convention", "opencv") != "opencv":
-            raise SceneBuildError(f"unsupported camera convention {camera.get('convention')!r}")
-        K = _matrix(camera["K"], (3, 3), "camera K")
-        R = _matrix(camera["R"], (3, 3), "camera R")
-        t = _matrix(camera["t"], (3,), "camera t")
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, SceneBuildError):
-            raise
-        raise SceneBuildError(f"{scene_path} lacks a valid image/camera entry ({exc!r})") from exc
-    if width < 1 or height < 1:
-        raise SceneBuildError(f"scene.json: image size must be positive, got {width}x{height}")
-    if not isinstance(objects, list) or not objects:
-        raise SceneBuildError(f"{scene_path} holds no objects: nothing was reconstructed")
-    data: List[ObjectData] = []
-    for k, obj in enumerate(objects):
-        try:
-            name = str(obj["name"])
-            mesh = _read_mesh(_file(root, obj["mesh"], f"object {name!r} mesh"), name)
-            tex = _file(root, obj["texture"], f"object {name!r} texture") if obj.get("texture") else None
-            mw = _matrix(obj["matrix_world"], (4, 4), f"object {name!r} matrix_world")
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise SceneBuildError(f"scene.json: object #{k} is incomplete ({exc!r})") from exc
-        if tex is not None and mesh.get("uv") is None:
-            tex = None  # a texture without uv cannot be mapped; vertex colours take over
-        data.append(ObjectData(name, mesh["vertices"], mesh["faces"], mesh.get("uv"),
-                               mesh.get("colors"), tex, mw))
-    return BundleData(root, photo, width, height, K, R, t, data)
-
-
-# ---------------------------------------------------------------------------------------------
-# building (bpy)
-# ---------------------------------------------------------------------------------------------
 
 class _Created:
     """Datablocks made during one build, removed in reverse order if the build fails."""
@@ -187,8 +58,6 @@ class _Created:
         return block
 
     def remove_all(self) -> None:
-        import bpy
-
         for kind, block in reversed(self.items):
             coll = getattr(bpy.data, kind)
             try:
@@ -202,8 +71,6 @@ class _Created:
 def create_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: Optional[np.ndarray] = None,
                 colors: Optional[np.ndarray] = None) -> Any:
     """A triangle mesh datablock from flat arrays, with a per-corner UV map and point colours."""
-    import bpy
-
     V, F = int(vertices.shape[0]), int(faces.shape[0])
     mesh = bpy.data.meshes.new(name)
     try:
@@ -244,8 +111,6 @@ def create_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: Optional
 
 
 def _material(name: str, image: Any, use_colors: bool, created: _Created) -> Any:
-    import bpy
-
     mat = created.add("materials", bpy.data.materials.new(name))
     mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
@@ -271,8 +136,6 @@ def _material(name: str, image: Any, use_colors: bool, created: _Created) -> Any
 
 def _load_image(path: Path, name: str, created: _Created, colorspace: str = "sRGB") -> Any:
     """Load and pack an image (the bundle may live in a temporary directory)."""
-    import bpy
-
     try:
         img = created.add("images", bpy.data.images.load(str(path), check_existing=False))
     except RuntimeError as exc:
@@ -286,8 +149,6 @@ def _load_image(path: Path, name: str, created: _Created, colorspace: str = "sRG
 
 
 def _unique_collection_name(base: str) -> str:
-    import bpy
-
     name, k = base, 1
     while name in bpy.data.collections:
         k += 1
@@ -303,11 +164,6 @@ def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Opt
     user-facing message; in that case nothing stays behind in bpy.data and the scene's camera
     and render size are as before.
     """
-    import bpy
-    from mathutils import Matrix
-
-    from .camera import add_camera
-
     data = read_bundle(directory)
     scene = scene if scene is not None else bpy.context.scene
     render = scene.render

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cupid_blender.camera import BlenderCameraSettings, blender_camera_settings, opencv_from_blender
+from cupid_blender.io.camera import BlenderCameraSettings, blender_camera_settings, opencv_from_blender
 from tests.blender_scripts.silhouette import setup_silhouette_render
 
 ASSETS = Path(__file__).resolve().parent / "assets"

@@ -11,7 +11,8 @@ from PIL import Image
 bpy = pytest.importorskip("bpy", reason="needs Blender as a Python module (bpy 4.5)")
 pytestmark = pytest.mark.blender
 
-from cupid_blender.imaging import image_bytes, png_bytes  # noqa: E402
+from cupid_blender.imaging import image_bytes  # noqa: E402
+from cupid_blender.io.imaging import png_bytes  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

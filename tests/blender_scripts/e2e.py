@@ -102,8 +102,8 @@ def cancel_when_submitted(operators, timeout: float = 120.0) -> threading.Thread
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = operators._ACTIVE["job"]
-            if job is not None and job.job_id is not None and job.stage != "uploading":
-                job.cancel_requested = True
+            if job is not None and job.job_id is not None:  # submitted: the backend runs it
+                job.cancel()
                 return
             time.sleep(0.05)
     th = threading.Thread(target=watch, daemon=True)
