@@ -26,7 +26,7 @@ def register() -> None:
     properties.register()
     for cls in _classes():
         bpy.utils.register_class(cls)
-    operators.register_handlers()
+    operators.register()
 
 
 def unregister() -> None:
@@ -35,7 +35,7 @@ def unregister() -> None:
     from . import operators, properties
     from .backend_manager import MANAGER
 
-    operators.unregister_handlers()
+    operators.unregister()
     MANAGER.stop()
     for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)

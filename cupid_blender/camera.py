@@ -13,8 +13,8 @@ from .io.camera import blender_camera_settings
 def add_camera(scene: Any, K: Any, R: Any, t: Any, width: int, height: int,
                name: str = "CUPID Camera") -> Any:
     """Create a camera (data + object) reproducing the OpenCV camera, link it to the scene's
-    collection, make it the scene camera and set the render resolution (100%) and pixel aspect.
-    Returns the camera object."""
+    collection, make it the scene camera and set the render resolution and pixel aspect (the
+    resolution percentage stays the artist's). Returns the camera object."""
     s = blender_camera_settings(K, R, t, width, height)
     data = bpy.data.cameras.new(name)
     data.type = "PERSP"
@@ -34,7 +34,6 @@ def add_camera(scene: Any, K: Any, R: Any, t: Any, width: int, height: int,
     render = scene.render
     render.resolution_x = s.resolution_x
     render.resolution_y = s.resolution_y
-    render.resolution_percentage = 100
     render.pixel_aspect_x = s.pixel_aspect_x
     render.pixel_aspect_y = s.pixel_aspect_y
     return obj

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
@@ -31,6 +32,7 @@ class ObjectData:
     colors: Optional[np.ndarray]    # float32 [V, 3] in [0, 1]
     texture: Optional[Path]
     matrix_world: np.ndarray        # float64 [4, 4]
+    gaussians: Optional[Path] = None  # the 3DGS PLY (object frame), when the bundle has one
 
 
 @dataclass
@@ -133,13 +135,14 @@ def read_bundle(directory: str | os.PathLike) -> BundleData:
             name = str(obj["name"])
             mesh = _read_mesh(_file(root, obj["mesh"], f"object {name!r} mesh"), name)
             tex = _file(root, obj["texture"], f"object {name!r} texture") if obj.get("texture") else None
+            gs = _file(root, obj["gaussians"], f"object {name!r} gaussians") if obj.get("gaussians") else None
             mw = _matrix(obj["matrix_world"], (4, 4), f"object {name!r} matrix_world")
         except (KeyError, TypeError, AttributeError) as exc:
             raise SceneBuildError(f"scene.json: object #{k} is incomplete ({exc!r})") from exc
         if tex is not None and mesh.get("uv") is None:
             tex = None  # a texture without uv cannot be mapped; vertex colours take over
         data.append(ObjectData(name, mesh["vertices"], mesh["faces"], mesh.get("uv"),
-                               mesh.get("colors"), tex, mw))
+                               mesh.get("colors"), tex, mw, gs))
     return BundleData(root, photo, width, height, K, R, t, data)
 
 
@@ -151,3 +154,37 @@ def find_bundle(path: Path) -> Path:
     for sub in sorted(path.rglob("scene.json")):
         return sub.parent
     raise SceneBuildError(f"the backend result has no scene.json ({path})")
+
+
+def object_names(root: str | os.PathLike) -> List[str]:
+    """The object names scene.json lists (without reading the meshes); [] when unreadable."""
+    try:
+        scene = json.loads((Path(root) / "scene.json").read_text(encoding="utf-8"))
+        return [str(o["name"]) for o in scene["objects"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def bundle_name(root: str | os.PathLike) -> str:
+    """What a bundle's scene objects are named after: its folder, which the add-on and
+    ``cupid reconstruct -o out/NAME`` name after the photo (a re-run's ``.001`` dropped)."""
+    return re.sub(r"\.\d{3}$", "", Path(root).name) or "result"
+
+
+def restore_original_photo(root: Path, width: int, height: int, photo: bytes, photo_name: str) -> None:
+    """Make a bundle computed on a downscaled copy describe the original photo: write the photo as
+    `photo_name`, point scene.json's image at it, and scale K to its pixels. Pixel coordinates are
+    measured from the image's top-left corner, so a copy of w×h pixels maps to the photo by
+    x·(width/w), y·(height/h): K's first row scales by width/w, its second by height/h."""
+    path = Path(root) / "scene.json"
+    try:
+        scene = json.loads(path.read_text(encoding="utf-8"))
+        w, h = int(scene["image"]["width"]), int(scene["image"]["height"])
+        K = [[float(v) for v in row] for row in scene["camera"]["K"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SceneBuildError(f"{path} cannot be read back ({exc})") from exc
+    sx, sy = width / w, height / h
+    scene["camera"]["K"] = [[v * sx for v in K[0]], [v * sy for v in K[1]], K[2]]
+    scene["image"] = {"file": photo_name, "width": int(width), "height": int(height)}
+    (Path(root) / photo_name).write_bytes(photo)
+    path.write_text(json.dumps(scene, indent=1), encoding="utf-8")

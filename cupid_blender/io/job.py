@@ -20,10 +20,10 @@ from typing import Any, Callable, Optional
 
 from ..backend_manager import BackendStartError
 from ..client import BackendError, BackendUnavailable
-from .bundle import SceneBuildError, find_bundle
+from .bundle import SceneBuildError, find_bundle, restore_original_photo
+from .upload import InputProblem, Upload
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
-FINAL_STATES = ("done", "failed", "cancelled")
 POLL_S = 0.25
 
 Connect = Callable[[Callable[[], bool]], Any]  # should_cancel -> a CupidClient
@@ -39,21 +39,22 @@ def describe_error(exc: BaseException) -> str:
         return f"CUPID backend error ({exc.code or 'error'}): {exc.message or exc}"
     if isinstance(exc, BackendUnavailable):
         return f"CUPID backend unavailable: {exc}"
-    if isinstance(exc, (UserError, BackendStartError, SceneBuildError)):
+    if isinstance(exc, (UserError, InputProblem, BackendStartError, SceneBuildError)):
         return str(exc)
+    if isinstance(exc, OSError):
+        return f"CUPID could not write the result: {exc.strerror or exc} ({exc.filename or ''})"
     return f"CUPID reconstruction failed: {type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
 class JobRequest:
-    """What is uploaded: the photo (and mask) bytes and the sampler settings."""
+    """What is uploaded (photo and mask bytes, sampler settings) and where the result is kept."""
 
-    image: bytes
-    filename: str
-    mask: Optional[bytes]
+    upload: Upload
     mode: str
     seed: int
     steps: int
+    results_root: Path
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Progress:
     state: str
     stage: str
     fraction: float
+    device: str = ""    # the backend's device, once it answered
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class ReconstructJob:
         self._cancel = threading.Event()
         self._progress = Progress("queued", "starting backend", 0.0)
         self._outcome: Optional[Outcome] = None
-        self.workdir = Path(tempfile.mkdtemp(prefix="cupid-result-"))
+        self._device = ""
+        self.workdir: Optional[Path] = None   # the download, inside the results folder
         self.job_id: Optional[str] = None
 
     # -- the UI thread's side ------------------------------------------------------------------
@@ -108,11 +111,13 @@ class ReconstructJob:
                 self._progress = event
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        """Remove what is left of the download (a kept result was moved out of it first)."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- the worker thread's side --------------------------------------------------------------
     def _publish(self, state: str, stage: str, fraction: float) -> None:
-        self._events.put(Progress(state, stage, min(1.0, max(0.0, fraction))))
+        self._events.put(Progress(state, stage, min(1.0, max(0.0, fraction)), self._device))
 
     def _on_status(self, st: dict) -> None:
         state = str(st.get("state", ""))
@@ -134,13 +139,23 @@ class ReconstructJob:
         client = self._connect(self._cancel.is_set)
         if self.cancel_requested:
             return Outcome("cancelled")
+        self._device = str(client.health().get("device") or "")
         self._publish("queued", "uploading", 0.0)
-        r = self.request
-        self.job_id = client.submit(r.image, r.filename, mask_bytes=r.mask, mode=r.mode, seed=r.seed, steps=r.steps)
+        r, up = self.request, self.request.upload
+        self.job_id = client.submit(up.image, up.filename, mask_bytes=up.mask, mode=r.mode, seed=r.seed,
+                                    steps=r.steps)
         st = client.wait(self.job_id, poll=POLL_S, on_progress=self._on_status, should_cancel=self._cancel.is_set)
         if st["state"] == "cancelled":
             return Outcome("cancelled")
         if st["state"] == "failed":
+            err = st.get("error") if isinstance(st.get("error"), dict) else {}
+            if err.get("code"):
+                return Outcome("failed", message=f"CUPID backend error ({err['code']}): {err.get('message') or st.get('message')}")
             return Outcome("failed", message=f"CUPID reconstruction failed: {st.get('message') or 'unknown error'}")
         self._publish("done", "downloading result", 1.0)
-        return Outcome("done", bundle=find_bundle(client.result(self.job_id, self.workdir / "bundle")))
+        r.results_root.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix=".incoming-", dir=r.results_root))
+        bundle = find_bundle(client.result(self.job_id, self.workdir / "bundle"))
+        if up.downscaled and up.original is not None:
+            restore_original_photo(bundle, up.width, up.height, up.original, up.original_name)
+        return Outcome("done", bundle=bundle)
