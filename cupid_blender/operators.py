@@ -25,8 +25,8 @@ from .backend_manager import MANAGER, BackendConfig
 from .imaging import read_picture
 from .io.bundle import object_names
 from .io.job import JobRequest, Outcome, ReconstructJob, UserError, describe_error
-from .io.settings import (UNSET, batch_inputs, effective_model, expected_cpu_seconds, hub_caches, is_tiny,
-                          resolve_sampling, results_root)
+from .io.settings import (UNSET, batch_inputs, effective_model, expected_cpu_seconds, folder_name, hub_caches,
+                          is_tiny, resolve_sampling, results_root)
 from .io.upload import InputProblem, Upload, prepare_upload
 from .preferences import build_defaults, get_prefs
 from .properties import MODES
@@ -41,9 +41,7 @@ _BACKEND: dict = {"stopped_by_artist": False}
 
 def active_model(prefs: Any) -> str:
     """The model the local backend runs (the downloaded weights replace the offline test model)."""
-    weights = bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else ""
-    return effective_model(prefs.model, build_defaults().get("model", ""),
-                           hub_caches(os.environ, Path.home(), weights))
+    return effective_model(prefs.model, build_defaults().get("model", ""), hub_caches(os.environ, Path.home()))
 
 
 def backend_config(context: Any) -> BackendConfig:
@@ -77,11 +75,11 @@ def cpu_warning(context: Any, steps: int) -> Optional[str]:
 
 
 def backend_status() -> str:
-    """The local backend's state in words ("stopped" after Stop Backend, not an exit code)."""
-    if MANAGER.running():
-        _BACKEND["stopped_by_artist"] = False
-        return MANAGER.status_text()
-    return "stopped" if _BACKEND["stopped_by_artist"] else MANAGER.status_text()
+    """The local backend's state in words ("stopped" after Stop Backend, not an exit code; a crash
+    keeps its exit code)."""
+    if _BACKEND["stopped_by_artist"] and not MANAGER.running():
+        return "stopped"
+    return MANAGER.status_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +174,7 @@ class _Run:
                                   JobRequest(upload, mode, seed, steps, results_folder(context)))
         self.interrupted = False
         _ACTIVE["job"] = self.job
+        _BACKEND["stopped_by_artist"] = False  # the job starts the backend again if needed
         self.show(context)
         threading.Thread(target=self.job.run, name="cupid-job", daemon=True).start()
 
@@ -232,10 +231,9 @@ class _Run:
     def _keep_and_build(self, context: Any, bundle: Path) -> Any:
         """Move the downloaded bundle to RESULTS/NAME (with the suffix its collection, camera and
         photo get too), then build it; a failed build leaves no folder behind."""
-        root = self.job.request.results_root
-        sfx = scene_builder.result_suffix(self.name, object_names(bundle),
-                                          lambda s: (root / f"{self.name}{s}").exists())
-        kept = root / f"{self.name}{sfx}"
+        root, folder = self.job.request.results_root, folder_name(self.name)
+        sfx = scene_builder.result_suffix(self.name, object_names(bundle), lambda s: (root / f"{folder}{s}").exists())
+        kept = root / f"{folder}{sfx}"
         try:
             os.replace(bundle, kept)
         except OSError as exc:

@@ -5,7 +5,6 @@ scene as it was, and the script goes on to its end."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -21,14 +20,12 @@ from PIL import Image
 pytest.importorskip("bpy", reason="needs Blender as a Python module (bpy 4.5)")
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
-from cupid.tiny import make_tiny_model  # noqa: E402
+from tests.blender_scripts import launch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "monkey.png"
 DRIVER = REPO / "tests" / "blender_scripts" / "background.py"
 PROGRESS = re.compile(r"^CUPID: (\S[^\n]*?) (\d+)%$", re.M)
-sys.path.insert(0, str(REPO / "install"))
-import build_extension  # noqa: E402
 
 
 def _wait(log: Path, proc: subprocess.Popen, pattern: re.Pattern, start: int, timeout: float) -> re.Match:
@@ -45,42 +42,30 @@ def _wait(log: Path, proc: subprocess.Popen, pattern: re.Pattern, start: int, ti
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("blender_background")
-    model = make_tiny_model(tmp / "tiny")
-    zip_path = build_extension.build(tmp / "dist", model=str(model))
+    model, zip_path = launch.tiny_zip(tmp)
     batch = tmp / "photos"
     batch.mkdir()
     shutil.copy(PHOTO, batch / "monkey.png")
     shutil.copy(PHOTO, batch / "teapot.png")
     w, h = Image.open(PHOTO).size
-    y, x = np.mgrid[0:h, 0:w]
-    mask = np.where(((x - 240) / 80.0) ** 2 + ((y - 170) / 100.0) ** 2 <= 1, 255, 0).astype(np.uint8)
+    mask = np.where(launch.ellipse(w, h, 240, 170, 80, 100), 255, 0).astype(np.uint8)
     Image.fromarray(mask).save(batch / "teapot_mask.png")   # the mask of teapot.png, not a photo
     (batch / "notes.txt").write_text("not a photo")
     cfg = {"zip": str(zip_path), "python": sys.executable, "photo": str(PHOTO), "batch_dir": str(batch),
            "results_dir": str(tmp / "results"), "result": str(tmp / "result.json")}
-    (tmp / "config.json").write_text(json.dumps(cfg))
-    (tmp / "blender_user").mkdir()
-    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp / "blender_user"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)  # the backend runs from the installed environment, like an artist's
-    log = tmp / "blender.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-u", str(DRIVER), str(tmp / "config.json")],
-                                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    proc, log = launch.start(DRIVER, cfg, tmp)
     try:
         start = _wait(log, proc, re.compile(r"LONG JOB START"), 0, 600).end()
         # a progress line of the long job's sampler, past 0 %, while it runs: press Ctrl-C
         seen = _wait(log, proc, re.compile(r"^CUPID: structure [1-9]\d*%$", re.M), start, 300).group(0)
         running_when_seen = proc.poll() is None
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=300)
+        proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
-    text = log.read_text(errors="replace")
-    assert code == 0 and Path(cfg["result"]).is_file(), f"Blender run failed ({code}):\n{text[-3000:]}"
-    result = json.loads(Path(cfg["result"]).read_text())
-    assert "crash" not in result, result.get("crash", "") + "\n" + text[-3000:]
-    return {"result": result, "log": text, "seen": seen, "running_when_seen": running_when_seen, "tmp": tmp}
+    return {"result": launch.result(cfg, proc, log), "log": log.read_text(errors="replace"), "seen": seen,
+            "running_when_seen": running_when_seen, "tmp": tmp}
 
 
 def test_a_folder_becomes_one_collection_per_photo(run):

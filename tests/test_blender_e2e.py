@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 from cupid.cli import main as cupid_main  # noqa: E402
 from cupid.export import load_bundle, read_gaussians_ply, render_silhouette  # noqa: E402
-from cupid.tiny import make_tiny_model  # noqa: E402
+from tests.blender_scripts import launch  # noqa: E402
 from tests.helpers.net import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +39,6 @@ PHOTO = REPO / "examples" / "monkey.png"
 DRIVER = REPO / "tests" / "blender_scripts" / "e2e.py"
 README = REPO / "README.md"
 ELLIPSE = (300.0, 200.0, 70.0, 95.0)   # cx, cy, rx, ry in pixels of the 480x360 photo
-sys.path.insert(0, str(REPO / "install"))
-import build_extension  # noqa: E402
 
 EXR_WRITER = """
 import sys, numpy as np
@@ -54,17 +52,14 @@ assert cv2.imwrite(sys.argv[2], lin[..., [2, 1, 0, 3]].astype(np.float32))
 
 
 def ellipse_mask(w: int, h: int) -> np.ndarray:
-    y, x = np.mgrid[0:h, 0:w] + 0.5
-    cx, cy, rx, ry = ELLIPSE
-    return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
+    return launch.ellipse(w, h, *ELLIPSE)
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
     """The zip (built as install/setup.sh does) and every file the driver's cases use."""
     tmp = tmp_path_factory.mktemp("blender_e2e")
-    model = make_tiny_model(tmp / "tiny")
-    zip_path = build_extension.build(tmp / "dist", model=str(model))
+    model, zip_path = launch.tiny_zip(tmp)
     bad = tmp / "notes.png"
     bad.write_text("this is a shopping list, not a picture\n")
     w, h = Image.open(PHOTO).size
@@ -145,21 +140,13 @@ def run(inputs, remote) -> dict:
            "cli_bundle": str(inputs["cli"]), "remote_url": remote["urls"][1], "remote_token": remote["tokens"][1],
            "fake_hub": str(inputs["hub"]), "full_model": str(inputs["full"]), "results_dir": str(tmp / "elsewhere")}
     (tmp / "project").mkdir()
-    (tmp / "config.json").write_text(json.dumps(cfg))
-    user = tmp / "blender_user"
-    user.mkdir()
-    env = {**os.environ, "BLENDER_USER_RESOURCES": str(user), "HF_HUB_OFFLINE": "1",
-           "HF_HUB_CACHE": str(tmp / "empty_hub"), "HF_HOME": str(tmp / "empty_hf")}
-    env.pop("PYTHONPATH", None)  # the backend runs from the installed environment, like an artist's
-    log = tmp / "blender.log"
-    with open(log, "wb") as fh:  # a file, not a pipe: Blender's own output must never block it
-        proc = subprocess.run([sys.executable, str(DRIVER), str(tmp / "config.json")], stdin=subprocess.DEVNULL,
-                              stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp, timeout=1200)
-    tail = log.read_text(errors="replace")[-3000:]
-    assert proc.returncode == 0 and Path(cfg["result"]).is_file(), f"Blender run failed:\n{tail}"
-    result = json.loads(Path(cfg["result"]).read_text())
-    assert "crash" not in result, result.get("crash", "") + "\n" + tail
-    return {"result": result, "cfg": cfg, "tmp": tmp, "log": tail}
+    proc, log = launch.start(DRIVER, cfg, tmp, HF_HUB_CACHE=str(tmp / "empty_hub"), HF_HOME=str(tmp / "empty_hf"))
+    try:
+        proc.wait(timeout=1200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return {"result": launch.result(cfg, proc, log), "cfg": cfg, "tmp": tmp}
 
 
 def _unchanged(case: dict) -> None:

@@ -185,8 +185,10 @@ def test_settings_decisions(tmp_path):
     (hub / "models--hbb1--Cupid" / "snapshots" / "abc" / "pipeline.json").write_text("{}")
     assert settings.effective_model(str(tiny), str(tiny), [hub]) == "hbb1/Cupid"          # downloaded: used
     assert settings.effective_model("/my/model", str(tiny), [hub]) == "/my/model"         # chosen: kept
-    assert settings.hub_caches({"HF_HUB_CACHE": "/c"}, home, "/w") == [Path("/c"), home / ".cache" / "huggingface" /
-                                                                       "hub", Path("/w")]
+    assert settings.hub_caches({"HF_HUB_CACHE": "/c", "HF_HOME": "/h"}, home) == [Path("/c")]
+    assert settings.hub_caches({"HF_HOME": "/h"}, home) == [Path("/h/hub")]
+    assert settings.hub_caches({}, home) == [home / ".cache" / "huggingface" / "hub"]
+    assert settings.folder_name("a/b: c?") == "a_b_ c_" and settings.folder_name("..") == "result"
     assert 30 * 60 < settings.expected_cpu_seconds(0) < 40 * 60
     for name in ("b.jpg", "a.png", "a_mask.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
@@ -36,19 +37,15 @@ def results_root(blend_path: str, beside_blend: bool, folder: str, home: Path) -
     return home / RESULTS_FOLDER
 
 
-def hub_caches(environ: Mapping[str, str], home: Path, weights_dir: str = "") -> list[Path]:
-    """Where `cupid download` may have put the weights: the Hugging Face cache (HF_HUB_CACHE,
-    HF_HOME/hub, XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub) and the add-on's
-    weights folder (`install/setup.sh` downloads with --cache-dir weights)."""
-    out = []
+def hub_caches(environ: Mapping[str, str], home: Path) -> list[Path]:
+    """Where `cupid download` puts the weights and the backend finds them: the Hugging Face cache
+    (HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub;
+    the backend inherits Blender's environment)."""
     if environ.get("HF_HUB_CACHE"):
-        out.append(Path(environ["HF_HUB_CACHE"]))
+        return [Path(environ["HF_HUB_CACHE"]).expanduser()]
     if environ.get("HF_HOME"):
-        out.append(Path(environ["HF_HOME"]) / "hub")
-    out.append(Path(environ.get("XDG_CACHE_HOME") or home / ".cache") / "huggingface" / "hub")
-    if weights_dir:
-        out.append(Path(weights_dir))
-    return [p.expanduser() for p in out]
+        return [Path(environ["HF_HOME"]).expanduser() / "hub"]
+    return [Path(environ.get("XDG_CACHE_HOME") or home / ".cache").expanduser() / "huggingface" / "hub"]
 
 
 def downloaded_official(caches: list[Path]) -> Optional[Path]:
@@ -100,6 +97,11 @@ def batch_inputs(directory: str | os.PathLike) -> list[tuple[Path, Optional[Path
     files = sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
     masks = {p.stem[: -len(MASK_SUFFIX)]: p for p in files if p.stem.endswith(MASK_SUFFIX)}
     return [(p, masks.get(p.stem)) for p in files if not p.stem.endswith(MASK_SUFFIX)]
+
+
+def folder_name(name: str) -> str:
+    """A result's name as a folder name (no path separators or characters Windows refuses)."""
+    return re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", name).strip(". ") or "result"
 
 
 def free_suffix(taken: Callable[[str], bool]) -> str:

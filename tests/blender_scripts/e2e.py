@@ -18,6 +18,7 @@ scene camera and render size are recorded before and after.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -263,11 +264,11 @@ def main(cfg: dict) -> dict:
     wm = bpy.context.window_manager
     out["model"] = {"tiny_panel": labels(draw_panel(name, False)), "tiny_config": operators.backend_config(
         bpy.context).model}
-    weights = prefs.weights_dir
-    prefs.weights_dir = cfg["fake_hub"]
+    hub = os.environ["HF_HUB_CACHE"]
+    os.environ["HF_HUB_CACHE"] = cfg["fake_hub"]   # `cupid download` has filled the Hugging Face cache
     out["model"]["downloaded_config"] = operators.backend_config(bpy.context).model
     out["model"]["downloaded_panel"] = labels(draw_panel(name, False))
-    prefs.weights_dir = weights
+    os.environ["HF_HUB_CACHE"] = hub
     tiny = prefs.model
     prefs.model, wm.cupid_device = cfg["full_model"], ""
     out["model"]["full_cpu_panel"] = labels(draw_panel(name, False))
