@@ -41,7 +41,8 @@ _BACKEND: dict = {"stopped_by_artist": False}
 
 def active_model(prefs: Any) -> str:
     """The model the local backend runs (the downloaded weights replace the offline test model)."""
-    return effective_model(prefs.model, build_defaults().get("model", ""), hub_caches(os.environ, Path.home()))
+    weights = bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else ""
+    return effective_model(prefs.model, build_defaults().get("model", ""), hub_caches(os.environ, Path.home(), weights))
 
 
 def backend_config(context: Any) -> BackendConfig:

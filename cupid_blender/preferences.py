@@ -63,11 +63,11 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
         name="Model", default=_D.get("model", "hbb1/Cupid"),
         description="Model id or local model directory. The default is what install/setup.sh set up; when "
                     "that was the tiny offline test model, the official weights replace it as soon as "
-                    "`cupid download` has fetched them into the Hugging Face cache")
+                    "`cupid download` has fetched them into the weights cache")
     weights_dir: StringProperty(
         name="Weights cache", subtype="DIR_PATH", default=_D.get("weights_dir", ""),
-        description="Folder handed to the local backend for downloaded weights, as CUPID_WEIGHTS_DIR "
-                    "(empty: the Hugging Face cache)")
+        description="Where the local backend keeps and finds downloaded weights (CUPID_WEIGHTS_DIR); empty: "
+                    "the Hugging Face cache, where `cupid download` puts them by default")
     results_beside_blend: BoolProperty(
         name="Keep results beside the .blend file", default=True,
         description="Keep each result (scene.json, GLB, Gaussian PLY, overlay) in a 'cupid_results' folder "

@@ -1,5 +1,5 @@
 """The add-on's house rules: the pure-Python rooms (``cupid_blender/io``, the client and the backend
-manager) import without Blender, never import a bpy room, and no module imports in a circle."""
+manager) import without Blender and never import a bpy room (no circles: tests/test_architecture.py)."""
 from __future__ import annotations
 
 import ast
@@ -66,20 +66,3 @@ def test_pure_rooms_never_reach_a_bpy_room():
     assert len(PURE) >= 6 and "io.job" in PURE and "io.bundle" in PURE and "io.camera" in PURE
     assert graph  # the walk found the package
 
-
-def test_no_import_circle():
-    graph = _graph()
-    seen: dict[str, int] = {}
-
-    def visit(node: str, stack: list[str]) -> None:
-        if seen.get(node) == 1:
-            raise AssertionError(f"import circle: {' -> '.join(stack + [node])}")
-        if seen.get(node) == 2:
-            return
-        seen[node] = 1
-        for nxt in sorted(graph.get(node, ())):
-            visit(nxt, stack + [node])
-        seen[node] = 2
-
-    for mod in sorted(graph):
-        visit(mod, [])

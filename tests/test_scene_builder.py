@@ -193,7 +193,7 @@ def _gaussian_bundle(tmp: Path, n: int = 300) -> Path:
                        rng.normal(size=(n, 1, 3)).astype(np.float32))
     photo = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
     spec = ObjectSpec("object_0", v, f, np.full_like(v, 0.5), transform=(0.7, np.eye(3), [0.1, 0, 0]), gaussians=g)
-    return write_bundle(tmp, photo, _camera(64, 48), [spec],
+    return write_bundle(reconstruction(photo, _camera(64, 48), [spec]), tmp,
                         ExportOptions(target_faces=None, texture=False, glb=False, gaussians=True, overlay=False))
 
 

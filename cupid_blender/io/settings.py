@@ -37,10 +37,13 @@ def results_root(blend_path: str, beside_blend: bool, folder: str, home: Path) -
     return home / RESULTS_FOLDER
 
 
-def hub_caches(environ: Mapping[str, str], home: Path) -> list[Path]:
-    """Where `cupid download` puts the weights and the backend finds them: the Hugging Face cache
+def hub_caches(environ: Mapping[str, str], home: Path, weights_dir: str = "") -> list[Path]:
+    """Where the backend finds downloaded weights, as ``cupid.hub.cache_dir`` decides: the add-on's
+    Weights cache (handed to the backend as CUPID_WEIGHTS_DIR) when set, else the Hugging Face cache
     (HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub;
     the backend inherits Blender's environment)."""
+    if weights_dir:
+        return [Path(weights_dir).expanduser()]
     if environ.get("HF_HUB_CACHE"):
         return [Path(environ["HF_HUB_CACHE"]).expanduser()]
     if environ.get("HF_HOME"):
