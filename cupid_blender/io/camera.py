@@ -1,4 +1,4 @@
-"""OpenCV pinhole camera (K, R, t, W, H) <-> Blender camera settings, as plain math (stdlib only).
+"""OpenCV pinhole camera (K, R, t, W, H) -> Blender camera settings, as plain math (stdlib only).
 
 The bpy half, which writes these settings into a camera datablock, is ``cupid_blender.camera``.
 
@@ -109,29 +109,3 @@ def blender_camera_settings(K: Any, R: Any, t: Any, width: int, height: int) -> 
         clip_start=max(1e-4, 1e-3 * dist), clip_end=max(1000.0, 100.0 * dist),
     )
 
-
-def opencv_from_blender(s: BlenderCameraSettings) -> tuple[Matrix, Matrix, List[float], int, int]:
-    """Inverse of :func:`blender_camera_settings` (for checks and for reading cameras back).
-
-    Accepts HORIZONTAL/VERTICAL fits (AUTO is resolved as Blender does).
-    """
-    W, H = s.resolution_x, s.resolution_y
-    ax, ay = s.pixel_aspect_x, s.pixel_aspect_y
-    ycor = ay / ax
-    fit = s.sensor_fit
-    if fit == "AUTO":
-        fit = "HORIZONTAL" if W * ax >= H * ay else "VERTICAL"
-    sensor = s.sensor_height if s.sensor_fit == "VERTICAL" else s.sensor_width
-    viewfac = float(W) if fit == "HORIZONTAL" else ycor * H
-    fx = s.lens * viewfac / sensor
-    fy = fx / ycor
-    cx = W / 2.0 - s.shift_x * viewfac
-    cy = H / 2.0 + s.shift_y * viewfac / ycor
-    K = [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]
-    M = s.matrix_world
-    F = (1.0, -1.0, -1.0)
-    # M[:3,:3] = Rᵀ F  ->  R = F M[:3,:3]ᵀ ;  c = M[:3,3] = −Rᵀ t  ->  t = −R c
-    R = [[F[i] * M[j][i] for j in range(3)] for i in range(3)]
-    c = [M[0][3], M[1][3], M[2][3]]
-    t = [-sum(R[i][j] * c[j] for j in range(3)) for i in range(3)]
-    return K, R, t, W, H
