@@ -181,7 +181,7 @@ def _gaussians(label: str, path: Path, coll: Any, created: _Created) -> Any:
         with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
                                        selected_editable_objects=[obj]):
             bpy.ops.object.convert(target="POINTCLOUD")
-    except RuntimeError:
+    except (RuntimeError, TypeError):  # poll failed (e.g. Edit Mode), or a Blender without this target
         pass
     if obj.type == "POINTCLOUD":
         created.add("pointclouds", obj.data)
