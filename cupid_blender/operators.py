@@ -340,7 +340,8 @@ class CUPID_OT_reconstruct(bpy.types.Operator):
 
 
 class CUPID_OT_reconstruct_batch(bpy.types.Operator):
-    """Reconstruct every photo of a folder, one collection each (NAME_mask.png beside NAME.jpg is its mask); waits until all are done, printing progress; Ctrl-C stops"""
+    """Reconstruct every photo of a folder, one collection each (NAME_mask.png is the mask of NAME.jpg); \
+waits until all are done, printing progress; Ctrl-C stops"""
 
     bl_idname = "cupid.reconstruct_batch"
     bl_label = "Reconstruct Folder"

@@ -36,7 +36,8 @@ from .io.settings import free_suffix
 RESOLUTION_PROP = "cupid_resolution"
 PIXEL_ASPECT_PROP = "cupid_pixel_aspect"
 BUNDLE_PROP = "cupid_bundle"
-SYNCED_PROP = "cupid_synced_camera"   # on the scene: the camera whose photo size it last took
+SYNCED_PROP = "cupid_synced_camera"   # on the scene: the name of the camera whose photo size it last took
+# (a name, not an ID pointer: a pointer would count as a user and keep a deleted camera in the file)
 
 __all__ = ["SceneBuildError", "read_bundle", "BuildResult", "build_from_bundle", "result_suffix",
            "create_mesh", "camera_resolution", "sync_render_resolution"]
@@ -245,7 +246,7 @@ def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Opt
         coll.objects.link(cam)
         cam[RESOLUTION_PROP] = [int(data.width), int(data.height)]
         cam[PIXEL_ASPECT_PROP] = [float(render.pixel_aspect_x), float(render.pixel_aspect_y)]
-        scene[SYNCED_PROP] = cam  # add_camera gave the scene this photo's size
+        scene[SYNCED_PROP] = cam.name  # add_camera gave the scene this photo's size
         cam.data.show_background_images = True
         bg = cam.data.background_images.new()
         bg.image = photo
@@ -304,16 +305,16 @@ def camera_resolution(cam: Any) -> Optional[tuple]:
 def sync_render_resolution(scene: Any, force: bool = False) -> bool:
     """When a CUPID camera has just become the scene camera, give the scene its photo's size and
     pixel aspect (the percentage stays the artist's). The scene remembers which camera it last did
-    this for (``cupid_synced_camera``), so a size the artist sets afterwards is never undone; `force`
+    this for (``cupid_synced_camera``, by name), so a size the artist sets afterwards is never undone; `force`
     applies it again (the "Set Active CUPID Camera" button). Safe inside a depsgraph handler: it
     writes only when the camera changed. Returns whether the render size changed."""
     cam = scene.camera
-    if not force and scene.get(SYNCED_PROP) == cam:
+    if not force and scene.get(SYNCED_PROP) == (cam.name if cam is not None else None):
         return False
     if cam is None:
         scene.pop(SYNCED_PROP, None)
         return False
-    scene[SYNCED_PROP] = cam
+    scene[SYNCED_PROP] = cam.name
     res = camera_resolution(cam)
     if res is None:
         return False

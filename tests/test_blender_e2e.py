@@ -122,7 +122,8 @@ def remote(inputs) -> dict:
     first.stop()
     kept = token_file.is_file()
     second = Serve(args, tmp / "serve2.log")
-    info = {"port": port, "urls": [first.url, second.url], "tokens": [token1, json.loads(token_file.read_text())["token"]],
+    token2 = json.loads(token_file.read_text())["token"]
+    info = {"port": port, "urls": [first.url, second.url], "tokens": [token1, token2],
             "kept_after_stop": kept, "log": first.log.read_text(errors="replace")}
     yield info
     second.stop()

@@ -92,7 +92,8 @@ def test_a_big_photo_goes_up_downscaled_with_its_mask():
     img, m = _decode(up.image), _decode(up.mask)
     assert img.shape == (768, 1024, 3) and m.shape == (768, 1024)          # opaque photo: RGB; mask: grey
     xs = np.nonzero(m[400] > 127)[0]
-    assert xs.min() == pytest.approx(750 * 1024 / 3000, abs=1) and xs.max() == pytest.approx(2350 * 1024 / 3000 - 1, abs=1)
+    assert xs.min() == pytest.approx(750 * 1024 / 3000, abs=1)
+    assert xs.max() == pytest.approx(2350 * 1024 / 3000 - 1, abs=1)
 
 
 def test_upload_scale_rules():
@@ -110,7 +111,9 @@ def test_input_problems_are_reported_in_the_backends_words():
     with pytest.raises(InputProblem, match="the photo has no transparent background") as e:
         prepare_upload(opaque, None, "object")
     assert str(e.value).startswith(BAD_INPUT) and BAD_INPUT == "CUPID backend error (bad_input): "
-    black = Picture("m", "m", "m.png", np.concatenate([np.zeros((48, 64, 3)), np.ones((48, 64, 1))], 2).astype(np.float32))
+    black_px = np.zeros((48, 64, 4), np.float32)
+    black_px[..., 3] = 1.0
+    black = Picture("m", "m", "m.png", black_px)
     with pytest.raises(InputProblem, match="the object mask is empty"):
         prepare_upload(opaque, black, "object")
     with pytest.raises(InputProblem, match="label image is empty"):
@@ -159,7 +162,8 @@ def test_gaussian_reader_matches_the_backends(tmp_path):
     np.testing.assert_allclose(ours.opacity, theirs.opacity[:, 0], rtol=1e-6)
     np.testing.assert_allclose(ours.scale, theirs.scaling, rtol=1e-6)
     np.testing.assert_allclose(ours.rotation, theirs.rotation, atol=1e-6)
-    np.testing.assert_allclose(ours.color, np.clip(0.5 + 0.28209479177387814 * theirs.features_dc[:, 0], 0, 1), atol=1e-6)
+    dc = theirs.features_dc[:, 0]
+    np.testing.assert_allclose(ours.color, np.clip(0.5 + 0.28209479177387814 * dc, 0, 1), atol=1e-6)
     raw = path.read_bytes()
     (tmp_path / "short.ply").write_bytes(raw[:-100])
     with pytest.raises(GaussianFileError, match="truncated"):
@@ -193,6 +197,7 @@ def test_settings_decisions(tmp_path):
     assert 30 * 60 < settings.expected_cpu_seconds(0) < 40 * 60
     for name in ("b.jpg", "a.png", "a_mask.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert settings.batch_inputs(tmp_path) == [(tmp_path / "a.png", tmp_path / "a_mask.png"), (tmp_path / "b.jpg", None)]
+    assert settings.batch_inputs(tmp_path) == [(tmp_path / "a.png", tmp_path / "a_mask.png"),
+                                               (tmp_path / "b.jpg", None)]
     taken = {"", ".001"}
     assert settings.free_suffix(lambda s: s in taken) == ".002" and settings.free_suffix(lambda s: False) == ""

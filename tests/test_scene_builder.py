@@ -187,7 +187,8 @@ def _gaussian_bundle(tmp: Path, n: int = 300) -> Path:
     rng = np.random.default_rng(1)
     v, f = _icosphere(1)
     q = rng.normal(size=(n, 4))
-    g = GaussianArrays(rng.uniform(-0.3, 0.3, (n, 3)).astype(np.float32), rng.uniform(0.01, 0.05, (n, 3)).astype(np.float32),
+    g = GaussianArrays(rng.uniform(-0.3, 0.3, (n, 3)).astype(np.float32),
+                       rng.uniform(0.01, 0.05, (n, 3)).astype(np.float32),
                        rng.uniform(0.1, 0.9, (n, 1)).astype(np.float32),
                        (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32),
                        rng.normal(size=(n, 1, 3)).astype(np.float32))

@@ -150,7 +150,8 @@ class ReconstructJob:
         if st["state"] == "failed":
             err = st.get("error") if isinstance(st.get("error"), dict) else {}
             if err.get("code"):
-                return Outcome("failed", message=f"CUPID backend error ({err['code']}): {err.get('message') or st.get('message')}")
+                detail = err.get("message") or st.get("message")
+                return Outcome("failed", message=f"CUPID backend error ({err['code']}): {detail}")
             return Outcome("failed", message=f"CUPID reconstruction failed: {st.get('message') or 'unknown error'}")
         self._publish("done", "downloading result", 1.0)
         r.results_root.mkdir(parents=True, exist_ok=True)
