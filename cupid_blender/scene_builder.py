@@ -29,6 +29,7 @@ import numpy as np
 from mathutils import Matrix
 
 from .camera import add_camera
+from .io.clipping import clip_range
 from .io.bundle import SceneBuildError, bundle_name, read_bundle
 from .io.gaussians import GaussianFileError, read_gaussians
 from .io.settings import free_suffix
@@ -271,6 +272,10 @@ def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Opt
                 splats = _gaussians(f"{label} gaussians{sfx}", od.gaussians, coll, created)
                 splats.matrix_world = obj.matrix_world
                 result.gaussians.append(splats)
+        clip = clip_range(data.R, data.t, [(od.vertices.min(0), od.vertices.max(0), od.matrix_world)
+                                            for od in data.objects if len(od.vertices)])
+        if clip is not None:  # the camera sees every object, however near or far the point map put it
+            cam.data.clip_start, cam.data.clip_end = clip
         if progress is not None:
             progress("building scene", 1.0)
         return result

@@ -252,3 +252,20 @@ def test_a_rerun_gets_one_suffix_for_every_name(tmp_path):
     assert again.camera.data.background_images[0].image.name == "kitchen photo.001"
     assert [o.name for o in again.objects] == ["kitchen object_0.001"]
     assert sb.build_from_bundle(root, bpy.context.scene).collection.name == "CUPID b"   # named after its folder
+
+
+def test_the_camera_clips_to_its_objects_near_and_far(tmp_path):
+    """A point map can put objects 10⁸ m away or 5 cm from the camera: the camera's clip range holds
+    every object (Blender's default 0.1-1000 m would render nothing)."""
+    v, f = _icosphere(1)
+    photo = np.zeros((60, 80, 3), np.uint8)
+    K = np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]])
+    cam = (K, np.eye(3), np.zeros(3), 80, 60)
+    for depth, radius in ((9e7, 1e6), (0.05, 0.01)):
+        far = ObjectSpec("object_0", v, f, transform=(radius / 0.4, np.eye(3), [0.0, 0.0, depth]))
+        d = write_bundle(reconstruction(photo, cam, [far]), tmp_path / f"b{depth}",
+                         ExportOptions(target_faces=None, texture=False, glb=False, gaussians=False, overlay=False))
+        res = sb.build_from_bundle(d, bpy.context.scene)
+        cd = res.camera.data
+        assert cd.clip_start < depth - radius and cd.clip_end > depth + radius, (depth, cd.clip_start, cd.clip_end)
+        assert cd.clip_start > 0 and cd.clip_end / cd.clip_start < 1e7   # depth precision kept
