@@ -104,9 +104,9 @@ class BackgroundRemover:
         return cls(Path(os.fspath(model_dir)) / spec if spec else None)
 
     def __call__(self, image: Image.Image) -> Image.Image:
+        session = load_session(self.weights)  # first: it reports a missing onnxruntime before rembg exits on it
         import rembg
 
-        session = load_session(self.weights)
         # rembg min-max normalises u2net's map: a constant map (nothing found) divides 0 by 0 and
         # casts NaN to an empty mask; that case is reported by the caller, so keep numpy quiet here.
         with np.errstate(divide="ignore", invalid="ignore"):
