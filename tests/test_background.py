@@ -11,9 +11,11 @@ from PIL import Image
 from cupid import background, config
 from cupid.background import BackgroundRemover
 from cupid.errors import CheckpointError, InputError
+from cupid.hub import WEIGHTS_DIR_ENV
 from cupid.export import load_bundle
 from cupid.preprocess import preprocess
 from cupid.tiny import TINY_REMOVER_FILE, make_tiny_model, write_tiny_remover
+from helpers.bundles import reconstruct_to
 
 REPO = Path(__file__).resolve().parents[1]
 ALPHA_PHOTO = REPO / "examples" / "monkey.png"
@@ -112,7 +114,7 @@ def test_opaque_jpeg_reconstructs_with_the_camera_in_the_photos_pixels(pipe, tmp
     photo is first downsized to 1024 px for the remover (1600x1200 -> 1024x768)."""
     W, H = size
     src = jpeg(photo(W, H, seed=1), tmp_path / "photo.jpg")
-    out = pipe.reconstruct(src, seed=0, out_dir=tmp_path / "bundle")
+    out = reconstruct_to(pipe, src, tmp_path / "bundle", seed=0)
     scene = load_bundle(out).scene
     assert (scene["image"]["width"], scene["image"]["height"]) == (W, H)
     assert Image.open(out / scene["image"]["file"]).size == (W, H)
@@ -131,28 +133,35 @@ def test_opaque_jpeg_reconstructs_with_the_camera_in_the_photos_pixels(pipe, tmp
 def test_uniform_jpeg_through_the_pipeline_builds_nothing(pipe, tmp_path):
     src = jpeg(Image.new("RGB", (320, 240), (90, 140, 200)), tmp_path / "wall.jpg")
     with pytest.raises(InputError, match="^no object found in the photo; give a mask$"):
-        pipe.reconstruct(src, out_dir=tmp_path / "bundle")
+        reconstruct_to(pipe, src, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
 
 
+def _offline_cache(monkeypatch, cache: Path) -> None:
+    import huggingface_hub.constants as hub_constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(cache))
+
+
 def test_no_weights_and_no_network_names_cupid_download(monkeypatch, tmp_path):
-    import huggingface_hub.constants as hub
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    _offline_cache(monkeypatch, tmp_path / "empty-cache")
     with pytest.raises(CheckpointError) as err:
         BackgroundRemover()(photo(64, 64))
     assert "cupid download" in err.value.message and "\n" not in err.value.message
     assert config.U2NET_FILE in err.value.message
+    # and `cupid download` fetches it
+    assert config.DOWNLOAD_PATTERNS[config.U2NET_REPO] == [config.U2NET_FILE]
 
 
-def test_official_weights_are_checked_against_rembgs_md5(monkeypatch, tmp_path, tiny_onnx):
-    import huggingface_hub.constants as hub
-    cached = (tmp_path / "cache" / f"models--{config.U2NET_REPO.replace('/', '--')}" / "snapshots"
-              / config.U2NET_REVISION / config.U2NET_FILE)
+def test_official_weights_come_from_the_weights_cache_and_are_checked(monkeypatch, tmp_path, tiny_onnx):
+    root = tmp_path / "cache" / f"models--{config.U2NET_REPO.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text("b" * 40)
+    cached = root / "snapshots" / ("b" * 40) / config.U2NET_FILE
     cached.parent.mkdir(parents=True)
-    cached.write_bytes(tiny_onnx.read_bytes())
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    cached.write_bytes(tiny_onnx.read_bytes())  # not rembg's u2net.onnx: its md5 differs
+    _offline_cache(monkeypatch, tmp_path / "cache")
     assert background.u2net_weights() == cached
     with pytest.raises(CheckpointError, match="is not rembg's u2net.onnx"):
         BackgroundRemover()(photo(64, 64))

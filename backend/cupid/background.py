@@ -4,8 +4,8 @@
 that already have alpha, or come with a mask, never touch rembg or onnxruntime. Sessions are loaded
 once per weights file and shared (onnxruntime sessions run concurrently). The weights are never
 fetched by rembg itself (that goes to ~/.u2net at run time): the official u2net.onnx comes from the
-weights cache (`config.U2NET_REPO`, downloaded into it when online, checked against rembg's md5),
-and a model directory may bring its own remover file (the tiny model does).
+weights cache through `cupid.hub` (`config.U2NET_REPO`, which `cupid download` fetches; checked
+against rembg's md5), and a model directory may bring its own remover file (the tiny model does).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from PIL import Image
 
 from . import config
 from .errors import CheckpointError
+from .hub import hub_file
 
 _sessions: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -27,17 +28,8 @@ _lock = threading.Lock()
 
 def u2net_weights() -> Path:
     """The official u2net.onnx from the weights cache (fetched into it if missing and online)."""
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        raise CheckpointError("huggingface_hub is not installed in this environment") from None
-    try:
-        return Path(hf_hub_download(config.U2NET_REPO, config.U2NET_FILE, revision=config.U2NET_REVISION))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as exc:
-        raise CheckpointError(f"the background remover's weights ({config.U2NET_FILE} from {config.U2NET_REPO}) "
-                              f"are not in the weights cache and could not be downloaded "
-                              f"({type(exc).__name__}): run 'cupid download' while online, or give a mask") from None
+    return hub_file(config.U2NET_REPO, config.U2NET_FILE,
+                    what=f"the background remover's weights ({config.U2NET_REPO}/{config.U2NET_FILE})")
 
 
 def _check_md5(path: Path, expected: str) -> None:
