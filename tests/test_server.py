@@ -155,12 +155,14 @@ def test_chunked_upload_over_the_limit_is_413(server):
 
 
 def test_a_failing_job_leaves_the_worker_serving(server):
-    # scene mode without masks needs segment-anything, which the test install lacks: the job fails
-    # with the pipeline's own code and message, and the next job runs normally
-    bad = server.client.submit(PHOTO, "monkey.png", mode="scene", steps=1)
+    # an opaque photo of nothing: the background remover finds no object, which only the model can tell;
+    # the job fails with the pipeline's own code and message, and the next job runs normally
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(buf, format="PNG")
+    bad = server.client.submit(buf.getvalue(), "grey.png", steps=1)
     st = server.client.wait(bad, poll=0.1, timeout=120)
-    assert st["state"] == "failed" and st["error"]["code"] and st["error"]["message"], st
-    assert st["error"]["code"] != "internal_error"
+    assert st["state"] == "failed" and st["error"]["code"] == "bad_input", st
+    assert "no object found in the photo" in st["error"]["message"]
     good = server.client.submit(PHOTO, "monkey.png", seed=5, steps=1)
     assert server.client.wait(good, poll=0.1, timeout=120)["state"] == "done"
 
