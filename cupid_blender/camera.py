@@ -1,5 +1,6 @@
 """The bpy half of the camera: write :func:`cupid_blender.io.camera.blender_camera_settings` into a
-new camera datablock and object (the math and its documentation live in ``io/camera.py``)."""
+new camera datablock and object, and read any perspective camera back as OpenCV (K, R, t) with
+:func:`cupid_blender.io.camera.opencv_camera` (the math and its documentation live in ``io/camera.py``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +8,7 @@ from typing import Any
 import bpy
 from mathutils import Matrix
 
-from .io.camera import blender_camera_settings
+from .io.camera import BlenderCameraSettings, blender_camera_settings, opencv_camera
 
 
 def add_camera(scene: Any, K: Any, R: Any, t: Any, width: int, height: int,
@@ -37,3 +38,25 @@ def add_camera(scene: Any, K: Any, R: Any, t: Any, width: int, height: int,
     render.pixel_aspect_x = s.pixel_aspect_x
     render.pixel_aspect_y = s.pixel_aspect_y
     return obj
+
+
+def read_camera(scene: Any, camera_object: Any) -> tuple:
+    """(K, R, t, width, height) in OpenCV convention of a camera object as the scene renders it now
+    (its lens, sensor size and fit, shift, placement, and the scene's render size and pixel aspect):
+    the exact inverse of :func:`add_camera`, and what the artist sees through a moved or re-lensed
+    camera. K is in pixels of the full render size (the resolution percentage aside). Raises
+    ValueError with a one-line reason for what OpenCV cannot describe (not a camera, orthographic
+    or panoramic, zero or negative scale)."""
+    if camera_object is None or getattr(camera_object, "type", None) != "CAMERA":
+        raise ValueError(f"{getattr(camera_object, 'name', camera_object)!r} is not a camera")
+    cam = camera_object.data
+    if cam.type != "PERSP":
+        raise ValueError(f"camera {camera_object.name!r} is {cam.type.lower()}: only perspective cameras "
+                         f"have a pinhole K")
+    render = scene.render
+    settings = BlenderCameraSettings(
+        lens=cam.lens, sensor_width=cam.sensor_width, sensor_height=cam.sensor_height, sensor_fit=cam.sensor_fit,
+        shift_x=cam.shift_x, shift_y=cam.shift_y, resolution_x=render.resolution_x,
+        resolution_y=render.resolution_y, pixel_aspect_x=render.pixel_aspect_x,
+        pixel_aspect_y=render.pixel_aspect_y, matrix_world=[list(row) for row in camera_object.matrix_world])
+    return opencv_camera(settings)

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cupid_blender.io.camera import BlenderCameraSettings, blender_camera_settings
+from cupid_blender.io.camera import BlenderCameraSettings, blender_camera_settings, opencv_camera, scale_camera_K
+from tests.blender_scripts import launch
 from tests.blender_scripts.silhouette import setup_silhouette_render
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+READ_DRIVER = Path(__file__).resolve().parent / "blender_scripts" / "read_camera.py"
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
@@ -63,6 +65,47 @@ def test_settings_round_trip(W, H, aspect):
     ahead = M @ np.array([0, 0, -1.0, 1.0])
     assert (R @ ahead[:3] + t)[2] > 0
     assert np.allclose(M[:3, 3], -R.T @ t)
+
+
+@pytest.mark.parametrize("W,H,aspect", CASES)
+def test_opencv_camera_inverts_the_settings(W, H, aspect):
+    rng = np.random.default_rng(W * 3 + H)
+    K, R, t = _camera(rng, W, H, aspect, pp_off=0.2)
+    K2, R2, t2, W2, H2 = opencv_camera(blender_camera_settings(K, R, t, W, H))
+    assert (W2, H2) == (W, H)
+    np.testing.assert_allclose(K2, K, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(R2, R, atol=1e-12)
+    np.testing.assert_allclose(t2, t, atol=1e-12)
+
+
+def test_opencv_camera_reads_auto_fit_and_other_sensors():
+    """AUTO measures the sensor width along whichever side is longer; VERTICAL uses the height."""
+    s = blender_camera_settings(np.array([[100.0, 0, 40], [0, 100, 50], [0, 0, 1]]), np.eye(3), [0, 0, 2], 80, 100)
+    assert s.sensor_fit == "VERTICAL"
+    base, _, _, _, _ = opencv_camera(s)
+    s.sensor_fit, s.sensor_width, s.sensor_height = "AUTO", 18.0, 99.0   # AUTO: the width, along the height
+    K, _, _, _, _ = opencv_camera(s)
+    np.testing.assert_allclose(K[0, 0], base[0, 0] * 2.0)
+    s.sensor_fit, s.sensor_height = "VERTICAL", 72.0
+    K, _, _, _, _ = opencv_camera(s)
+    np.testing.assert_allclose(K[0, 0], base[0, 0] / 2.0)
+
+
+def test_opencv_camera_refuses_a_mirrored_or_flat_camera():
+    s = blender_camera_settings(np.array([[100.0, 0, 40], [0, 100, 50], [0, 0, 1]]), np.eye(3), [0, 0, 2], 80, 100)
+    s.matrix_world[0][0] *= -1.0
+    with pytest.raises(ValueError, match="mirrored"):
+        opencv_camera(s)
+    s.matrix_world[0][0] = 0.0
+    s.matrix_world[1][0] = s.matrix_world[2][0] = 0.0
+    with pytest.raises(ValueError, match="scaled to zero"):
+        opencv_camera(s)
+
+
+def test_scale_camera_K_follows_the_stretched_picture():
+    K = np.array([[100.0, 0, 40], [0, 120, 50], [0, 0, 1]])
+    K2 = scale_camera_K(K, 80, 100, 160, 50)
+    np.testing.assert_allclose(K2, [[200, 0, 80], [0, 60, 25], [0, 0, 1]])
 
 
 def test_settings_reject_skew_and_bad_k():
@@ -142,3 +185,66 @@ def test_render_matches_projection(W, H, aspect, tmp_path):
     K_off[0, 2] += 1.5
     shifted = _rasterise(v, f, K_off, R, t, W, H)
     assert (alpha & shifted).sum() / (alpha | shifted).sum() < iou - 0.01
+
+
+# ------------------------------------------------------------------ read_camera in Blender
+
+READ_CASES = [("landscape", 160, 120, 1.0, 0.0), ("portrait", 120, 160, 1.0, 0.0), ("square", 128, 128, 1.0, 0.0),
+              ("off_centre", 160, 120, 1.0, 0.25), ("anamorphic", 120, 160, 1.15, 0.1)]
+
+
+@pytest.fixture(scope="module")
+def read_run(tmp_path_factory) -> dict:
+    pytest.importorskip("bpy", reason="bpy (Blender as a Python module) is not installed")
+    import build_extension  # launch put install/ on sys.path
+
+    tmp = tmp_path_factory.mktemp("read_camera")
+    zip_path = build_extension.build(tmp / "dist", with_defaults=False)
+    cases = []
+    for k, (name, W, H, aspect, off) in enumerate(READ_CASES):
+        K, R, t = _camera(np.random.default_rng(k), W, H, aspect, pp_off=0.02)
+        K[0, 2] += off * W                       # off-centre: the principal point far from the middle
+        K[1, 2] -= 0.6 * off * H
+        cases.append({"name": name, "K": K.tolist(), "R": R.tolist(), "t": t.tolist(), "width": W, "height": H})
+    cfg = {"zip": str(zip_path), "result": str(tmp / "result.json"), "cases": cases}
+    proc, log = launch.start(READ_DRIVER, cfg, tmp)
+    try:
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return {"out": launch.result(cfg, proc, log), "cases": {c["name"]: c for c in cases}}
+
+
+@pytest.mark.blender
+@pytest.mark.parametrize("name", [c[0] for c in READ_CASES])
+def test_read_camera_inverts_add_camera_to_float32_precision(read_run, name):
+    case, got = read_run["cases"][name], read_run["out"]["round_trip"][name]
+    assert got["size"] == [case["width"], case["height"]]
+    K, K2 = np.array(case["K"]), np.array(got["K"])
+    # Blender keeps lens, shift, pixel aspect and the matrix in float32: ~6e-8 relative each
+    np.testing.assert_allclose(K2, K, rtol=4e-7, atol=4e-7 * case["width"])
+    np.testing.assert_allclose(got["R"], case["R"], atol=1e-6)
+    np.testing.assert_allclose(got["t"], case["t"], atol=1e-6 * (1 + np.abs(case["t"]).max()))
+    assert got["projection"]["max_px_error"] < 1e-3
+    # float64 would be closer still: the test sees float32's rounding, not a loose formula
+    assert np.abs(K2 - K).max() > 0 or np.abs(np.array(got["R"]) - np.array(case["R"])).max() > 0
+
+
+@pytest.mark.blender
+def test_read_camera_follows_the_artists_edits(read_run):
+    edited = read_run["out"]["edited"]
+    assert list(edited) == ["moved", "re_lensed", "shifted", "auto_fit", "vertical_fit", "resized", "pixel_aspect",
+                            "auto_portrait", "scaled_object", "fov_unit"]
+    for label, got in edited.items():
+        assert got["max_px_error"] < 2e-3, (label, got["max_px_error"])   # Blender's own projection
+        assert got["orthonormal"] < 1e-9, label
+    last = read_run["out"]["round_trip"]["anamorphic"]
+    # each edit changed what read_camera returns (so the projection check is not comparing a constant)
+    assert edited["moved"]["t"] != last["t"] and edited["moved"]["R"] != last["R"]
+    assert edited["re_lensed"]["K"][0][0] == pytest.approx(edited["moved"]["K"][0][0] * 1.3, rel=1e-6)
+    assert edited["shifted"]["K"][0][2] != edited["re_lensed"]["K"][0][2]
+    assert edited["resized"]["size"] == [300, 500] and edited["pixel_aspect"]["K"][0][0] != edited["resized"]["K"][0][0]
+    assert edited["scaled_object"]["K"] == edited["auto_portrait"]["K"]
+    np.testing.assert_allclose(edited["scaled_object"]["t"], edited["auto_portrait"]["t"], atol=1e-6)
+    assert "perspective" in read_run["out"]["ortho"]

@@ -1,6 +1,9 @@
-"""OpenCV pinhole camera (K, R, t, W, H) -> Blender camera settings, as plain math (stdlib only).
+"""OpenCV pinhole camera (K, R, t, W, H) <-> Blender camera settings, as plain math (no bpy).
 
-The bpy half, which writes these settings into a camera datablock, is ``cupid_blender.camera``.
+The bpy half, which writes these settings into a camera datablock and reads them back, is
+``cupid_blender.camera``. :func:`blender_camera_settings` goes one way, :func:`opencv_camera` the
+other, for any perspective camera the artist may have made of it (any sensor fit, sensor size,
+lens, shift, pixel aspect and placement).
 
 How Blender maps a camera to pixels (perspective, ``BKE_camera_params_compute_viewplane``):
 with render size W×H, pixel aspect (ax, ay) and ``ycor = ay / ax``, the view plane spans
@@ -11,7 +14,10 @@ and the lens shift moves the plane by ``shift·viewfac`` units. Hence, for HORIZ
     fx = lens · W / sensor,     fy = fx / ycor = fx · ax / ay,
     cx = W/2 − shift_x · viewfac,   cy = H/2 + shift_y · viewfac / ycor.
 
-Choices made here (explicit, never AUTO):
+The sensor length is ``sensor_height`` for VERTICAL fit and ``sensor_width`` otherwise (AUTO
+included); AUTO fits HORIZONTAL when ``W·ax ≥ H·ay`` (``BKE_camera_sensor_size``/``_fit``).
+
+Choices made when writing (explicit, never AUTO):
 - ``sensor_fit`` is HORIZONTAL when the displayed image is at least as wide as tall
   (W·ax ≥ H·ay), VERTICAL otherwise, i.e. the sensor size always refers to the long side, which is
   what Blender's AUTO does too; ``sensor_width = sensor_height = 36 mm``.
@@ -26,6 +32,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any, List
+
+import numpy as np
 
 SENSOR_MM = 36.0
 
@@ -109,3 +117,50 @@ def blender_camera_settings(K: Any, R: Any, t: Any, width: int, height: int) -> 
         clip_start=max(1e-4, 1e-3 * dist), clip_end=max(1000.0, 100.0 * dist),
     )
 
+
+
+def _rotation_part(M: np.ndarray) -> np.ndarray:
+    """The rotation of a camera's 3x3 world matrix: its columns normalised (a scaled camera object
+    sees what an unscaled one sees: Blender normalises the camera matrix too), then the nearest
+    rotation (float32 storage leaves the columns orthogonal only to ~1e-7)."""
+    norms = np.linalg.norm(M, axis=0)
+    if not np.all(norms > 1e-12):
+        raise ValueError("the camera object is scaled to zero along an axis")
+    U, _, Vt = np.linalg.svd(M / norms)
+    Rw = U @ Vt
+    if np.linalg.det(Rw) < 0:
+        raise ValueError("the camera object is mirrored (a negative scale): Blender cameras cannot be read back")
+    return Rw
+
+
+def opencv_camera(s: BlenderCameraSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """(K, R, t, W, H) in OpenCV convention of a Blender perspective camera: the inverse of
+    :func:`blender_camera_settings`, by the view-plane rules in this module's docstring.
+    K is in pixels of the W×H render (x_cam = R·x_world + t, pixel = K·x_cam / z)."""
+    W, H = int(s.resolution_x), int(s.resolution_y)
+    ax, ay = float(s.pixel_aspect_x), float(s.pixel_aspect_y)
+    if W <= 0 or H <= 0 or ax <= 0 or ay <= 0:
+        raise ValueError(f"the render size {W}x{H} (pixel aspect {ax}:{ay}) is empty")
+    if s.lens <= 0:
+        raise ValueError("the camera's focal length must be positive")
+    ycor = ay / ax
+    fit = s.sensor_fit
+    sensor = s.sensor_height if fit == "VERTICAL" else s.sensor_width
+    if fit == "AUTO":
+        fit = "HORIZONTAL" if W * ax >= H * ay else "VERTICAL"
+    viewfac = float(W) if fit == "HORIZONTAL" else ycor * H
+    f = s.lens * viewfac / sensor
+    K = np.array([[f, 0.0, W / 2.0 - s.shift_x * viewfac],
+                  [0.0, f / ycor, H / 2.0 + s.shift_y * viewfac / ycor],
+                  [0.0, 0.0, 1.0]])
+    M = np.asarray(s.matrix_world, dtype=np.float64).reshape(4, 4)
+    R = np.diag([1.0, -1.0, -1.0]) @ _rotation_part(M[:3, :3]).T   # M[:3, :3] = Rᵀ·F
+    t = -R @ M[:3, 3]                                                # M[:3, 3] = −Rᵀ·t
+    return K, R, t, W, H
+
+
+def scale_camera_K(K: Any, width: int, height: int, to_width: int, to_height: int) -> np.ndarray:
+    """K of a W×H image expressed in pixels of the same picture stretched to another size (pixel
+    coordinates from the top-left corner scale by to_width/width and to_height/height)."""
+    S = np.diag([to_width / width, to_height / height, 1.0])
+    return S @ np.asarray(K, dtype=np.float64)
