@@ -91,26 +91,54 @@ class CupidClient:
     def health(self) -> dict:
         return self._json("GET", "/v1/health")
 
-    def submit(self, image_bytes: bytes, filename: str = "image.png", mask_bytes: bytes | None = None,
-               mode: str = "object", seed: int = 0, steps: int = 0) -> str:
+    def _post_form(self, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+        """POST a multipart form: text `fields` and `files` (name -> (file name, bytes))."""
         boundary = uuid.uuid4().hex
         parts: list[bytes] = []
-
-        def field(name: str, value: str) -> None:
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-
-        def file(name: str, fname: str, data: bytes) -> None:
+        for name, (fname, data) in files.items():
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{fname}"\r\n'
                          f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-
-        file("image", Path(filename).name or "image.png", image_bytes)
-        if mask_bytes is not None:
-            file("mask", "mask.png", mask_bytes)
-        field("mode", mode)
-        field("seed", str(int(seed)))
-        field("steps", str(int(steps)))
+        for name, value in fields.items():
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        return self._json("POST", "/v1/jobs", body, f"multipart/form-data; boundary={boundary}")["id"]
+        return self._request("POST", path, body, f"multipart/form-data; boundary={boundary}")
+
+    def submit(self, image_bytes: bytes, filename: str = "image.png", mask_bytes: bytes | None = None,
+               mode: str = "object", seed: int = 0, steps: int = 0) -> str:
+        files = {"image": (Path(filename).name or "image.png", image_bytes)}
+        if mask_bytes is not None:
+            files["mask"] = ("mask.png", mask_bytes)
+        fields = {"mode": mode, "seed": str(int(seed)), "steps": str(int(steps))}
+        return json.loads(self._post_form("/v1/jobs", fields, files)[0])["id"]
+
+    def refine(self, from_job: str, camera: dict, seed: int | None = None, steps: int | None = None) -> str:
+        """Start a refine of a finished job: its photo, condition and structure with another camera
+        (`{"K", "R", "t"}` in the photo's pixels); stage 2, decoding and export run again. An
+        unknown or expired job is a BackendError with status 404."""
+        fields = {"from_job": str(from_job), "camera": json.dumps({k: _plain(camera[k]) for k in ("K", "R", "t")})}
+        if seed is not None:
+            fields["seed"] = str(int(seed))
+        if steps is not None:
+            fields["steps"] = str(int(steps))
+        return json.loads(self._post_form("/v1/jobs", fields, {})[0])["id"]
+
+    def preview(self, job_id: str) -> dict:
+        """Stage 1's answer while the job runs on: the camera and the occupied voxels (404 before)."""
+        return self._json("GET", f"/v1/jobs/{job_id}/preview")
+
+    def segment(self, image_bytes: bytes, filename: str = "image.png", prompts: dict | None = None,
+                mode: str = "scene") -> bytes:
+        """The label PNG of a photo (0 = background, k = object k): in scene mode one object per
+        prompt (`{"points": [[x, y], ...], "boxes": [[x0, y0, x1, y1], ...]}`, photo pixels), or
+        segment-anything's automatic masks without prompts; in object mode the cut-out (1 = object)."""
+        fields = {"mode": mode}
+        if prompts is not None:
+            fields["prompts"] = json.dumps(prompts)
+        data, ctype = self._post_form("/v1/segment", fields, {"image": (Path(filename).name or "image.png",
+                                                                         image_bytes)})
+        if not data.startswith(b"\x89PNG"):
+            raise BackendError("bad_answer", f"the backend's segmentation is not a PNG ({ctype or 'no type'})")
+        return data
 
     def status(self, job_id: str) -> dict:
         return self._json("GET", f"/v1/jobs/{job_id}")
@@ -151,6 +179,14 @@ class CupidClient:
                     return safe_extract(z, dest_dir)
             except zipfile.BadZipFile as exc:
                 raise BackendError("bad_bundle", f"the result of job {job_id} is not a valid zip ({exc})") from None
+
+
+def _plain(value: Any) -> Any:
+    """Numbers, lists or arrays (numpy's too) as JSON-ready nested lists of floats."""
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return float(value)
 
 
 def _backend_error(exc: urllib.error.HTTPError) -> BackendError:

@@ -43,6 +43,11 @@ ZIPS = {
 }
 
 
+PREVIEW = {"camera": {"K": [[100, 0, 50], [0, 100, 40], [0, 0, 1]], "R": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                      "t": [0, 0, 2]}, "width": 100, "height": 80, "res": 4, "voxels": [[0, 1, 2], [3, 3, 3]]}
+LABEL_PNG = b"\x89PNG\r\n\x1a\n label bytes"
+
+
 class Stub(BaseHTTPRequestHandler):
     """Answers like the service would, or breaks in the ways a crashed service breaks."""
 
@@ -86,6 +91,12 @@ class Stub(BaseHTTPRequestHandler):
                 self._send(200, b"this is not a zip", "application/zip")
             else:
                 self._send(404, json.dumps({"error": {"code": "not_found", "message": f"no job {name}"}}).encode())
+        elif path.startswith("/v1/jobs/") and path.endswith("/preview"):
+            jid = path.split("/")[3]
+            if jid == "early":
+                self._send(404, json.dumps({"error": {"code": "not_found", "message": "no preview yet"}}).encode())
+            else:
+                self._send(200, json.dumps(PREVIEW).encode())
         elif path.startswith("/v1/jobs/"):
             jid = path.split("/")[3]
             state = "cancelled" if jid in self.cancelled else "running"
@@ -105,7 +116,19 @@ class Stub(BaseHTTPRequestHandler):
             fields[part.get_param("name", header="content-disposition")] = {
                 "filename": part.get_filename(), "data": part.get_payload(decode=True)}
         Stub.received.append(fields)
-        self._send(202, json.dumps({"id": "job1", "state": "queued"}).encode())
+        if self.path == "/v1/segment":
+            prompts = fields.get("prompts", {}).get("data", b"")
+            if b"teapot" in prompts:   # the service's answer to a prompt it cannot use
+                self._send(422, json.dumps({"error": {"code": "bad_input", "message": "bad prompts"}}).encode())
+            elif b"html" in prompts:   # something in between answering with a page
+                self._send(200, b"<html>proxy</html>", "text/html")
+            else:
+                self._send(200, LABEL_PNG, "image/png")
+        elif fields.get("from_job", {}).get("data") == b"gone":
+            self._send(404, json.dumps({"error": {"code": "not_found", "message": "job gone is not kept any more: "
+                                                  "run the reconstruction again"}}).encode())
+        else:
+            self._send(202, json.dumps({"id": "job1", "state": "queued"}).encode())
 
     def do_DELETE(self) -> None:
         if not self._authorised():
@@ -175,6 +198,53 @@ def test_submit_sends_a_well_formed_multipart_form(stub):
     assert f["image"]["data"] == image and f["image"]["filename"] == "my photo.png"
     assert f["mask"]["data"] == mask
     assert (f["mode"]["data"], f["seed"]["data"], f["steps"]["data"]) == (b"scene", b"42", b"7")
+
+
+def test_refine_sends_the_job_and_the_camera_and_no_image(stub):
+    import numpy as np
+
+    Stub.received.clear()
+    K = np.array([[500.0, 0, 320], [0, 510, 240], [0, 0, 1]], np.float32)
+    job = CupidClient(stub, TOKEN).refine("abc", {"K": K, "R": np.eye(3), "t": (0, 0, 2.5)}, steps=3)
+    assert job == "job1"
+    f = Stub.received[-1]
+    assert set(f) == {"from_job", "camera", "steps"} and f["from_job"]["data"] == b"abc"
+    camera = json.loads(f["camera"]["data"])
+    assert camera == {"K": K.tolist(), "R": np.eye(3).tolist(), "t": [0.0, 0.0, 2.5]}
+    assert f["steps"]["data"] == b"3"
+
+
+def test_refine_of_an_expired_job_says_run_it_again(stub):
+    with pytest.raises(BackendError) as err:
+        CupidClient(stub, TOKEN).refine("gone", {"K": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "R": [[1, 0, 0], [0, 1, 0],
+                                                                                            [0, 0, 1]], "t": [0, 0, 1]})
+    assert err.value.status == 404 and "run the reconstruction again" in err.value.message
+
+
+def test_preview(stub):
+    client = CupidClient(stub, TOKEN)
+    assert client.preview("j5") == PREVIEW
+    with pytest.raises(BackendError) as err:
+        client.preview("early")
+    assert err.value.status == 404
+
+
+def test_segment_sends_the_photo_prompts_and_mode(stub):
+    Stub.received.clear()
+    client = CupidClient(stub, TOKEN)
+    prompts = {"points": [[160, 175]], "boxes": [[292, 112, 388, 208]]}
+    assert client.segment(b"photo bytes", "dir/scene.png", prompts) == LABEL_PNG
+    f = Stub.received[-1]
+    assert f["image"]["data"] == b"photo bytes" and f["image"]["filename"] == "scene.png"
+    assert json.loads(f["prompts"]["data"]) == prompts and f["mode"]["data"] == b"scene"
+    assert client.segment(b"photo bytes", mode="object") == LABEL_PNG
+    assert "prompts" not in Stub.received[-1] and Stub.received[-1]["mode"]["data"] == b"object"
+    with pytest.raises(BackendError) as err:
+        client.segment(b"photo", prompts={"points": [["teapot"]]})
+    assert (err.value.code, err.value.status) == ("bad_input", 422)
+    with pytest.raises(BackendError) as err:
+        client.segment(b"photo", prompts={"points": [], "boxes": [], "note": "html"})
+    assert err.value.code == "bad_answer" and "text/html" in err.value.message
 
 
 def test_result_unpacks_a_good_bundle(stub, tmp_path):
