@@ -14,6 +14,8 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from .camera import scale_camera_K
+
 SCHEMA_ID = "cupid.scene/1"
 
 
@@ -33,6 +35,7 @@ class ObjectData:
     texture: Optional[Path]
     matrix_world: np.ndarray        # float64 [4, 4]
     gaussians: Optional[Path] = None  # the 3DGS PLY (object frame), when the bundle has one
+    fit_iou: Optional[float] = None   # how well it explains the photo (scene.json's "fit": {"iou"})
 
 
 @dataclass
@@ -97,6 +100,15 @@ def _read_mesh(path: Path, name: str) -> dict:
     return out
 
 
+def _fit_iou(fit: Any) -> Optional[float]:
+    """The fit score's IoU in [0, 1], or None when the bundle has none (an older bundle) or it is unusable."""
+    try:
+        iou = float(fit["iou"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return iou if 0.0 <= iou <= 1.0 else None
+
+
 def read_bundle(directory: str | os.PathLike) -> BundleData:
     """Read and check a bundle directory (or its scene.json) completely; raises SceneBuildError."""
     root = Path(directory)
@@ -137,12 +149,13 @@ def read_bundle(directory: str | os.PathLike) -> BundleData:
             tex = _file(root, obj["texture"], f"object {name!r} texture") if obj.get("texture") else None
             gs = _file(root, obj["gaussians"], f"object {name!r} gaussians") if obj.get("gaussians") else None
             mw = _matrix(obj["matrix_world"], (4, 4), f"object {name!r} matrix_world")
+            fit = _fit_iou(obj.get("fit"))
         except (KeyError, TypeError, AttributeError) as exc:
             raise SceneBuildError(f"scene.json: object #{k} is incomplete ({exc!r})") from exc
         if tex is not None and mesh.get("uv") is None:
             tex = None  # a texture without uv cannot be mapped; vertex colours take over
         data.append(ObjectData(name, mesh["vertices"], mesh["faces"], mesh.get("uv"),
-                               mesh.get("colors"), tex, mw, gs))
+                               mesh.get("colors"), tex, mw, gs, fit))
     return BundleData(root, photo, width, height, K, R, t, data)
 
 
@@ -173,18 +186,27 @@ def bundle_name(root: str | os.PathLike) -> str:
 
 def restore_original_photo(root: Path, width: int, height: int, photo: bytes, photo_name: str) -> None:
     """Make a bundle computed on a downscaled copy describe the original photo: write the photo as
-    `photo_name`, point scene.json's image at it, and scale K to its pixels. Pixel coordinates are
-    measured from the image's top-left corner, so a copy of w×h pixels maps to the photo by
-    x·(width/w), y·(height/h): K's first row scales by width/w, its second by height/h."""
+    `photo_name`, point scene.json's image at it, and scale K (scene.json's, and preview.json's when
+    the bundle has one) to its pixels. Pixel coordinates are measured from the image's top-left
+    corner, so a copy of w×h pixels maps to the photo by x·(width/w), y·(height/h)."""
     path = Path(root) / "scene.json"
     try:
         scene = json.loads(path.read_text(encoding="utf-8"))
         w, h = int(scene["image"]["width"]), int(scene["image"]["height"])
-        K = [[float(v) for v in row] for row in scene["camera"]["K"]]
+        K = scale_camera_K(scene["camera"]["K"], w, h, width, height)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SceneBuildError(f"{path} cannot be read back ({exc})") from exc
-    sx, sy = width / w, height / h
-    scene["camera"]["K"] = [[v * sx for v in K[0]], [v * sy for v in K[1]], K[2]]
+    scene["camera"]["K"] = K.tolist()
     scene["image"] = {"file": photo_name, "width": int(width), "height": int(height)}
+    preview_path = Path(root) / "preview.json"
+    if preview_path.is_file():
+        try:
+            preview = json.loads(preview_path.read_text(encoding="utf-8"))
+            pw, ph = int(preview["width"]), int(preview["height"])
+            preview["camera"]["K"] = scale_camera_K(preview["camera"]["K"], pw, ph, width, height).tolist()
+            preview["width"], preview["height"] = int(width), int(height)
+            preview_path.write_text(json.dumps(preview), encoding="utf-8")
+        except (OSError, ValueError, KeyError, TypeError):
+            preview_path.unlink(missing_ok=True)   # a preview that no longer fits the photo would mislead
     (Path(root) / photo_name).write_bytes(photo)
     path.write_text(json.dumps(scene, indent=1), encoding="utf-8")

@@ -1,9 +1,13 @@
 """One reconstruction on the backend (submit, wait, download), run by a worker thread; no bpy.
 
 Threading rule: the worker only talks HTTP and touches files. Everything it learns reaches the UI
-thread through one channel, a queue of :class:`Progress` snapshots ended by one :class:`Outcome`,
-which the UI thread drains with :meth:`ReconstructJob.poll` (from a modal timer, or from a plain
-loop in background mode). The other direction is one flag, :meth:`ReconstructJob.cancel`.
+thread through one channel, a queue of :class:`Progress` snapshots (and, once stage 1 is done, one
+:class:`PreviewReady`) ended by one :class:`Outcome`, which the UI thread drains with
+:meth:`ReconstructJob.poll` and :meth:`ReconstructJob.take_preview` (from a modal timer, or from a
+plain loop in background mode). The other direction is one flag, :meth:`ReconstructJob.cancel`.
+
+A job is a new reconstruction (an :class:`Upload`) or a refine of a finished one (a :class:`Refine`:
+its job id and the camera the artist set, in the pixels the backend saw).
 
 States are the server's own: queued, running, done, failed, cancelled (before the job reaches the
 server it is "queued", with stages such as "starting backend" and "uploading").
@@ -21,6 +25,7 @@ from typing import Any, Callable, Optional
 from ..backend_manager import BackendStartError
 from ..client import BackendError, BackendUnavailable
 from .bundle import SceneBuildError, find_bundle, restore_original_photo
+from .preview import PreviewData, read_preview
 from .upload import InputProblem, Upload
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -47,14 +52,44 @@ def describe_error(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
-class JobRequest:
-    """What is uploaded (photo and mask bytes, sampler settings) and where the result is kept."""
+class Restore:
+    """The photo the artist has, when the backend saw a downscaled copy: the result is put back
+    into its pixels (:func:`restore_original_photo`)."""
 
-    upload: Upload
+    width: int
+    height: int
+    photo: bytes
+    name: str
+
+
+@dataclass(frozen=True)
+class Refine:
+    """A refine of a finished job: the camera ({"K", "R", "t"}) in the pixels of the photo the backend has."""
+
+    from_job: str
+    camera: dict
+    restore: Optional[Restore] = None
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What is uploaded (photo and mask bytes, sampler settings) or refined, and where the result is kept."""
+
+    upload: Optional[Upload]
     mode: str
     seed: int
     steps: int
     results_root: Path
+    refine: Optional[Refine] = None
+
+    @property
+    def restore(self) -> Optional[Restore]:
+        if self.refine is not None:
+            return self.refine.restore
+        up = self.upload
+        if up is not None and up.downscaled and up.original is not None:
+            return Restore(up.width, up.height, up.original, up.original_name)
+        return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,14 @@ class Progress:
     stage: str
     fraction: float
     device: str = ""    # the backend's device, once it answered
+
+
+@dataclass(frozen=True)
+class PreviewReady:
+    """Stage 1 is done: its camera (in the artist's photo's pixels) and voxels, and that photo's file."""
+
+    preview: PreviewData
+    photo: Path
 
 
 @dataclass(frozen=True)
@@ -82,10 +125,13 @@ class ReconstructJob:
     def __init__(self, connect: Connect, request: JobRequest) -> None:
         self._connect = connect
         self.request = request
-        self._events: "queue.Queue[Progress | Outcome]" = queue.Queue()
+        self._events: "queue.Queue[Progress | PreviewReady | Outcome]" = queue.Queue()
         self._cancel = threading.Event()
         self._progress = Progress("queued", "starting backend", 0.0)
         self._outcome: Optional[Outcome] = None
+        self._preview: Optional[PreviewReady] = None
+        self._preview_asked = False
+        self._client: Any = None
         self._device = ""
         self.workdir: Optional[Path] = None   # the download, inside the results folder
         self.job_id: Optional[str] = None
@@ -107,8 +153,15 @@ class ReconstructJob:
                 return self._progress, self._outcome
             if isinstance(event, Outcome):
                 self._outcome = event
+            elif isinstance(event, PreviewReady):
+                self._preview = event
             else:
                 self._progress = event
+
+    def take_preview(self) -> Optional[PreviewReady]:
+        """The preview, once (after a :meth:`poll` that drained it)."""
+        preview, self._preview = self._preview, None
+        return preview
 
     def cleanup(self) -> None:
         """Remove what is left of the download (a kept result was moved out of it first)."""
@@ -126,6 +179,34 @@ class ReconstructJob:
         except (TypeError, ValueError):
             fraction = 0.0
         self._publish(state, st.get("stage") or state, fraction)
+        if st.get("preview") and not self._preview_asked and self.request.refine is None:
+            self._preview_asked = True
+            self._fetch_preview()
+
+    def _incoming(self) -> Path:
+        """The job's own folder inside the results folder (made on first use)."""
+        if self.workdir is None:
+            self.request.results_root.mkdir(parents=True, exist_ok=True)
+            self.workdir = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.request.results_root))
+        return self.workdir
+
+    def _fetch_preview(self) -> None:
+        """Fetch stage 1's preview once and hand it to the UI thread with the photo it belongs to. A
+        preview is a courtesy: when it cannot be had, the job goes on without one."""
+        up = self.request.upload
+        try:
+            preview = read_preview(self._client.preview(self.job_id))
+            if up.downscaled and up.original is not None:
+                photo_bytes, name = up.original, up.original_name
+                preview = preview.in_pixels_of(up.width, up.height)
+            else:
+                photo_bytes, name = up.image, "preview_" + Path(up.filename).name
+            photo = self._incoming() / name
+            photo.write_bytes(photo_bytes)
+        except (BackendError, BackendUnavailable, ValueError, OSError) as exc:
+            print(f"CUPID: no preview of job {self.job_id}: {exc}", flush=True)
+            return
+        self._events.put(PreviewReady(preview, photo))
 
     def run(self) -> None:
         """Never raises: every ending is one :class:`Outcome` on the queue."""
@@ -136,14 +217,18 @@ class ReconstructJob:
         self._events.put(outcome)
 
     def _run(self) -> Outcome:
-        client = self._connect(self._cancel.is_set)
+        client = self._client = self._connect(self._cancel.is_set)
         if self.cancel_requested:
             return Outcome("cancelled")
         self._device = str(client.health().get("device") or "")
-        self._publish("queued", "uploading", 0.0)
         r, up = self.request, self.request.upload
-        self.job_id = client.submit(up.image, up.filename, mask_bytes=up.mask, mode=r.mode, seed=r.seed,
-                                    steps=r.steps)
+        if r.refine is not None:
+            self._publish("queued", "refining", 0.0)
+            self.job_id = client.refine(r.refine.from_job, r.refine.camera, steps=r.steps)
+        else:
+            self._publish("queued", "uploading", 0.0)
+            self.job_id = client.submit(up.image, up.filename, mask_bytes=up.mask, mode=r.mode, seed=r.seed,
+                                        steps=r.steps)
         st = client.wait(self.job_id, poll=POLL_S, on_progress=self._on_status, should_cancel=self._cancel.is_set)
         if st["state"] == "cancelled":
             return Outcome("cancelled")
@@ -154,9 +239,8 @@ class ReconstructJob:
                 return Outcome("failed", message=f"CUPID backend error ({err['code']}): {detail}")
             return Outcome("failed", message=f"CUPID reconstruction failed: {st.get('message') or 'unknown error'}")
         self._publish("done", "downloading result", 1.0)
-        r.results_root.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix=".incoming-", dir=r.results_root))
-        bundle = find_bundle(client.result(self.job_id, self.workdir / "bundle"))
-        if up.downscaled and up.original is not None:
-            restore_original_photo(bundle, up.width, up.height, up.original, up.original_name)
+        bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle"))
+        restore = r.restore
+        if restore is not None:
+            restore_original_photo(bundle, restore.width, restore.height, restore.photo, restore.name)
         return Outcome("done", bundle=bundle)

@@ -1,0 +1,192 @@
+"""The add-on's pure rooms behind the preview-and-refine loop and picking (no Blender): the preview
+JSON read and scaled, the fit score read from scene.json, the job fetching its preview once and
+refining from a camera (against a small real HTTP server playing the service), and picks turned
+into segment-anything prompts."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cupid_blender.client import CupidClient
+from cupid_blender.io.bundle import read_bundle, restore_original_photo
+from cupid_blender.io.job import JobRequest, Refine, ReconstructJob, Restore
+from cupid_blender.io.preview import read_preview
+from cupid_blender.io.upload import Upload
+
+TOKEN = "tok"
+PREVIEW = {"camera": {"K": [[200.0, 0, 64], [0, 200, 48], [0, 0, 1]], "R": np.eye(3).tolist(), "t": [0, 0, 2.5]},
+           "width": 128, "height": 96, "res": 4, "voxels": [[0, 0, 0], [3, 2, 1], [1, 1, 1]]}
+
+
+# ------------------------------------------------------------------ the preview JSON
+
+def test_preview_is_read_and_its_voxel_centres_follow_the_grid():
+    p = read_preview(PREVIEW)
+    assert (p.width, p.height, p.res) == (128, 96, 4) and p.voxels.shape == (3, 3)
+    np.testing.assert_allclose(p.centres(), [[-0.375] * 3, [0.375, 0.125, -0.125], [-0.125] * 3])
+    big = p.in_pixels_of(512, 384)
+    np.testing.assert_allclose(big.K, [[800, 0, 256], [0, 800, 192], [0, 0, 1]])
+    assert (big.width, big.height) == (512, 384) and p.in_pixels_of(128, 96) is p
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda d: d.pop("voxels"), "lacks"),
+    (lambda d: d["camera"].update(K=[[1, 2], [3, 4]]), "K"),
+    (lambda d: d["camera"].update(t=[0, float("nan"), 1]), "NaN"),
+    (lambda d: d.update(voxels=[[0, 0, 4]]), "outside"),
+    (lambda d: d.update(voxels=[[0, 0]]), "triples"),
+    (lambda d: d.update(width=0), "empty"),
+])
+def test_a_bad_preview_is_one_clear_line(change, words):
+    data = json.loads(json.dumps(PREVIEW))
+    change(data)
+    with pytest.raises(ValueError, match=words):
+        read_preview(data)
+
+
+def test_restore_scales_preview_json_with_scene_json(tmp_path):
+    scene = {"schema": "cupid.scene/1", "image": {"file": "input.png", "width": 128, "height": 96},
+             "camera": {"convention": "opencv", **PREVIEW["camera"]}, "objects": []}
+    (tmp_path / "scene.json").write_text(json.dumps(scene))
+    (tmp_path / "preview.json").write_text(json.dumps(PREVIEW))
+    restore_original_photo(tmp_path, 512, 384, b"PNG", "photo_original.png")
+    preview = read_preview(json.loads((tmp_path / "preview.json").read_text()))
+    assert (preview.width, preview.height) == (512, 384)
+    np.testing.assert_allclose(preview.K, json.loads((tmp_path / "scene.json").read_text())["camera"]["K"])
+    np.testing.assert_allclose(preview.K[0], [800, 0, 256])
+
+
+def _bundle(root: Path, fits: list) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "input.png").write_bytes(b"png")
+    objects = []
+    for k, fit in enumerate(fits):
+        np.savez(root / f"object_{k}.npz", vertices=np.eye(3, dtype=np.float32), faces=np.array([[0, 1, 2]], np.int32))
+        entry = {"name": f"object_{k}", "mesh": f"object_{k}.npz", "matrix_world": np.eye(4).tolist()}
+        if fit is not None:
+            entry["fit"] = fit
+        objects.append(entry)
+    scene = {"schema": "cupid.scene/1", "image": {"file": "input.png", "width": 128, "height": 96},
+             "camera": {"convention": "opencv", **PREVIEW["camera"]}, "objects": objects}
+    (root / "scene.json").write_text(json.dumps(scene))
+    return root
+
+
+def test_the_fit_score_is_read_per_object(tmp_path):
+    data = read_bundle(_bundle(tmp_path / "b", [{"iou": 0.8125}, None, {"iou": "high"}, {"iou": 1.5}]))
+    assert [o.fit_iou for o in data.objects] == [0.8125, None, None, None]
+
+
+# ------------------------------------------------------------------ the job against a service stand-in
+
+class Service(BaseHTTPRequestHandler):
+    """Plays `cupid serve` for one job: running, then stage 1 done (preview), then done."""
+
+    script: dict = {}
+    log: list = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        Service.log.append(("GET", self.path))
+        if self.path == "/v1/health":
+            self._send(200, b'{"device": "cpu"}')
+        elif self.path.endswith("/preview"):
+            status, body = self.script["preview"]
+            self._send(status, json.dumps(body).encode())
+        elif self.path.endswith("/result"):
+            self._send(200, self.script["zip"], "application/zip")
+        else:
+            polls = sum(1 for entry in Service.log if entry[:2] == ("GET", self.path))
+            states = self.script["states"]
+            self._send(200, json.dumps(states[min(polls, len(states)) - 1]).encode())
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Service.log.append(("POST", self.path, body))
+        self._send(202, b'{"id": "j1"}')
+
+
+@pytest.fixture()
+def service(tmp_path):
+    Service.log = []
+    bundle = _bundle(tmp_path / "served", [{"iou": 0.5}])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in bundle.iterdir():
+            z.write(p, p.name)
+    running = {"state": "running", "stage": "structure", "progress": 0.3}
+    Service.script = {"zip": buf.getvalue(), "preview": (200, PREVIEW),
+                      "states": [running, {**running, "preview": True}, {**running, "stage": "latent",
+                                                                          "preview": True},
+                                 {"state": "done", "stage": "done", "progress": 1.0, "preview": True}]}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _run(url: str, request: JobRequest) -> tuple[ReconstructJob, list, object]:
+    """Run the job on this thread (its worker's body), then drain it as the UI thread does."""
+    job = ReconstructJob(lambda should_cancel: CupidClient(url, TOKEN), request)
+    job.run()
+    _, outcome = job.poll()
+    return job, [job.take_preview(), job.take_preview()], outcome
+
+
+def test_the_job_fetches_the_preview_once_in_the_photos_pixels(service, tmp_path):
+    """A 512x384 photo went up as a 128x96 copy: the preview's camera comes back in the photo's pixels,
+    with the full-size photo beside it for the camera's background."""
+    up = Upload(b"small copy", "monkey.png", None, 512, 384, 128, 96, b"ORIGINAL", "photo_original.png")
+    job, previews, outcome = _run(service, JobRequest(up, "object", 0, 0, tmp_path / "results"))
+    assert outcome.state == "done", outcome
+    assert sum(1 for entry in Service.log if entry[1].endswith("/preview")) == 1
+    first, second = previews
+    assert second is None and first is not None
+    np.testing.assert_allclose(first.preview.K[0], [800, 0, 256])
+    assert (first.preview.width, first.preview.height) == (512, 384)
+    assert first.photo.read_bytes() == b"ORIGINAL" and first.photo.parent == job.workdir
+    scene = json.loads((outcome.bundle / "scene.json").read_text())
+    assert scene["image"]["width"] == 512 and outcome.bundle.is_relative_to(job.workdir)
+    job.cleanup()
+    assert not first.photo.exists()
+
+
+def test_a_missing_preview_does_not_stop_the_job(service, tmp_path):
+    Service.script["preview"] = (404, {"error": {"code": "not_found", "message": "no preview"}})
+    up = Upload(b"photo", "monkey.png", None, 128, 96, 128, 96)
+    job, previews, outcome = _run(service, JobRequest(up, "object", 0, 0, tmp_path / "results"))
+    assert outcome.state == "done" and previews == [None, None]
+    job.cleanup()
+
+
+def test_a_refine_posts_the_camera_and_restores_the_photo(service, tmp_path):
+    camera = {"K": np.array(PREVIEW["camera"]["K"]), "R": np.eye(3), "t": [0.1, 0, 2.5]}
+    refine = Refine("j0", camera, Restore(512, 384, b"ORIGINAL", "photo_original.png"))
+    job, previews, outcome = _run(service, JobRequest(None, "object", 0, 5, tmp_path / "results", refine))
+    assert outcome.state == "done", outcome
+    posts = [entry for entry in Service.log if entry[0] == "POST"]
+    assert len(posts) == 1 and b'name="from_job"\r\n\r\nj0' in posts[0][2] and b'name="image"' not in posts[0][2]
+    sent = posts[0][2].split(b'name="camera"\r\n\r\n')[1].split(b"\r\n")[0]
+    assert json.loads(sent)["t"] == [0.1, 0.0, 2.5]
+    assert not [entry for entry in Service.log if entry[1].endswith("/preview")]   # its camera is the artist's
+    assert previews == [None, None]
+    scene = json.loads((outcome.bundle / "scene.json").read_text())
+    assert scene["image"] == {"file": "photo_original.png", "width": 512, "height": 384}
+    job.cleanup()
