@@ -13,9 +13,9 @@ from __future__ import annotations
 
 
 def _classes() -> tuple:
-    from . import operators, panel, preferences
+    from . import operators, panel, picking, preferences
 
-    return (*preferences.classes, *operators.classes, *panel.classes)
+    return (*preferences.classes, *operators.classes, *picking.classes, *panel.classes)
 
 
 def register() -> None:
@@ -32,10 +32,11 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import operators, properties
+    from . import operators, picking, properties
     from .backend_manager import MANAGER
 
     operators.unregister()
+    picking.unregister()
     MANAGER.stop()
     for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)

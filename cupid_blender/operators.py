@@ -22,14 +22,18 @@ from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import scene_builder
 from .backend_manager import MANAGER, BackendConfig
+from .camera import read_camera
 from .imaging import read_picture
-from .io.bundle import object_names
-from .io.job import JobRequest, Outcome, ReconstructJob, UserError, describe_error
-from .io.settings import (UNSET, batch_inputs, effective_model, expected_cpu_seconds, folder_name, hub_caches,
-                          is_tiny, resolve_sampling, results_root)
+from .io.bundle import SceneBuildError, bundle_photo, object_names
+from .io.camera import scale_camera_K
+from .io.job import JobRequest, Outcome, Refine, ReconstructJob, Restore, UserError, describe_error
+from .io.settings import (UNSET, batch_inputs, effective_model, expected_cpu_seconds, folder_name, free_suffix,
+                          hub_caches, is_tiny, resolve_sampling, results_root)
 from .io.upload import InputProblem, Upload, prepare_upload
 from .preferences import build_defaults, get_prefs
+from .preview import PREVIEW_PROP, PreviewBuild, build_preview
 from .properties import MODES
+from .results import BUNDLE_PROP, JOB_PROP, JOB_SIZE_PROP, result_camera, result_collection, result_identity
 
 _ACTIVE: dict = {"job": None}
 _BACKEND: dict = {"stopped_by_artist": False}
@@ -95,11 +99,32 @@ def _find_image_editor_image(context: Any) -> Any:
     return None
 
 
-def _read(source: str, what: str) -> Any:
+def read_input(source: str, what: str) -> Any:
     try:
         return read_picture(source, what)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+
+
+def photo_source(context: Any, filepath: str = "", image: str = "") -> str:
+    """Which photo: the operator's file or image, else the panel's image, else its file, else the
+    image an Image Editor shows (a datablock name or a file path). Raises UserError."""
+    settings = getattr(context.scene, "cupid", None)
+    if filepath:
+        return filepath
+    if image:
+        if image not in bpy.data.images:
+            raise UserError(f"no image named {image!r} in this file")
+        return image
+    if settings is not None and settings.image is not None:
+        return settings.image.name
+    if settings is not None and settings.filepath:
+        return settings.filepath
+    img = _find_image_editor_image(context)
+    if img is None:
+        raise UserError("no photo given: pick an image in the CUPID panel, a file path, "
+                        "or show one in an Image Editor")
+    return img.name
 
 
 def prepare_inputs(context: Any, filepath: str = "", image: str = "", mask: str = "",
@@ -107,27 +132,12 @@ def prepare_inputs(context: Any, filepath: str = "", image: str = "", mask: str 
     """(upload, name of the result) from the operator's arguments, else the panel's inputs.
     Raises UserError or InputProblem with the one-line report."""
     settings = getattr(context.scene, "cupid", None)
-    if filepath:
-        source = filepath
-    elif image:
-        if image not in bpy.data.images:
-            raise UserError(f"no image named {image!r} in this file")
-        source = image
-    elif settings is not None and settings.image is not None:
-        source = settings.image.name
-    elif settings is not None and settings.filepath:
-        source = settings.filepath
-    else:
-        img = _find_image_editor_image(context)
-        if img is None:
-            raise UserError("no photo given: pick an image in the CUPID panel, a file path, "
-                            "or show one in an Image Editor")
-        source = img.name
+    source = photo_source(context, filepath, image)
     mask_source = mask
     if not mask and not (filepath or image) and settings is not None:
         mask_source = settings.mask.name if settings.mask is not None else settings.mask_path
-    photo = _read(source, "photo")
-    mask_picture = _read(mask_source, "mask") if mask_source else None
+    photo = read_input(source, "photo")
+    mask_picture = read_input(mask_source, "mask") if mask_source else None
     return prepare_upload(photo, mask_picture, mode.lower()), photo.stem
 
 
@@ -166,22 +176,52 @@ class _CtrlC:
 
 
 class _Run:
-    """One job and what it becomes: the worker thread, the progress shown, the result kept."""
+    """One job and what it becomes: the worker thread, the progress shown, stage 1's preview while
+    stage 2 runs, the result kept (in place of the preview, or of the refined result's parts)."""
 
-    def __init__(self, context: Any, upload: Upload, name: str, mode: str, seed: int, steps: int) -> None:
+    def __init__(self, context: Any, request: JobRequest, name: str, replace: str = "") -> None:
         config = backend_config(context)
         self.name = name
-        self.job = ReconstructJob(lambda should_cancel: MANAGER.client(config, should_cancel=should_cancel),
-                                  JobRequest(upload, mode, seed, steps, results_folder(context)))
+        self.replace = replace          # the result collection a refine replaces the parts of
+        self.preview: Optional[PreviewBuild] = None
+        self.suffix: Optional[str] = None   # the preview's (and so the result's) name suffix
+        self.job = ReconstructJob(lambda should_cancel: MANAGER.client(config, should_cancel=should_cancel), request)
         self.interrupted = False
         _ACTIVE["job"] = self.job
         _BACKEND["stopped_by_artist"] = False  # the job starts the backend again if needed
         self.show(context)
         threading.Thread(target=self.job.run, name="cupid-job", daemon=True).start()
 
+    def _folder_taken(self, sfx: str) -> bool:
+        return (self.job.request.results_root / f"{folder_name(self.name)}{sfx}").exists()
+
+    def _show_preview(self, context: Any) -> None:
+        """Stage 1 is done: show its camera and voxels (once; a preview that fails is only a line)."""
+        ready = self.job.take_preview()
+        if ready is None or self.preview is not None:
+            return
+        sfx = scene_builder.result_suffix(self.name, [], self._folder_taken)
+        try:
+            self.preview = build_preview(ready.preview, ready.photo, context.scene, self.name, sfx)
+        except scene_builder.SceneBuildError as exc:
+            print(f"CUPID: {exc}", flush=True)
+            return
+        self.suffix = sfx
+        print(f"CUPID: preview: the camera and {len(ready.preview.voxels)} voxels in "
+              f"{self.preview.collection_name!r}", flush=True)
+
+    def drop_preview(self, context: Any) -> None:
+        """Take the preview away again (the job failed, was cancelled, or its result cannot be built)."""
+        if self.preview is not None:
+            self.preview.remove(context.scene)
+            self.preview = None
+
     def show(self, context: Any) -> Optional[Outcome]:
-        """Take the job's news into the window manager's progress properties; its outcome once ended."""
+        """Take the job's news into the window manager's progress properties, and a preview into
+        the scene; its outcome once ended."""
         progress, outcome = self.job.poll()
+        if outcome is None:
+            self._show_preview(context)
         wm = context.window_manager
         stage = "cancelling" if self.job.cancel_requested and outcome is None else progress.stage
         wm.cupid_running, wm.cupid_stage, wm.cupid_progress = True, stage, progress.fraction
@@ -210,6 +250,8 @@ class _Run:
         """Keep and build a finished result; (report level, message). Cleans up in every case."""
         wm = context.window_manager
         try:
+            if outcome.state != "done":
+                self.drop_preview(context)
             if outcome.state == "cancelled":
                 wm.cupid_last_message = "Reconstruction cancelled"
                 return "WARNING", "CUPID reconstruction cancelled; the scene is unchanged"
@@ -219,9 +261,12 @@ class _Run:
             try:
                 res = self._keep_and_build(context, outcome.bundle)
             except scene_builder.SceneBuildError as exc:
+                self.drop_preview(context)
                 wm.cupid_last_message = str(exc)
                 return "ERROR", f"CUPID: {exc}"
-            msg = f"CUPID: added {len(res.objects)} object(s) and a camera in {res.collection.name!r}"
+            self._remember_job(res)
+            verb = "refined" if self.replace else "added"
+            msg = f"CUPID: {verb} {len(res.objects)} object(s) and a camera in {res.collection.name!r}"
             wm.cupid_last_message = msg
             return "INFO", msg
         finally:
@@ -229,21 +274,54 @@ class _Run:
             _ACTIVE["job"] = None
             wm.cupid_running, wm.cupid_stage, wm.cupid_progress = False, "", 0.0
 
+    def _target(self) -> Any:
+        """The collection the result goes into: the refined result's, or the preview's (else None)."""
+        if self.replace:
+            coll = bpy.data.collections.get(self.replace)
+            if coll is None:
+                raise scene_builder.SceneBuildError(f"the collection {self.replace!r} to refine is gone")
+            return coll
+        return self.preview.collection if self.preview is not None else None
+
     def _keep_and_build(self, context: Any, bundle: Path) -> Any:
         """Move the downloaded bundle to RESULTS/NAME (with the suffix its collection, camera and
-        photo get too), then build it; a failed build leaves no folder behind."""
+        photo get too), then build it, in place of the preview or the refined parts when there
+        are; a failed build leaves no folder behind."""
         root, folder = self.job.request.results_root, folder_name(self.name)
-        sfx = scene_builder.result_suffix(self.name, object_names(bundle), lambda s: (root / f"{folder}{s}").exists())
+        target = self._target()
+        if target is None:
+            sfx = scene_builder.result_suffix(self.name, object_names(bundle), self._folder_taken)
+        elif self.suffix is not None and not self._folder_taken(self.suffix):
+            sfx = self.suffix
+        else:   # the names stay the collection's: the folder only needs to be free
+            sfx = free_suffix(self._folder_taken)
         kept = root / f"{folder}{sfx}"
         try:
             os.replace(bundle, kept)
         except OSError as exc:
             raise scene_builder.SceneBuildError(f"cannot keep the result in {kept}: {exc.strerror or exc}") from exc
         try:
-            return scene_builder.build_from_bundle(kept, context.scene, name=self.name, suffix=sfx)
+            if target is None:
+                return scene_builder.build_from_bundle(kept, context.scene, name=self.name, suffix=sfx)
+            res = scene_builder.build_from_bundle(kept, context.scene, replace=target)
+            res.collection.pop(PREVIEW_PROP, None)
+            self.preview = None   # it became the result
+            return res
         except BaseException:
             shutil.rmtree(kept, ignore_errors=True)
             raise
+
+    def _remember_job(self, res: Any) -> None:
+        """The backend job a later refine starts from, and the photo size it saw (a refine keeps its
+        original job: that one holds stage 1)."""
+        r = self.job.request
+        if r.refine is not None or self.job.job_id is None:
+            return
+        up = r.upload
+        size = [up.upload_width, up.upload_height] if up is not None and up.upload_width else \
+            list(res.camera[scene_builder.RESOLUTION_PROP])
+        res.collection[JOB_PROP] = self.job.job_id
+        res.collection[JOB_SIZE_PROP] = [int(v) for v in size]
 
 
 def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: str) -> Optional[_Run]:
@@ -261,29 +339,16 @@ def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: st
     if warning:
         op.report({"WARNING"}, f"CUPID: {warning}")
         print(f"CUPID: {warning}", flush=True)
-    return _Run(context, upload, name, mode.lower(), seed, steps)
+    return _Run(context, JobRequest(upload, mode.lower(), seed, steps, results_folder(context)), name)
 
 
 _SEED_HELP = "Random seed (-1: the preferences' default; 0 is a seed like any other)"
 _STEPS_HELP = "Sampler steps per stage (-1: the preferences' default; 0: the model's default)"
 
 
-class CUPID_OT_reconstruct(bpy.types.Operator):
-    """Reconstruct the photo's objects and camera with CUPID and add them to the scene"""
-
-    bl_idname = "cupid.reconstruct"
-    bl_label = "Reconstruct"
-    bl_options = {"REGISTER", "UNDO"}
-
-    filepath: StringProperty(name="Photo file", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
-                             description="Photo file (else the panel's photo)")
-    image: StringProperty(name="Image", description="Image datablock name (else the panel's photo)", default="",
-                          options={"SKIP_SAVE"})
-    mask: StringProperty(name="Mask", description="Mask file or image datablock name", default="",
-                         options={"SKIP_SAVE"})
-    mode: EnumProperty(name="Mode", items=MODES, default="OBJECT")
-    seed: IntProperty(name="Seed", default=UNSET, min=UNSET, description=_SEED_HELP)
-    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=_STEPS_HELP)
+class _JobOperator:
+    """What the reconstruct and refine operators share: wait in place without an event loop, else
+    a modal 0.1 s timer that shows progress and the preview; Esc cancels."""
 
     _timer = None
     _run: Optional[_Run] = None
@@ -292,12 +357,7 @@ class CUPID_OT_reconstruct(bpy.types.Operator):
     def poll(cls, context: Any) -> bool:
         return _ACTIVE["job"] is None
 
-    def execute(self, context: Any) -> set:
-        if _ACTIVE["job"] is not None:
-            self.report({"ERROR"}, "a CUPID reconstruction is already running")
-            return {"CANCELLED"}
-        run = _start(self, context, self.mode, self.seed, self.steps, filepath=self.filepath, image=self.image,
-                     mask=self.mask)
+    def _follow(self, context: Any, run: Optional[_Run]) -> set:
         if run is None:
             return {"CANCELLED"}
         self._run = run
@@ -337,6 +397,94 @@ class CUPID_OT_reconstruct(bpy.types.Operator):
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
         _ACTIVE["job"] = None
+
+
+class CUPID_OT_reconstruct(_JobOperator, bpy.types.Operator):
+    """Reconstruct the photo's objects and camera with CUPID and add them to the scene (stage 1's camera \
+and voxels show while the rest runs)"""
+
+    bl_idname = "cupid.reconstruct"
+    bl_label = "Reconstruct"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="Photo file", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
+                             description="Photo file (else the panel's photo)")
+    image: StringProperty(name="Image", description="Image datablock name (else the panel's photo)", default="",
+                          options={"SKIP_SAVE"})
+    mask: StringProperty(name="Mask", description="Mask file or image datablock name", default="",
+                         options={"SKIP_SAVE"})
+    mode: EnumProperty(name="Mode", items=MODES, default="OBJECT")
+    seed: IntProperty(name="Seed", default=UNSET, min=UNSET, description=_SEED_HELP)
+    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=_STEPS_HELP)
+
+    def execute(self, context: Any) -> set:
+        if _ACTIVE["job"] is not None:
+            self.report({"ERROR"}, "a CUPID reconstruction is already running")
+            return {"CANCELLED"}
+        return self._follow(context, _start(self, context, self.mode, self.seed, self.steps, filepath=self.filepath,
+                                            image=self.image, mask=self.mask))
+
+
+def prepare_refine(context: Any, collection: str, steps: int) -> tuple[JobRequest, str, Any]:
+    """(request, result name, collection) of a refine of a result from its CUPID camera as the
+    artist left it. Raises UserError with the one-line report."""
+    coll = bpy.data.collections.get(collection) if collection else result_collection(context.active_object)
+    if coll is None:
+        raise UserError("CUPID: select an object (or the camera) of a CUPID result to refine it")
+    job = coll.get(JOB_PROP)
+    if not job:
+        raise UserError(f"CUPID: {coll.name!r} has no backend job to refine from (it was imported, or made before "
+                        f"refining existed): run the reconstruction again")
+    cam = result_camera(coll)
+    if cam is None:
+        raise UserError(f"CUPID: {coll.name!r} has no CUPID camera left to refine with: run the reconstruction again")
+    context.view_layer.update()
+    try:
+        K, R, t, W, H = read_camera(context.scene, cam)
+    except ValueError as exc:
+        raise UserError(f"CUPID cannot refine with {cam.name!r}: {exc}") from None
+    jw, jh = (int(v) for v in coll[JOB_SIZE_PROP])
+    photo_w, photo_h = (int(v) for v in cam.get(scene_builder.RESOLUTION_PROP, (jw, jh)))
+    restore = None
+    if (photo_w, photo_h) != (jw, jh):   # the backend saw a downscaled copy: the result comes back to the photo
+        folder = bpy.path.abspath(coll.get(BUNDLE_PROP, ""))
+        try:
+            photo, photo_w, photo_h = bundle_photo(folder)
+            restore = Restore(photo_w, photo_h, photo.read_bytes(), photo.name)
+        except (SceneBuildError, OSError) as exc:
+            raise UserError(f"CUPID: the photo of {coll.name!r} is gone ({exc}): run the reconstruction again") from None
+    # the background photo is stretched over the camera frame: frame pixels map to the photo's by the size ratio
+    camera = {"K": scale_camera_K(K, W, H, jw, jh), "R": R, "t": t}
+    prefs = get_prefs(context)
+    _, steps = resolve_sampling(UNSET, steps, 0, prefs.default_steps if prefs else 0)
+    base, _ = result_identity(coll)
+    request = JobRequest(None, "object", 0, steps, results_folder(context), Refine(str(job), camera, restore))
+    return request, base, coll
+
+
+class CUPID_OT_refine(_JobOperator, bpy.types.Operator):
+    """Run stage 2 again with the CUPID camera as you moved or re-lensed it (the photo and stage 1 are reused) \
+and replace the result's objects"""
+
+    bl_idname = "cupid.refine"
+    bl_label = "Refine with This Camera"
+    bl_options = {"REGISTER", "UNDO"}
+
+    collection: StringProperty(name="Result", default="", options={"SKIP_SAVE"},
+                               description="The CUPID result collection (else the active object's)")
+    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=_STEPS_HELP)
+
+    def execute(self, context: Any) -> set:
+        if _ACTIVE["job"] is not None:
+            self.report({"ERROR"}, "a CUPID reconstruction is already running")
+            return {"CANCELLED"}
+        try:
+            request, base, coll = prepare_refine(context, self.collection, self.steps)
+        except UserError as exc:
+            context.window_manager.cupid_last_message = str(exc)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return self._follow(context, _Run(context, request, base, replace=coll.name))
 
 
 class CUPID_OT_reconstruct_batch(bpy.types.Operator):
@@ -527,7 +675,7 @@ def _sync_resolution_handler(scene: Any, *args: Any) -> None:
 HANDLERS = ((bpy.app.handlers.depsgraph_update_post, _sync_resolution_handler),
             (bpy.app.handlers.frame_change_post, _sync_resolution_handler))
 
-classes = (CUPID_OT_reconstruct, CUPID_OT_reconstruct_batch, CUPID_OT_cancel, CUPID_OT_start_backend,
+classes = (CUPID_OT_reconstruct, CUPID_OT_refine, CUPID_OT_reconstruct_batch, CUPID_OT_cancel, CUPID_OT_start_backend,
            CUPID_OT_stop_backend, CUPID_OT_set_active_camera, CUPID_OT_import_bundle)
 
 

@@ -8,6 +8,7 @@ import bpy
 from .io.settings import model_label, resolve_sampling
 from .operators import active_model, backend_status, cpu_warning, results_folder
 from .preferences import get_prefs
+from .results import FIT_PROP, JOB_PROP, parts, result_collection
 
 
 def _model_line(context: Any, prefs: Any) -> str:
@@ -44,6 +45,7 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
         if s.mask is None:
             col.prop(s, "mask_path", text="")
         layout.prop(s, "mode", expand=True)
+        _draw_picking(layout, s)
         row = layout.row(align=True)
         row.prop(s, "seed")
         row.prop(s, "steps")
@@ -67,6 +69,7 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
             if wm.cupid_last_message:
                 layout.label(text=wm.cupid_last_message)
         layout.operator("cupid.set_active_camera", icon="CAMERA_DATA")
+        _draw_result(layout, context, wm.cupid_running)
         layout.label(text=f"Results: {results_folder(context)}", icon="FILE_FOLDER")
 
         box = layout.box()
@@ -78,6 +81,49 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
             row = box.row(align=True)
             row.operator("cupid.start_backend", icon="PLAY")
             row.operator("cupid.stop_backend", icon="PAUSE")
+
+
+def _draw_picking(layout: Any, s: Any) -> None:
+    """Scene mode: pick the objects on the photo; object mode: see the cut-out first."""
+    row = layout.row(align=True)
+    if s.mode == "SCENE":
+        row.operator("cupid.pick_objects", icon="RESTRICT_SELECT_OFF")
+        sub = row.row(align=True)
+        sub.enabled = len(s.picks) > 0
+        sub.operator("cupid.clear_picks", icon="X", text="")
+        n = len(s.picks)
+        layout.label(text=f"{n} pick(s): Enter in the Image Editor shows their masks" if n else
+                     "No picks: automatic masks (or the mask above)", icon="INFO")
+    else:
+        row.operator("cupid.show_cutout", icon="IMAGE_RGB_ALPHA")
+
+
+def fit_lines(coll: Any) -> list[str]:
+    """"NAME: fit IoU 0.87" for each reconstructed object of a result (how much of the photo's
+    object its silhouette through the camera covers, and nothing more)."""
+    out = []
+    for obj in sorted(parts(coll), key=lambda o: o.name):
+        if FIT_PROP in obj:
+            out.append(f"{obj.name}: fit IoU {float(obj[FIT_PROP]):.2f}")
+    return out
+
+
+def _draw_result(layout: Any, context: Any, running: bool) -> None:
+    """The active object's CUPID result: its fit scores and the refine button."""
+    coll = result_collection(context.active_object)
+    if coll is None:
+        return
+    box = layout.box()
+    box.label(text=f"Result: {coll.name}", icon="OUTLINER_COLLECTION")
+    for line in fit_lines(coll):
+        box.label(text=line, icon="CHECKMARK")
+    if not running:
+        row = box.row()
+        row.enabled = JOB_PROP in coll
+        op = row.operator("cupid.refine", icon="FILE_REFRESH")
+        op.collection = coll.name
+        if JOB_PROP not in coll:
+            box.label(text="Imported: run the reconstruction again to refine it", icon="INFO")
 
 
 classes = (CUPID_PT_reconstruct,)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
-                       StringProperty)
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
+                       IntVectorProperty, PointerProperty, StringProperty)
 
 from .io.settings import UNSET
 
@@ -15,6 +15,18 @@ MODES = [("OBJECT", "Object", "Reconstruct the photo's main object: the photo's 
 MASK_HELP = ("Optional. Object mode: white (or opaque) where the object is, black (or transparent) elsewhere; "
              "an image without real transparency is read by its brightness, so a mask painted in Blender "
              "works. Scene mode: a label image, 0 = background, each other value or colour one object")
+
+
+class CUPID_Pick(bpy.types.PropertyGroup):
+    """One pick on the photo, in its pixels (y down): a point (x0, y0) or a box (x0, y0)-(x1, y1)."""
+
+    kind: EnumProperty(name="Kind", items=[("POINT", "Point", "A click on the object"),
+                                           ("BOX", "Box", "A box dragged around the object")],
+                       description="A click on an object or a box around it")
+    x0: FloatProperty(name="X", description="Photo pixels from the left (the box's left edge)")
+    y0: FloatProperty(name="Y", description="Photo pixels from the top (the box's top edge)")
+    x1: FloatProperty(name="X1", description="The box's right edge, photo pixels")
+    y1: FloatProperty(name="Y1", description="The box's bottom edge, photo pixels")
 
 
 class CUPID_SceneSettings(bpy.types.PropertyGroup):
@@ -35,6 +47,10 @@ class CUPID_SceneSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500,
                        description="Sampler steps per stage: fewer is faster and rougher. 0: the model's "
                                    "default (25); -1: the preferences' default")
+    picks: CollectionProperty(type=CUPID_Pick, name="Picks",
+                              description="Objects picked on the photo (scene mode): one object per click or box")
+    picks_size: IntVectorProperty(name="Picked photo size", size=2, default=(0, 0),
+                                  description="The size of the photo the picks were made on (pixels)")
 
 
 def _register_wm_props() -> None:
@@ -51,6 +67,7 @@ _WM_PROPS = ("cupid_running", "cupid_stage", "cupid_progress", "cupid_last_messa
 
 
 def register() -> None:
+    bpy.utils.register_class(CUPID_Pick)
     bpy.utils.register_class(CUPID_SceneSettings)
     bpy.types.Scene.cupid = PointerProperty(type=CUPID_SceneSettings)
     _register_wm_props()
@@ -63,3 +80,4 @@ def unregister() -> None:
     if hasattr(bpy.types.Scene, "cupid"):
         del bpy.types.Scene.cupid
     bpy.utils.unregister_class(CUPID_SceneSettings)
+    bpy.utils.unregister_class(CUPID_Pick)

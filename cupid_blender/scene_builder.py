@@ -33,15 +33,16 @@ from .io.clipping import clip_range
 from .io.bundle import SceneBuildError, bundle_name, read_bundle
 from .io.gaussians import GaussianFileError, read_gaussians
 from .io.settings import free_suffix
+from .results import BUNDLE_PROP, FIT_PROP, NAME_PROP, PART_PROP, SUFFIX_PROP, result_identity, take_over
 
 RESOLUTION_PROP = "cupid_resolution"
 PIXEL_ASPECT_PROP = "cupid_pixel_aspect"
-BUNDLE_PROP = "cupid_bundle"
 SYNCED_PROP = "cupid_synced_camera"   # on the scene: the name of the camera whose photo size it last took
 # (a name, not an ID pointer: a pointer would count as a user and keep a deleted camera in the file)
 
 __all__ = ["SceneBuildError", "read_bundle", "BuildResult", "build_from_bundle", "result_suffix",
-           "create_mesh", "camera_resolution", "sync_render_resolution"]
+           "create_mesh", "camera_resolution", "sync_render_resolution", "SceneState", "Created",
+           "new_result_collection", "add_result_camera", "point_cloud"]
 
 
 @dataclass
@@ -54,7 +55,7 @@ class BuildResult:
     gaussians: List[Any] = field(default_factory=list)
 
 
-class _Created:
+class Created:
     """Datablocks made during one build, removed in reverse order if the build fails."""
 
     def __init__(self) -> None:
@@ -73,6 +74,34 @@ class _Created:
             except (ReferenceError, RuntimeError):
                 pass  # already freed together with its owner
         self.items.clear()
+
+
+@dataclass
+class SceneState:
+    """What building a result changes scene-wide (the scene camera, the photo size it synced, the
+    render size and pixel aspect), to put back when the result is taken away again."""
+
+    camera: Any
+    synced: Any
+    render: tuple
+
+    @classmethod
+    def capture(cls, scene: Any) -> "SceneState":
+        r = scene.render
+        return cls(scene.camera, scene.get(SYNCED_PROP),
+                   (r.resolution_x, r.resolution_y, r.pixel_aspect_x, r.pixel_aspect_y))
+
+    def restore(self, scene: Any) -> None:
+        try:
+            scene.camera = self.camera
+        except ReferenceError:   # that camera is gone
+            scene.camera = None
+        if self.synced is None:
+            scene.pop(SYNCED_PROP, None)
+        else:
+            scene[SYNCED_PROP] = self.synced
+        r = scene.render
+        r.resolution_x, r.resolution_y, r.pixel_aspect_x, r.pixel_aspect_y = self.render
 
 
 def create_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: Optional[np.ndarray] = None,
@@ -117,7 +146,7 @@ def create_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: Optional
     return mesh
 
 
-def _material(name: str, image: Any, use_colors: bool, created: _Created) -> Any:
+def _material(name: str, image: Any, use_colors: bool, created: Created) -> Any:
     mat = created.add("materials", bpy.data.materials.new(name))
     mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
@@ -141,7 +170,7 @@ def _material(name: str, image: Any, use_colors: bool, created: _Created) -> Any
     return mat
 
 
-def _load_image(path: Path, name: str, created: _Created, colorspace: str = "sRGB") -> Any:
+def _load_image(path: Path, name: str, created: Created, colorspace: str = "sRGB") -> Any:
     """Load and pack an image (the bundle may live in a temporary directory)."""
     try:
         img = created.add("images", bpy.data.images.load(str(path), check_existing=False))
@@ -155,30 +184,22 @@ def _load_image(path: Path, name: str, created: _Created, colorspace: str = "sRG
     return img
 
 
-def _gaussians(label: str, path: Path, coll: Any, created: _Created) -> Any:
-    """A point cloud object of the object's 3D Gaussians (object frame, placed like the mesh) with
-    named point attributes: opacity, scale (vector), rotation (quaternion w, x, y, z), color (RGBA,
-    alpha = opacity) and radius (Blender's point size: the mean standard deviation). Hidden in the
-    viewport and in renders: it is there to show or to hand to a Gaussian-splat viewer."""
-    try:
-        g = read_gaussians(path)
-    except GaussianFileError as exc:
-        raise SceneBuildError(f"object {label!r}: {exc}") from exc
-    n = len(g)
-    # Python cannot size a point cloud in Blender 4.5: build a vertex-only mesh with the
-    # attributes, then convert it (the mesh stays if conversion is impossible, e.g. in Edit Mode)
+def point_cloud(label: str, xyz: np.ndarray, attributes: list, rgba: Optional[np.ndarray], coll: Any,
+                created: Created) -> Any:
+    """A point cloud object with named point attributes ((name, type, key, values) each) and an
+    RGBA `color`. Python cannot size a point cloud in Blender 4.5: a vertex-only mesh with the
+    attributes is built and converted (the mesh stays if conversion is impossible, e.g. in Edit Mode)."""
     mesh = created.add("meshes", bpy.data.meshes.new(label))
-    mesh.vertices.add(n)
-    mesh.attributes["position"].data.foreach_set("vector", g.xyz.ravel())
-    for name, kind, key, values in (("opacity", "FLOAT", "value", g.opacity),
-                                    ("scale", "FLOAT_VECTOR", "vector", g.scale),
-                                    ("rotation", "QUATERNION", "value", g.rotation),
-                                    ("radius", "FLOAT", "value", g.scale.mean(axis=1))):
+    mesh.vertices.add(len(xyz))
+    mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(xyz, np.float32).ravel())
+    for name, kind, key, values in attributes:
         mesh.attributes.new(name, kind, "POINT").data.foreach_set(key, np.ascontiguousarray(values, np.float32).ravel())
-    rgba = np.concatenate([g.color, g.opacity[:, None]], axis=1).astype(np.float32)
-    mesh.color_attributes.new("color", "FLOAT_COLOR", "POINT").data.foreach_set("color", rgba.ravel())
+    if rgba is not None:
+        mesh.color_attributes.new("color", "FLOAT_COLOR", "POINT").data.foreach_set(
+            "color", np.ascontiguousarray(rgba, np.float32).ravel())
     obj = created.add("objects", bpy.data.objects.new(label, mesh))
     coll.objects.link(obj)
+    obj[PART_PROP] = True
     try:
         with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
                                        selected_editable_objects=[obj]):
@@ -189,6 +210,22 @@ def _gaussians(label: str, path: Path, coll: Any, created: _Created) -> Any:
         created.add("pointclouds", obj.data)
         created.items.remove(("meshes", mesh))
         bpy.data.meshes.remove(mesh)
+    return obj
+
+
+def _gaussians(label: str, path: Path, coll: Any, created: Created) -> Any:
+    """A point cloud object of the object's 3D Gaussians (object frame, placed like the mesh) with
+    named point attributes: opacity, scale (vector), rotation (quaternion w, x, y, z), color (RGBA,
+    alpha = opacity) and radius (Blender's point size: the mean standard deviation). Hidden in the
+    viewport and in renders: it is there to show or to hand to a Gaussian-splat viewer."""
+    try:
+        g = read_gaussians(path)
+    except GaussianFileError as exc:
+        raise SceneBuildError(f"object {label!r}: {exc}") from exc
+    attributes = [("opacity", "FLOAT", "value", g.opacity), ("scale", "FLOAT_VECTOR", "vector", g.scale),
+                  ("rotation", "QUATERNION", "value", g.rotation), ("radius", "FLOAT", "value", g.scale.mean(axis=1))]
+    rgba = np.concatenate([g.color, g.opacity[:, None]], axis=1)
+    obj = point_cloud(label, g.xyz, attributes, rgba, coll, created)
     obj.hide_render = True
     try:
         obj.hide_set(True)
@@ -215,78 +252,109 @@ def result_suffix(base: str, object_names: list, extra: Optional[Callable[[str],
     return free_suffix(_names_taken(base, object_names, extra))
 
 
+def new_result_collection(scene: Any, base: str, sfx: str, created: Created) -> Any:
+    """The collection "CUPID base sfx", linked to the scene, knowing its name and suffix."""
+    coll = created.add("collections", bpy.data.collections.new(f"CUPID {base}{sfx}"))
+    coll[NAME_PROP], coll[SUFFIX_PROP] = base, sfx
+    scene.collection.children.link(coll)
+    return coll
+
+
+def add_result_camera(scene: Any, coll: Any, base: str, sfx: str, K: Any, R: Any, t: Any, width: int, height: int,
+                      photo: Path, created: Created) -> Any:
+    """The result's camera "base camera sfx" in `coll`, the scene camera, with the photo as its
+    background and the photo's size remembered for the per-camera render resolution."""
+    image = _load_image(photo, f"{base} photo{sfx}", created)
+    cam = add_camera(scene, K, R, t, width, height, name=f"{base} camera{sfx}")
+    created.add("cameras", cam.data)
+    created.add("objects", cam)
+    if cam.name in scene.collection.objects:
+        scene.collection.objects.unlink(cam)
+    coll.objects.link(cam)
+    cam[PART_PROP] = True
+    cam[RESOLUTION_PROP] = [int(width), int(height)]
+    cam[PIXEL_ASPECT_PROP] = [float(scene.render.pixel_aspect_x), float(scene.render.pixel_aspect_y)]
+    scene[SYNCED_PROP] = cam.name  # add_camera gave the scene this photo's size
+    cam.data.show_background_images = True
+    bg = cam.data.background_images.new()
+    bg.image = image
+    bg.alpha = 1.0
+    bg.display_depth = "BACK"
+    bg.frame_method = "STRETCH"
+    return cam
+
+
+def _build(data: Any, scene: Any, base: str, sfx: str, created: Created,
+           progress: Optional[Callable[[str, float], None]]) -> BuildResult:
+    """Every datablock of a read bundle, in a new collection, named with `sfx`."""
+    coll = new_result_collection(scene, base, sfx, created)
+    cam = add_result_camera(scene, coll, base, sfx, data.K, data.R, data.t, data.width, data.height, data.photo,
+                            created)
+    result = BuildResult(collection=coll, camera=cam)
+    n = len(data.objects)
+    for k, od in enumerate(data.objects):
+        if progress is not None:
+            progress("building scene", k / n)
+        label = f"{base} {od.name}"
+        mesh = created.add("meshes", create_mesh(label + sfx, od.vertices, od.faces, od.uv, od.colors))
+        image = _load_image(od.texture, f"{label} texture{sfx}", created) if od.texture else None
+        mesh.materials.append(_material(label + sfx, image, od.colors is not None, created))
+        obj = created.add("objects", bpy.data.objects.new(label + sfx, mesh))
+        coll.objects.link(obj)
+        obj.matrix_world = Matrix(od.matrix_world.tolist())
+        obj[PART_PROP] = True
+        if od.fit_iou is not None:
+            obj[FIT_PROP] = od.fit_iou
+        result.objects.append(obj)
+        if od.gaussians is not None:
+            splats = _gaussians(f"{label} gaussians{sfx}", od.gaussians, coll, created)
+            splats.matrix_world = obj.matrix_world
+            result.gaussians.append(splats)
+    clip = clip_range(data.R, data.t, [(od.vertices.min(0), od.vertices.max(0), od.matrix_world)
+                                        for od in data.objects if len(od.vertices)])
+    if clip is not None:  # the camera sees every object, however near or far the point map put it
+        cam.data.clip_start, cam.data.clip_end = clip
+    if progress is not None:
+        progress("building scene", 1.0)
+    return result
+
+
 def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Optional[str] = None,
                       progress: Optional[Callable[[str, float], None]] = None,
-                      suffix: Optional[str] = None) -> BuildResult:
+                      suffix: Optional[str] = None, replace: Any = None) -> BuildResult:
     """Build one collection (objects + camera with the photo as background) from a bundle.
 
     `name` names the result (default: the bundle's folder, named after the photo): collection
     "CUPID name", "name camera", "name photo", "name object_0" ..., all with the same `suffix`
-    (default: the first free one). Raises SceneBuildError with a user-facing message; in that
-    case nothing stays behind in bpy.data and the scene's camera and render size are as before.
+    (default: the first free one). With `replace` (a result collection: a preview, or a result
+    being refined) the new objects take the place of its parts and keep its name and suffix; they
+    are built completely under a free suffix first, so a failure leaves the old ones in place.
+    Raises SceneBuildError with a user-facing message; in that case nothing stays behind in
+    bpy.data and the scene's camera and render size are as before.
     """
     data = read_bundle(directory)
     scene = scene if scene is not None else bpy.context.scene
-    render = scene.render
-    saved = (scene.camera, scene.get(SYNCED_PROP), render.resolution_x, render.resolution_y,
-             render.pixel_aspect_x, render.pixel_aspect_y)
-    base = name or bundle_name(data.root)
-    sfx = suffix if suffix is not None else result_suffix(base, [od.name for od in data.objects])
-    created = _Created()
+    state = SceneState.capture(scene)
+    names = [od.name for od in data.objects]
+    if replace is not None:
+        base, sfx = result_identity(replace)
+        build_sfx = result_suffix(base, names)
+    else:
+        base = name or bundle_name(data.root)
+        sfx = build_sfx = suffix if suffix is not None else result_suffix(base, names)
+    created = Created()
     try:
-        coll = created.add("collections", bpy.data.collections.new(f"CUPID {base}{sfx}"))
-        coll[BUNDLE_PROP] = bpy.path.relpath(str(data.root)) if bpy.data.filepath else str(data.root)
-        scene.collection.children.link(coll)
-        photo = _load_image(data.photo, f"{base} photo{sfx}", created)
-
-        cam = add_camera(scene, data.K, data.R, data.t, data.width, data.height, name=f"{base} camera{sfx}")
-        created.add("cameras", cam.data)
-        created.add("objects", cam)
-        if cam.name in scene.collection.objects:
-            scene.collection.objects.unlink(cam)
-        coll.objects.link(cam)
-        cam[RESOLUTION_PROP] = [int(data.width), int(data.height)]
-        cam[PIXEL_ASPECT_PROP] = [float(render.pixel_aspect_x), float(render.pixel_aspect_y)]
-        scene[SYNCED_PROP] = cam.name  # add_camera gave the scene this photo's size
-        cam.data.show_background_images = True
-        bg = cam.data.background_images.new()
-        bg.image = photo
-        bg.alpha = 1.0
-        bg.display_depth = "BACK"
-        bg.frame_method = "STRETCH"
-
-        result = BuildResult(collection=coll, camera=cam)
-        n = len(data.objects)
-        for k, od in enumerate(data.objects):
-            if progress is not None:
-                progress("building scene", k / n)
-            label = f"{base} {od.name}"
-            mesh = created.add("meshes", create_mesh(label + sfx, od.vertices, od.faces, od.uv, od.colors))
-            image = _load_image(od.texture, f"{label} texture{sfx}", created) if od.texture else None
-            mesh.materials.append(_material(label + sfx, image, od.colors is not None, created))
-            obj = created.add("objects", bpy.data.objects.new(label + sfx, mesh))
-            coll.objects.link(obj)
-            obj.matrix_world = Matrix(od.matrix_world.tolist())
-            result.objects.append(obj)
-            if od.gaussians is not None:
-                splats = _gaussians(f"{label} gaussians{sfx}", od.gaussians, coll, created)
-                splats.matrix_world = obj.matrix_world
-                result.gaussians.append(splats)
-        clip = clip_range(data.R, data.t, [(od.vertices.min(0), od.vertices.max(0), od.matrix_world)
-                                            for od in data.objects if len(od.vertices)])
-        if clip is not None:  # the camera sees every object, however near or far the point map put it
-            cam.data.clip_start, cam.data.clip_end = clip
-        if progress is not None:
-            progress("building scene", 1.0)
+        result = _build(data, scene, base, build_sfx, created, progress)
+        if replace is not None:
+            take_over(replace, result.collection, [block for _, block in created.items], build_sfx, sfx)
+            result.collection = replace
+        result.collection[BUNDLE_PROP] = bpy.path.relpath(str(data.root)) if bpy.data.filepath else str(data.root)
+        if replace is not None:
+            scene[SYNCED_PROP] = result.camera.name   # renamed: the scene took this camera's photo size
         return result
     except BaseException as exc:
         created.remove_all()
-        scene.camera = saved[0]
-        if saved[1] is None:
-            scene.pop(SYNCED_PROP, None)
-        else:
-            scene[SYNCED_PROP] = saved[1]
-        (render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y) = saved[2:]
+        state.restore(scene)
         if isinstance(exc, SceneBuildError):
             raise
         if isinstance(exc, Exception):

@@ -106,16 +106,22 @@ def test_upload_scale_rules():
     assert scaled_size(6001, 4003, 0.25) == (1500, 1001)         # no exact ratio nearby: per axis
 
 
+def test_an_opaque_photo_without_a_mask_goes_up_for_the_backend_to_cut_out():
+    up = prepare_upload(_photo(64, 48, data=b"the JPEG itself", name="coffee.jpg"), None, "object")
+    assert (up.image, up.filename, up.mask, up.downscaled) == (b"the JPEG itself", "coffee.jpg", None, False)
+    big = prepare_upload(_photo(4800, 3200, data=b"JPEG", name="big.jpg"), None, "object")   # 15 MP: about 12
+    assert big.downscaled and big.upload_width * big.upload_height <= 1.01 * MAX_UPLOAD_PIXELS and big.mask is None
+
+
 def test_input_problems_are_reported_in_the_backends_words():
     opaque = _photo(64, 48)
-    with pytest.raises(InputProblem, match="the photo has no transparent background") as e:
-        prepare_upload(opaque, None, "object")
-    assert str(e.value).startswith(BAD_INPUT) and BAD_INPUT == "CUPID backend error (bad_input): "
+    assert BAD_INPUT == "CUPID backend error (bad_input): "
     black_px = np.zeros((48, 64, 4), np.float32)
     black_px[..., 3] = 1.0
     black = Picture("m", "m", "m.png", black_px)
-    with pytest.raises(InputProblem, match="the object mask is empty"):
+    with pytest.raises(InputProblem, match="the object mask is empty") as e:
         prepare_upload(opaque, black, "object")
+    assert str(e.value).startswith(BAD_INPUT)
     with pytest.raises(InputProblem, match="label image is empty"):
         prepare_upload(opaque, black, "scene")
     small = Picture("m", "m", "m.png", np.ones((10, 10, 4), np.float32))

@@ -17,8 +17,11 @@ import pytest
 from cupid_blender.client import CupidClient
 from cupid_blender.io.bundle import read_bundle, restore_original_photo
 from cupid_blender.io.job import JobRequest, Refine, ReconstructJob, Restore
+from cupid_blender.io.picks import (Pick, PickProblem, colour_labels, cutout, label_colours, labels_from_pixels,
+                                    overlay, pick_from_drag, prompts, view_to_photo)
 from cupid_blender.io.preview import read_preview
-from cupid_blender.io.upload import Upload
+from cupid_blender.io.segment import segment_request
+from cupid_blender.io.upload import Picture, Upload
 
 TOKEN = "tok"
 PREVIEW = {"camera": {"K": [[200.0, 0, 64], [0, 200, 48], [0, 0, 1]], "R": np.eye(3).tolist(), "t": [0, 0, 2.5]},
@@ -190,3 +193,73 @@ def test_a_refine_posts_the_camera_and_restores_the_photo(service, tmp_path):
     scene = json.loads((outcome.bundle / "scene.json").read_text())
     assert scene["image"] == {"file": "photo_original.png", "width": 512, "height": 384}
     job.cleanup()
+
+
+# ------------------------------------------------------------------ picks -> prompts
+
+def test_image_editor_positions_become_photo_pixels():
+    assert view_to_photo(0.0, 1.0, 480, 360) == (0.0, 0.0)              # the view's top-left corner
+    assert view_to_photo(0.5, 0.25, 480, 360) == (240.0, 270.0)          # v up, y down
+    assert view_to_photo(1.0, 0.0, 480, 360) == (480.0, 360.0)
+
+
+def test_a_click_is_a_point_and_a_drag_a_box():
+    assert pick_from_drag((100, 100), (102, 103), (160.2, 175.7), (163.0, 171.0), 480, 360) == \
+        Pick("POINT", 160.2, 175.7)                                       # 3.6 screen px: a click, where pressed
+    box = pick_from_drag((100, 100), (200, 40), (388, 112), (292, 208), 480, 360)
+    assert box == Pick("BOX", 292, 112, 388, 208)                         # any drag direction: x0 < x1, y0 < y1
+    assert pick_from_drag((0, 0), (50, 50), (-40, -30), (20, 25), 480, 360) == Pick("BOX", 0, 0, 20, 25)  # clipped
+    assert pick_from_drag((0, 0), (1, 1), (-5, 10), (-5, 10), 480, 360) is None   # a click beside the photo
+    assert pick_from_drag((0, 0), (50, 0), (-60, 10), (-10, 80), 480, 360) is None  # a box beside the photo
+
+
+def test_picks_become_the_services_prompts_in_the_uploads_pixels():
+    picks = [Pick("POINT", 160, 175), Pick("BOX", 292, 112, 388, 208), Pick("POINT", 245, 255)]
+    assert prompts(picks, 480, 360) == {"points": [[160, 175], [245, 255]], "boxes": [[292, 112, 388, 208]]}
+    half = prompts(picks, 480, 360, (0.5, 0.5))
+    assert half == {"points": [[80, 87.5], [122.5, 127.5]], "boxes": [[146, 56, 194, 104]]}
+
+
+@pytest.mark.parametrize("picks,words", [
+    ([], "no objects picked"),
+    ([Pick("POINT", 500, 10)], "outside the 480x360 photo"),
+    ([Pick("BOX", 10, 10, 10, 50)], "empty or outside"),
+])
+def test_empty_or_outside_picks_are_refused_before_sending(picks, words):
+    with pytest.raises(PickProblem, match=words):
+        prompts(picks, 480, 360)
+
+
+def test_an_empty_pick_list_sends_nothing(tmp_path):
+    px = np.ones((36, 48, 4), np.float32)
+    with pytest.raises(PickProblem, match="no objects picked"):
+        segment_request(Picture("scene.png", "scene", "scene.png", px, b"file"), [], "scene")
+    req = segment_request(Picture("scene.png", "scene", "scene.png", px, b"file"), [], "object")
+    assert req.prompts is None and req.upload.image == b"file" and req.mode == "object"
+
+
+def test_a_huge_photos_picks_scale_with_its_upload():
+    px = np.ones((3200, 4800, 4), np.float32)   # 15 MP: goes up at about 12 MP
+    req = segment_request(Picture("big.png", "big", "big.png", px, b"file"), [Pick("POINT", 4800, 1600)], "scene")
+    up = req.upload
+    assert up.downscaled and req.prompts["points"] == [[up.upload_width, 1600 * up.upload_height / 3200]]
+
+
+def test_labels_coloured_overlaid_and_cut_out():
+    labels = np.zeros((4, 6), np.uint8)
+    labels[0, :2], labels[1:3, 3:], labels[3, 0] = 1, 2, 7
+    rgb = colour_labels(labels)
+    assert (rgb[labels == 0] == 0).all()
+    colours = {tuple(rgb[labels == v][0]) for v in (1, 2, 7)}
+    assert len(colours) == 3 and all(max(c) > 0 and len(set(c)) > 1 for c in colours)   # distinct, not grey
+    for v in (1, 2, 7):
+        assert (rgb[labels == v] == rgb[labels == v][0]).all()
+    assert len({tuple(c) for c in label_colours(60)}) == 60 and label_colours(60).max(axis=1).min() > 0
+    photo = np.full((4, 6, 4), 0.2, np.float32)
+    shown = overlay(photo, labels)
+    np.testing.assert_allclose(shown[labels == 0, :3], 0.2)
+    assert np.abs(shown[labels > 0, :3] - 0.2).max() > 0.1 and (shown[..., 3] == 1).all()
+    cut = cutout(photo, labels)
+    assert (cut[..., 3] == (labels > 0)).all() and (cut[..., :3] == 0.2).all()
+    grey = np.repeat((labels.astype(np.float32) / 255.0)[..., None], 4, axis=2)
+    assert (labels_from_pixels(grey) == labels).all()

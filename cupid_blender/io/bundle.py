@@ -169,6 +169,16 @@ def find_bundle(path: Path) -> Path:
     raise SceneBuildError(f"the backend result has no scene.json ({path})")
 
 
+def bundle_photo(root: str | os.PathLike) -> tuple[Path, int, int]:
+    """(photo file, width, height) that scene.json names, without reading the meshes."""
+    path = Path(root) / "scene.json"
+    try:
+        image = json.loads(path.read_text(encoding="utf-8"))["image"]
+        return _file(Path(root), image["file"], "photo"), int(image["width"]), int(image["height"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SceneBuildError(f"the result {root} cannot be read ({exc.__class__.__name__}: {exc})") from exc
+
+
 def object_names(root: str | os.PathLike) -> List[str]:
     """The object names scene.json lists (without reading the meshes); [] when unreadable."""
     try:

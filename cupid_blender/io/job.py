@@ -224,7 +224,14 @@ class ReconstructJob:
         r, up = self.request, self.request.upload
         if r.refine is not None:
             self._publish("queued", "refining", 0.0)
-            self.job_id = client.refine(r.refine.from_job, r.refine.camera, steps=r.steps)
+            try:
+                self.job_id = client.refine(r.refine.from_job, r.refine.camera, steps=r.steps)
+            except BackendError as exc:
+                if exc.status != 404:
+                    raise
+                raise UserError(f"CUPID: the backend no longer keeps the reconstruction this result came from "
+                                f"(job {r.refine.from_job}: it was restarted, or the result expired): run the "
+                                f"reconstruction again") from None
         else:
             self._publish("queued", "uploading", 0.0)
             self.job_id = client.submit(up.image, up.filename, mask_bytes=up.mask, mode=r.mode, seed=r.seed,

@@ -6,8 +6,9 @@ backend's upload limit, never so small that the crop drops below 518 px. The cam
 in the copy's pixels; :func:`cupid_blender.io.bundle.restore_original_photo` puts it back into the
 photo's own pixels. Masks are sent as what they mean: one grey channel (object mode) or the label
 colours (scene mode), at the uploaded photo's size. Problems the backend would only find after
-loading the model (an empty mask, a photo without transparency) are reported here, in the
-backend's words and with its ``bad_input`` prefix.
+loading the model (an empty mask, an empty label image) are reported here, in the backend's words
+and with its ``bad_input`` prefix. An opaque photo without a mask goes up as it is: in object mode the
+backend cuts the object out itself.
 """
 from __future__ import annotations
 
@@ -106,14 +107,12 @@ def _photo_png(px: np.ndarray) -> bytes:
     return png_bytes(to_uint8(px[..., :3] if px[..., 3].min() >= 1.0 else px))
 
 
-def _object_mask(photo: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
-    """The object's [H, W] mask (given, or the photo's alpha), refused when the backend would."""
+def _object_mask(photo: np.ndarray, mask: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The object's [H, W] mask (given, or the photo's alpha); None for an opaque photo without a
+    mask, which the backend cuts out itself (as CUPID's release does, with rembg's u2net)."""
     if mask is None:
         alpha = photo[..., 3]
-        if alpha.min() >= 1.0:
-            raise _bad("the photo has no transparent background: give an RGBA cut-out of the object, "
-                       "or a mask in the CUPID panel that selects it")
-        return alpha
+        return None if alpha.min() >= 1.0 else alpha
     return mask_values(mask)
 
 
@@ -146,8 +145,8 @@ def prepare_upload(photo: Picture, mask: Optional[Picture], mode: str) -> Upload
                    f"they must be the same size")
     if mode == "object":
         selection = _object_mask(px, mask_px)
-        crop = crop_side(selection)
-        if crop is None:
+        crop = crop_side(selection) if selection is not None else None
+        if selection is not None and crop is None:
             raise _bad("the object mask is empty: the photo's alpha (or the mask) selects no pixel; give an "
                        "RGBA cut-out of the object or a mask that covers it")
         labels = None
