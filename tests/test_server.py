@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from bad_images import png_header_only
 
 from cupid.server import ServerSettings
 from cupid.tiny import make_tiny_model
-from cupid_blender.client import BackendError, BackendUnavailable, CupidClient
+from cupid_blender.client import BACKEND_RESTARTED, BackendError, BackendUnavailable, CupidClient
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = (REPO / "examples" / "monkey.png").read_bytes()
@@ -31,19 +32,29 @@ PHOTO = (REPO / "examples" / "monkey.png").read_bytes()
 class Server:
     """A `python -m cupid serve` subprocess; stops by itself at the end of the module."""
 
-    def __init__(self, model: Path, tmp: Path, *extra: str):
-        self.token_file = tmp / f"token-{time.monotonic_ns()}.json"
-        env = {**os.environ, "PYTHONPATH": str(REPO / "backend"), "HF_HUB_OFFLINE": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "cupid", "serve", "--port", "0", "--token-file",
+    def __init__(self, model: Path, tmp: Path, *extra: str, token_file: Path | None = None,
+                 wrap: tuple[str, ...] = (), env: dict | None = None):
+        self.token_file = token_file or tmp / f"token-{time.monotonic_ns()}.json"
+        before = self.token_file.read_text() if self.token_file.exists() else None
+        env = {**os.environ, "PYTHONPATH": str(REPO / "backend"), "HF_HUB_OFFLINE": "1", **(env or {})}
+        self.proc = subprocess.Popen([*wrap, sys.executable, "-m", "cupid", "serve", "--port", "0", "--token-file",
                                       str(self.token_file), "--model", str(model), "--device", "cpu", *extra],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 60
-        while not self.token_file.exists():
+        # a token file left by a killed server is replaced, not reused
+        while not self.token_file.exists() or self.token_file.read_text() == before:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {self.proc.stdout.read() if self.proc.stdout else ''}")
             time.sleep(0.1)
         self.client = CupidClient.from_token_file(self.token_file, timeout=30)
         self.port = int(self.client.url.rsplit(":", 1)[1])
+
+    def workdir(self) -> Path:
+        """The server's private directory (inputs/ and results/)."""
+        own = [d for d in Path(tempfile.gettempdir()).glob("cupid-serve-*")
+               if (d / "owner.pid").is_file() and (d / "owner.pid").read_text() == str(self.proc.pid)]
+        assert len(own) == 1, own
+        return own[0]
 
     def rss_kb(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -68,7 +79,7 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
-    s = Server(model, tmp_path_factory.mktemp("srv"), "--max-upload-mb", "2")
+    s = Server(model, tmp_path_factory.mktemp("srv"), "--max-upload-mb", "2", "--max-queue", "32")
     yield s
     s.stop()
 
@@ -262,22 +273,29 @@ def test_fifty_jobs_keep_memory_flat(server):
     assert rss[-1] <= 1.10 * rss[4], rss
 
 
-def test_kill_mid_job_then_restart(model, tmp_path):
+def test_kill_mid_job_then_restart_is_told_as_a_restart(model, tmp_path):
     s = Server(model, tmp_path)
+    first_run = s.client.health()["instance"]
     job = s.client.submit(PHOTO, "monkey.png", seed=3, steps=500)
     while s.client.status(job)["state"] != "running":
         time.sleep(0.05)
-    own = [d for d in Path(tempfile.gettempdir()).glob("cupid-serve-*")
-           if (d / "owner.pid").is_file() and (d / "owner.pid").read_text() == str(s.proc.pid)]
-    assert len(own) == 1
+    own = s.workdir()
     s.stop(signal.SIGKILL)
+    assert s.token_file.exists()  # a SIGKILLed server cannot remove its token file
     with pytest.raises(BackendUnavailable, match="not running"):
         s.client.wait(job, poll=0.05, timeout=30)
-    s2 = Server(model, tmp_path)
+    s2 = Server(model, tmp_path, token_file=s.token_file)  # the next start replaces the stale file
     try:
+        assert json.loads(s.token_file.read_text())["token"] == s2.client.token != s.client.token
+        # the first client follows the token file to the new run, which never heard of its job
+        with pytest.raises(BackendError) as err:
+            s.client.wait(job, poll=0.05, timeout=30)
+        assert err.value.code == BACKEND_RESTARTED and "restarted" in err.value.message
+        assert "run it again" in err.value.message
+        assert s.client.instance == s2.client.health()["instance"] != first_run
         j = s2.client.submit(PHOTO, "monkey.png", seed=4, steps=1)
         assert s2.client.wait(j, poll=0.2, timeout=120)["state"] == "done"
-        assert not own[0].exists()  # the killed server's results were swept by the new one
+        assert not own.exists()  # the killed server's directory was swept by the new one
     finally:
         s2.stop()
     assert not s2.token_file.exists()  # a clean stop removes its token file
@@ -307,8 +325,13 @@ class SteppedPipeline:
         out = Path(out_dir)
         out.mkdir(parents=True)
         (out / "scene.json").write_text(json.dumps({"schema": "cupid.scene/1", "seed": seed}))
-        (out / "input.png").write_bytes(image)
+        np.save(out / "photo.npy", image)
         return out
+
+
+def _inputs(photo: bytes = PHOTO):
+    from cupid.server.inputs import decode_inputs
+    return decode_inputs(photo, None, "object")
 
 
 def _settle(jobs, ids, timeout=30.0):
@@ -323,9 +346,9 @@ def test_cancel_stops_within_one_step_and_a_queued_job_never_runs():
     pipe = SteppedPipeline(step_s=0.05, steps=200)
     jobs = JobQueue(lambda: pipe)
     try:
-        running = jobs.submit(PHOTO, "a.png", None, "object", 1, 0)
-        queued = jobs.submit(PHOTO, "b.png", None, "object", 2, 0)
-        after = jobs.submit(PHOTO, "c.png", None, "object", 3, 5)
+        running = jobs.submit(_inputs(), "object", 1, 0)
+        queued = jobs.submit(_inputs(), "object", 2, 0)
+        after = jobs.submit(_inputs(), "object", 3, 5)
         deadline = time.monotonic() + 30
         while sum(1 for s, _ in pipe.log if s == 1) < 3:
             assert time.monotonic() < deadline
@@ -340,7 +363,10 @@ def test_cancel_stops_within_one_step_and_a_queued_job_never_runs():
         assert not any(s == 2 for s, _ in pipe.log)
         assert [k for s, k in pipe.log if s == 3] == list(range(5))
         with zipfile.ZipFile(after.result_zip) as z:
-            assert json.loads(z.read("scene.json"))["seed"] == 3 and z.read("input.png") == PHOTO
+            assert json.loads(z.read("scene.json"))["seed"] == 3
+            # the worker handed the pipeline the photo decoded at submit, pixel for pixel
+            from cupid.preprocess import load_photo
+            assert np.array_equal(np.load(io.BytesIO(z.read("photo.npy"))), load_photo(PHOTO))
     finally:
         jobs.close()
 
@@ -349,16 +375,19 @@ def test_results_expire_after_fetch_grace_or_ttl():
     from cupid.server import JobQueue
     jobs = JobQueue(lambda: SteppedPipeline(step_s=0.0, steps=1), result_ttl=100.0, fetched_grace=10.0)
     try:
-        a = jobs.submit(PHOTO, "a.png", None, "object", 1, 0)
-        b = jobs.submit(PHOTO, "b.png", None, "object", 2, 0)
+        a = jobs.submit(_inputs(), "object", 1, 0)
+        b = jobs.submit(_inputs(), "object", 2, 0)
         _settle(jobs, [a.id, b.id])
-        assert a.result_zip.is_file() and b.result_zip.is_file()
+        za, zb = a.result_zip, b.result_zip
+        assert za.is_file() and zb.is_file()
+        assert jobs.usage() == {"queued_bytes": 0, "result_bytes": za.stat().st_size + zb.stat().st_size}
         jobs.mark_fetched(a)
         now = time.monotonic()
         assert jobs.clean(now + 5) == 0                       # fetched, still in its grace period
-        assert jobs.clean(now + 11) == 1 and jobs.get(a.id) is None and not a.result_zip.exists()
+        assert jobs.clean(now + 11) == 1 and jobs.get(a.id) is None and not za.exists()
         assert jobs.get(b.id) is b                            # never fetched: kept until the TTL
-        assert jobs.clean(now + 101) == 1 and not b.result_zip.exists()
+        assert jobs.clean(now + 101) == 1 and not zb.exists()
+        assert jobs.usage()["result_bytes"] == 0
     finally:
         jobs.close()
 
@@ -376,11 +405,11 @@ def test_a_model_that_fails_to_load_fails_the_job_and_is_retried():
 
     jobs = JobQueue(factory)
     try:
-        first = jobs.submit(PHOTO, "a.png", None, "object", 1, 0)
+        first = jobs.submit(_inputs(), "object", 1, 0)
         _settle(jobs, [first.id])
         assert first.state == "failed" and first.error["code"] == "bad_checkpoint"
         assert "ss_flow" in jobs.model_error and not jobs.model_loaded
-        second = jobs.submit(PHOTO, "b.png", None, "object", 2, 0)
+        second = jobs.submit(_inputs(), "object", 2, 0)
         _settle(jobs, [second.id])
         assert second.state == "done" and jobs.model_loaded and jobs.model_error is None
     finally:

@@ -3,7 +3,7 @@
 A model is a directory (or Hugging Face repo) with `pipeline.json`; every network in it loads
 strictly through `cupid.models.load_model`, so the tiny test model of `cupid make-tiny-model` and
 the official release run the same code. Progress is reported as (stage, fraction of the whole job)
-and cancellation is checked between sampler steps.
+and cancellation is checked at every stage boundary and between sampler steps.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import config
-from ..errors import CheckpointError, CupidError, InputError
+from ..errors import Cancelled, CheckpointError, CupidError, InputError
 from ..export import ExportOptions, ObjectSpec, write_bundle
 from ..geometry import CameraPose, voxel_centers
 from ..models import load_model
@@ -83,15 +83,20 @@ class _Job:
     base: float = 0.0
 
     def report(self, stage: str, fraction: float) -> None:
-        if self.progress is None:
-            return
+        """Report progress, then honour a cancel request: every stage boundary is a cancel point."""
+        if self.progress is not None:
+            self.progress(stage, self._overall(stage, fraction))
+        if self.should_cancel is not None and self.should_cancel():
+            raise Cancelled("the job was cancelled")
+
+    def _overall(self, stage: str, fraction: float) -> float:
         done = 0.0
         for name, weight in _STAGES:
             if name == stage:
                 done += weight * min(max(fraction, 0.0), 1.0)
                 break
             done += weight
-        self.progress(stage, min(1.0, self.base + self.share * done))
+        return min(1.0, self.base + self.share * done)
 
 
 class CupidPipeline:
