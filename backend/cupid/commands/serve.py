@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.run(sockets=[sock])
     finally:
+        app.state.intake.shutdown(wait=False)
         app.state.jobs.close()
         try:
             token_file.unlink()

@@ -9,16 +9,17 @@ checked, and spooled to disk while the job waits. Every answer has a response mo
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, BinaryIO, Iterator
 
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -26,7 +27,7 @@ from ..errors import CupidError
 from .errors import DiskFull, NotFound, is_disk_full
 from .guard import Guard
 from .inputs import decode_inputs
-from .jobs import JobQueue, PipelineFactory
+from .jobs import Job, JobQueue, PipelineFactory
 from .schemas import SEED_LIMIT, Health, JobStatus, Limits, Mode, error_responses
 from .settings import ServerSettings
 
@@ -84,7 +85,8 @@ def _install_error_handlers(api: FastAPI) -> None:
 
 
 def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
-    """The ASGI app, guarded; `app.state.jobs` is its JobQueue."""
+    """The ASGI app, guarded; `app.state.jobs` is its JobQueue, `app.state.intake` the thread that
+    decodes uploads (shut both down when the server stops)."""
     jobs = JobQueue(factory, max_queue=settings.max_queue, max_queued_bytes=settings.max_queued_bytes,
                     max_result_bytes=settings.max_result_bytes, result_ttl=settings.result_ttl,
                     preload=settings.preload)
@@ -94,6 +96,10 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
                   description="Single-photo 3D reconstruction jobs for the CUPID Blender extension.",
                   responses=error_responses(401, 403))
     api.state.jobs = jobs
+    # uploads are decoded and spooled by one thread: one decoded photo in memory at a time, whatever
+    # the number of clients, and its memory reused by the next
+    intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cupid-intake")
+    api.state.intake = intake
     api.add_middleware(Guard, settings=settings)
     _install_error_handlers(api)
 
@@ -122,10 +128,12 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
         jobs.check_room()  # before decoding: a full queue costs no work
         data = await image.read()
         mask_data = await mask.read() if mask is not None else None
-        # decoding runs in a worker thread so a large photo does not stall other requests
-        decoded = await run_in_threadpool(decode_inputs, data, mask_data, mode)
-        del data, mask_data
-        job = await run_in_threadpool(jobs.submit, decoded, mode, seed, steps)
+
+        def take_in() -> Job:
+            return jobs.submit(decode_inputs(data, mask_data, mode), mode, seed, steps)
+
+        # off the event loop (a large photo must not stall other requests), one upload at a time
+        job = await asyncio.get_running_loop().run_in_executor(intake, take_in)
         return JobStatus(**job.public())
 
     @api.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=error_responses(404))

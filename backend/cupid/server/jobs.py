@@ -263,7 +263,6 @@ class JobQueue:
     def _execute(self, job: Job) -> None:
         out = self._dir.path / "results" / job.id
         target = self._dir.path / "results" / f"{job.id}.zip"
-        zipped = None
         try:
             pipe = self._pipeline_or_raise()
             with self._lock:
@@ -285,28 +284,31 @@ class JobQueue:
                 raise Cancelled("the job was cancelled")
             job.stage, job.message = "packing", "packing the result"
             zipped = zip_dir(Path(bundle) if bundle is not None else out, target)
-        except Cancelled:
-            self._finish(job, "cancelled", "cancelled")
-        except CupidError as exc:
-            self._fail(job, exc)
-        except Exception as exc:  # keep serving: report, log the traceback for the developer
-            if is_disk_full(exc):
-                self._fail(job, DiskFull(self._dir.path))
-            else:
-                traceback.print_exc()
-                self._fail(job, CupidError(f"internal error in the backend ({type(exc).__name__}); its log "
-                                           f"has the details", code="internal_error"))
-        finally:
+        except Exception as exc:  # keep serving whatever happened; no file of the job is left behind
             shutil.rmtree(out, ignore_errors=True)
-        if zipped is None:
             target.unlink(missing_ok=True)
+            self._end_with(job, exc)
             return
+        shutil.rmtree(out, ignore_errors=True)
         with self._lock:
             job.result_zip, job.result_bytes = zipped, zipped.stat().st_size
             self._result_bytes += job.result_bytes
             job.progress = 1.0
             self._finish(job, "done", "finished")
             self._evict(keep=job)
+
+    def _end_with(self, job: Job, exc: Exception) -> None:
+        """Cancelled, or failed with the error's code; an unexpected error's text goes only to the log."""
+        if isinstance(exc, Cancelled):
+            self._finish(job, "cancelled", "cancelled")
+        elif isinstance(exc, CupidError):
+            self._fail(job, exc)
+        elif is_disk_full(exc):
+            self._fail(job, DiskFull(self._dir.path))
+        else:
+            traceback.print_exception(exc)
+            self._fail(job, CupidError(f"internal error in the backend ({type(exc).__name__}); its log has the "
+                                       f"details", code="internal_error"))
 
     # ---------------------------------------------------------------- results and cleaning
     def _drop_result(self, job: Job, why: str) -> None:
