@@ -512,7 +512,7 @@ def test_results_expire_after_fetch_grace_or_ttl():
         za, zb = a.result_zip, b.result_zip
         assert za.is_file() and zb.is_file()
         assert jobs.usage() == {"queued_bytes": 0, "result_bytes": za.stat().st_size + zb.stat().st_size}
-        jobs.mark_fetched(a)
+        jobs.open_result(a.id)[0].close()  # fetched
         now = time.monotonic()
         assert jobs.clean(now + 5) == 0                       # fetched, still in its grace period
         assert jobs.clean(now + 11) == 1 and jobs.get(a.id) is None and not za.exists()
@@ -593,7 +593,7 @@ def test_queue_length_and_waiting_bytes_are_capped_with_retry_after():
         small = JobQueue(lambda: pipe, max_queue=1)
         try:
             small.submit(_inputs(), "object", 4, 0)
-            with pytest.raises(Busy, match="1 jobs are queued or running"):
+            with pytest.raises(Busy, match="it holds 1 jobs, queued or running, its limit"):
                 small.submit(_inputs(), "object", 5, 0)
         finally:
             small.close()
@@ -615,7 +615,7 @@ def test_results_past_their_cap_evict_the_oldest_unfetched_first():
             _settle(jobs, [j.id])
             done.append(j)
         size = done[0].result_bytes
-        jobs.mark_fetched(done[0])                 # the oldest was fetched already: it goes last
+        jobs.open_result(done[0].id)[0].close()    # the oldest was fetched already: it goes last
         jobs.max_result_bytes = int(3.5 * size)    # room for three and a half
         newest = jobs.submit(_inputs(), "object", 3, 0)
         _settle(jobs, [newest.id])

@@ -22,10 +22,10 @@ def error_body(code: str, message: str) -> bytes:
 class _Body:
     """The request body as the app reads it: counted against the cap, drained before any answer."""
 
-    def __init__(self, receive: Any, limit: int, message: str):
+    def __init__(self, receive: Any, limit: int, message: str, expected: bool):
         self._receive, self.limit, self.message = receive, limit, message
         self.seen = 0
-        self.done = False
+        self.done = not expected  # a request without a body has nothing to drain
 
     async def receive(self) -> dict:
         if self.done:
@@ -64,9 +64,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         s = self.settings
-        body = _Body(receive, s.max_upload_bytes,
-                     f"the upload is larger than {s.max_upload_bytes / (1024 * 1024):g} MB")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        body = _Body(receive, s.max_upload_bytes, f"the upload is larger than {s.max_upload_bytes / (1024 * 1024):g} MB",
+                     expected=headers.get("content-length", "0") != "0" or "transfer-encoding" in headers)
         refusal = self._refusal(headers)
         if refusal is None:
             try:

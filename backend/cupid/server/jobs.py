@@ -132,8 +132,8 @@ class JobQueue:
         with self._lock:
             waiting = sum(1 for j in self._jobs.values() if j.state in ("queued", "running"))
             if waiting >= self.max_queue:
-                raise Busy(f"the CUPID backend is busy: {waiting} jobs are queued or running, its limit; "
-                           f"try again in {self.retry_after()} s", self.retry_after())
+                raise Busy(f"the CUPID backend is busy: it holds {waiting} jobs, queued or running, its limit "
+                           f"(cupid serve --max-queue); try again in {self.retry_after()} s", self.retry_after())
             if self._queued_bytes + nbytes > self.max_queued_bytes:
                 raise Busy(f"the CUPID backend is busy: {self._queued_bytes / MB:.0f} MB of photos are waiting "
                            f"(its limit is {self.max_queued_bytes / MB:.0f} MB); try again in "
@@ -145,7 +145,8 @@ class JobQueue:
         with self._lock:
             self.check_room(nbytes)
             job = Job(id=secrets.token_hex(8), mode=mode, seed=seed, steps=steps, number=next(self._counter),
-                      inputs_dir=self._dir.path / "inputs" / f"{time.monotonic_ns()}", input_bytes=nbytes)
+                      input_bytes=nbytes)
+            job.inputs_dir = self._dir.path / "inputs" / job.id
             self._jobs[job.id] = job
             self._queued_bytes += nbytes
         try:
@@ -198,9 +199,6 @@ class JobQueue:
                     job.fetched_at = time.monotonic()
                     return fh, job
             raise Expired(f"the result of job {job_id} has expired ({job.gone}); run it again")
-
-    def mark_fetched(self, job: Job) -> None:
-        job.fetched_at = time.monotonic()
 
     def close(self) -> None:
         self._stop.set()
