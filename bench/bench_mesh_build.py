@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import bpy  # noqa: E402
 
-from cupid.export import ExportOptions, ObjectSpec, load_bundle, write_bundle  # noqa: E402
+from cupid.export import ExportOptions, load_bundle, write_bundle  # noqa: E402
+from cupid.geometry import CameraPose  # noqa: E402
+from cupid.reconstruction import ReconstructedObject, Reconstruction  # noqa: E402
 from cupid.export.mesh import TexturedMesh  # noqa: E402
 from cupid_blender import scene_builder as sb  # noqa: E402
 
@@ -78,12 +80,11 @@ def write_big_bundle(out: Path, nu: int, nv: int, tex_size: int) -> tuple[Path, 
     w, h = 640, 480
     photo = np.full((h, w, 3), 128, np.uint8)
     f = 1.2 * w
-    camera = {"K": [[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]],
-              "R": [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], "t": [0.0, 0.0, 2.5],
-              "width": w, "height": h}
+    camera = CameraPose([[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]],
+                        [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], [0.0, 0.0, 2.5], w, h)
     mesh = TexturedMesh(verts, faces, colors, uv, texture_image(tex_size))
-    write_bundle(out, photo, camera, [ObjectSpec("object_0", verts, faces, colors, textured=mesh)],
-                 ExportOptions(gaussians=False, overlay=False))
+    obj = ReconstructedObject("object_0", verts, faces, colors, textured=mesh)
+    write_bundle(Reconstruction(photo, camera, [obj]), out, ExportOptions(gaussians=False, overlay=False))
     load_bundle(out)  # the bundle is valid by the backend's own checks
     return out, int(len(faces))
 

@@ -173,13 +173,15 @@ def suzanne_structure() -> Any:
 @torch.no_grad()
 def run_pipeline(model_dir: Path, steps: int, dtype: torch.dtype, seed: int) -> dict[str, Any]:
     """Load the model and run each stage once through the pipeline's own methods; returns rows + facts."""
-    from cupid.export import ObjectSpec, write_bundle
-    from cupid.pipeline.pipeline import CupidPipeline, _Job
+    from cupid.export import ExportOptions, write_bundle
+    from cupid.pipeline.pipeline import CupidPipeline
     from cupid.pipeline.stage1 import pose_from_structure
     from cupid.preprocess import preprocess
+    from cupid.progress import Progress
+    from cupid.reconstruction import ReconstructedObject, Reconstruction
 
     meter = StageMeter()
-    job = _Job(None, None)
+    job = Progress()
     with meter("load"):
         pipe = CupidPipeline.from_pretrained(model_dir, device="cpu", dtype=dtype)
     timers = {role: ForwardTimer(module) for role, module in pipe.models.items()}
@@ -199,12 +201,13 @@ def run_pipeline(model_dir: Path, steps: int, dtype: torch.dtype, seed: int) -> 
     with meter("decode"):
         mesh, gaussians = pipe.decode(slat)
     colors = None if mesh.vertex_attrs is None else mesh.vertex_attrs[:, :3].float().cpu().numpy()
-    spec = ObjectSpec(name="object_0", vertices=mesh.vertices.float().cpu().numpy(), faces=mesh.faces.cpu().numpy(),
-                      vertex_colors=colors, gaussians=gaussians)
+    spec = ReconstructedObject(name="object_0", vertices=mesh.vertices.float().cpu().numpy(),
+                               faces=mesh.faces.cpu().numpy(), vertex_colors=colors, gaussians=gaussians, camera=pose)
     out_dir = Path(tempfile.mkdtemp(prefix="cupid_bench_bundle_"))
     try:
         with meter("export"):
-            write_bundle(out_dir, processed.photo, pose, [spec], pipe.export_options())
+            write_bundle(Reconstruction(processed.photo, pose, [spec]), out_dir,
+                         ExportOptions.from_settings(pipe.export_settings))
         counts = json.loads((out_dir / "scene.json").read_text())["objects"][0]["counts"]
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -23,11 +23,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
-sys.path.insert(0, str(ROOT / "tests"))  # the test suite's synthetic cameras and Suzanne
+sys.path.insert(0, str(ROOT / "tests"))  # the test suite's helpers: synthetic cameras and Suzanne
 
-from cameras import random_camera  # noqa: E402
+from helpers.cameras import random_camera  # noqa: E402
 from cupid.geometry import project, rotation_angle_deg, solve_camera, voxel_centers  # noqa: E402
-from meshes import surface_voxels, suzanne  # noqa: E402
+from helpers.meshes import surface_voxels, suzanne  # noqa: E402
 
 
 def official_cupid_solve(points: np.ndarray, uv: np.ndarray, size) -> tuple:

@@ -12,6 +12,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,15 +53,31 @@ def checkout_defaults(model: str | None = None) -> dict:
         if cand.exists():
             out["python"] = str(cand.absolute())
             break
-    out["weights_dir"] = str((REPO / "weights").absolute())
+    if os.environ.get("CUPID_WEIGHTS_DIR"):  # a weights cache other than huggingface_hub's default
+        out["weights_dir"] = str(Path(os.environ["CUPID_WEIGHTS_DIR"]).expanduser().absolute())
     if model:
         out["model"] = str(Path(model).absolute()) if Path(model).is_dir() else model
     return out
 
 
+def backend_version() -> str:
+    """The one version string, backend/cupid/__init__.py's `__version__` (read as text: no import)."""
+    text = (REPO / "backend" / "cupid" / "__init__.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__ = "([^"]+)"', text, re.M)
+    if not match:
+        raise BuildError("backend/cupid/__init__.py has no __version__")
+    return match.group(1)
+
+
+def stamped_manifest() -> str:
+    """blender_manifest.toml with its version set to the backend's."""
+    text = MANIFEST.read_text(encoding="utf-8")
+    return re.sub(r'^version = "[^"]*"', f'version = "{backend_version()}"', text, count=1, flags=re.M)
+
+
 def stage(dest: Path, defaults: dict | None) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(MANIFEST, dest / "blender_manifest.toml")
+    (dest / "blender_manifest.toml").write_text(stamped_manifest(), encoding="utf-8")
     for path in sorted(PACKAGE.iterdir()):
         if path.suffix == ".py" and path.is_file():
             shutil.copy2(path, dest / path.name)
@@ -78,7 +95,7 @@ def run_tool(tool: Path, *args: str) -> str:
 def build(output_dir: Path, with_defaults: bool = True, tool: Path | None = None,
           model: str | None = None) -> Path:
     tool = tool or find_blender_ext()
-    manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
+    manifest = tomllib.loads(stamped_manifest())
     output_dir.mkdir(parents=True, exist_ok=True)
     out = output_dir / f"{manifest['id']}-{manifest['version']}.zip"
     if out.exists():

@@ -6,7 +6,8 @@
 #   4. the main job: reconstruct examples/monkey.png into out/monkey (scene.json, GLB, PLY, overlay).
 # Environment knobs: PYTHON (interpreter, default python3.11), CUPID_VENV (default ./.venv),
 # CUPID_TORCH (pip spec for torch, default torch==2.13.0; e.g. a CUDA build on a GPU box),
-# CUPID_MODEL (model id or local dir), CUPID_WEIGHTS (weights cache, default ./weights), CUPID_STEPS.
+# CUPID_MODEL (model id or local dir), CUPID_WEIGHTS (weights cache, default: the Hugging Face cache,
+# which `cupid download`, the CLI, the service and the add-on all read), CUPID_STEPS.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +15,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 VENV="${CUPID_VENV:-$ROOT/.venv}"
 TORCH_SPEC="${CUPID_TORCH:-torch==2.13.0}"
-WEIGHTS="${CUPID_WEIGHTS:-$ROOT/weights}"
+if [ -n "${CUPID_WEIGHTS:-}" ]; then export CUPID_WEIGHTS_DIR="$CUPID_WEIGHTS"; fi
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nCUPID set-up failed: %s\n' "$*" >&2; exit 1; }
@@ -35,17 +36,16 @@ PY="$VENV/bin/python"
 "$PY" -m cupid --version
 
 say "Weights"
-mkdir -p "$WEIGHTS"
 MODEL="${CUPID_MODEL:-}"
 if [ -z "$MODEL" ]; then
-  if HF_HUB_ETAG_TIMEOUT=10 HF_HUB_DOWNLOAD_TIMEOUT=20 "$PY" -m cupid download --cache-dir "$WEIGHTS"; then
+  if HF_HUB_ETAG_TIMEOUT=10 HF_HUB_DOWNLOAD_TIMEOUT=20 "$PY" -m cupid download; then
     MODEL="hbb1/Cupid"
   else
     echo "The official weights could not be downloaded (see the message above)."
     echo "Using a tiny random-weight model instead: it runs the whole pipeline, but its shapes are noise."
     echo "Run 'cupid download' again when you are online."
-    "$PY" -m cupid make-tiny-model "$WEIGHTS/tiny"
-    MODEL="$WEIGHTS/tiny"
+    "$PY" -m cupid make-tiny-model "$ROOT/weights/tiny"
+    MODEL="$ROOT/weights/tiny"
   fi
 fi
 

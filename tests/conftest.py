@@ -1,27 +1,14 @@
-"""Shared test helpers: where the reference fixtures live, and markers for optional stacks."""
+"""Where the reference fixtures live (tests/fixtures, or $CUPID_SHARED/fixtures). Shared helpers: tests/helpers/."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
-import pytest
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CUPID_SHARED", REPO_ROOT.parent / "shared")).resolve()
-PARITY = SHARED / "fixtures" / "trellis_parity"
-MANIFEST = SHARED / "fixtures" / "trellis_image_large_manifest.json"
+# The reference fixtures ship with the repo (tests/fixtures); CUPID_SHARED points at another copy.
+SHARED = Path(os.environ["CUPID_SHARED"]).resolve() if os.environ.get("CUPID_SHARED") else REPO_ROOT / "tests"
+FIXTURES = SHARED / "fixtures"
+PARITY = FIXTURES / "trellis_parity"
+MANIFEST = FIXTURES / "trellis_image_large_manifest.json"
 
 
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"reference fixtures not found at {SHARED} (set CUPID_SHARED)")
-    return SHARED
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (for 'backend is down' cases)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 from cupid.cli import main as cupid_main  # noqa: E402
 from cupid.export import load_bundle, render_silhouette  # noqa: E402
 from cupid.tiny import make_tiny_model  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.helpers.net import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "monkey.png"
@@ -149,7 +149,8 @@ def test_cycles_render_matches_the_backends_silhouette(run, tmp_path):
     assert cupid_main(["reconstruct", cfg["photo"], "-o", str(ref), "--model", cfg["model"], "--device", "cpu",
                        "--seed", str(cfg["seed"]), "--steps", str(cfg["steps"])]) == 0
     bundle = load_bundle(ref)
-    K, R, t, w, h = bundle.camera()
+    cam = bundle.camera()
+    K, R, t, w, h = cam.K, cam.R, cam.t, cam.width, cam.height
     expected = np.zeros((h, w), bool)
     for obj in bundle.objects:
         m = bundle.load_mesh(obj["name"])

@@ -13,8 +13,9 @@ import trimesh
 from PIL import Image
 
 from cupid.errors import CupidError, InputError
-from cupid.export import (SCHEMA_PATH, BundleError, ExportOptions, ObjectSpec, load_bundle,
-                          read_gaussians_ply, render_silhouette, write_bundle)
+from cupid.export import SCHEMA_PATH, BundleError, ExportOptions, load_bundle, read_gaussians_ply, render_silhouette, write_bundle
+from helpers.bundles import obj as ObjectSpec
+from helpers.bundles import reconstruction
 
 W, H = 200, 150
 K = np.array([[180.0, 0.0, 101.0], [0.0, 180.0, 74.0], [0.0, 0.0, 1.0]])
@@ -51,7 +52,7 @@ def _objects():
 
 
 def _write(out: Path) -> Path:
-    return write_bundle(out, _photo(), (K, R_CAM, T_CAM, W, H), _objects(), OPTS)
+    return write_bundle(reconstruction(_photo(), (K, R_CAM, T_CAM, W, H), _objects()), out, OPTS)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,8 @@ def test_mesh_npz_layout(bundle_dir):
 
 def test_overlay_is_drawn_where_the_objects_project(bundle_dir):
     b = load_bundle(bundle_dir)
-    Kb, Rb, tb, w, h = b.camera()
+    cam = b.camera()
+    Kb, Rb, tb, w, h = cam.K, cam.R, cam.t, cam.width, cam.height
     photo = np.asarray(Image.open(bundle_dir / "input.png")).astype(int)
     overlay = np.asarray(Image.open(bundle_dir / "overlay.png")).astype(int)
     sil = np.zeros((h, w), bool)
@@ -185,22 +187,22 @@ def test_inconsistent_bundles_are_rejected(bundle_dir, tmp_path):
 def test_bad_inputs_to_the_writer(tmp_path):
     objs = _objects()
     with pytest.raises(InputError, match="camera is for a 100x150 image"):
-        write_bundle(tmp_path / "a", _photo(), (K, R_CAM, T_CAM, 100, H), objs, OPTS)
+        write_bundle(reconstruction(_photo(), (K, R_CAM, T_CAM, 100, H), objs), tmp_path / "a", OPTS)
     with pytest.raises(InputError, match="object name"):
-        write_bundle(tmp_path / "b", _photo(), (K, R_CAM, T_CAM, W, H),
-                     [ObjectSpec("../evil", objs[0].vertices, objs[0].faces)], OPTS)
+        write_bundle(reconstruction(_photo(), (K, R_CAM, T_CAM, W, H),
+                                    [ObjectSpec("../evil", objs[0].vertices, objs[0].faces)]), tmp_path / "b", OPTS)
     with pytest.raises(InputError, match="unique"):
-        write_bundle(tmp_path / "c", _photo(), (K, R_CAM, T_CAM, W, H), [objs[1], objs[1]], OPTS)
+        write_bundle(reconstruction(_photo(), (K, R_CAM, T_CAM, W, H), [objs[1], objs[1]]), tmp_path / "c", OPTS)
     bad = ObjectSpec("x", objs[0].vertices, objs[0].faces, transform=(1.0, 2 * np.eye(3), np.zeros(3)))
     with pytest.raises(InputError, match="not a rotation"):
-        write_bundle(tmp_path / "d", _photo(), (K, R_CAM, T_CAM, W, H), [bad], OPTS)
+        write_bundle(reconstruction(_photo(), (K, R_CAM, T_CAM, W, H), [bad]), tmp_path / "d", OPTS)
 
 
 def test_camera_as_mapping_or_object_and_options(tmp_path):
     cam = {"K": K, "R": R_CAM, "t": T_CAM, "width": W, "height": H}
     obj = _objects()[1]
     calls = []
-    d = write_bundle(tmp_path / "m", np.asarray(_photo()), cam, [obj],
+    d = write_bundle(reconstruction(np.asarray(_photo()), cam, [obj]), tmp_path / "m",
                      ExportOptions(target_faces=None, texture=False, glb=False),
                      progress=lambda stage, f: calls.append((stage, f)))
     assert calls[-1] == ("export", 1.0) and all(a[1] <= b[1] for a, b in zip(calls, calls[1:]))
@@ -213,7 +215,7 @@ def test_camera_as_mapping_or_object_and_options(tmp_path):
     class Pose:
         def __init__(self):
             self.K, self.R, self.t, self.width, self.height = K, R_CAM, T_CAM, W, H
-    d2 = write_bundle(tmp_path / "p", _photo(), Pose(), [obj], ExportOptions(target_faces=None, texture=False, glb=False))
+    d2 = write_bundle(reconstruction(_photo(), Pose(), [obj]), tmp_path / "p", ExportOptions(target_faces=None, texture=False, glb=False))
     assert (d2 / "scene.json").read_bytes() == (d / "scene.json").read_bytes()
 
 
@@ -237,7 +239,7 @@ def test_bundle_from_reference_decoder_outputs(tmp_path):
 
     spec = ObjectSpec("object_0", m["mesh0_vertices"], m["mesh0_faces"], m["mesh0_vertex_attrs"][:, :3],
                       gaussians=G())
-    d = write_bundle(tmp_path / "ref", _photo(), (K, R_CAM, T_CAM, W, H), [spec],
+    d = write_bundle(reconstruction(_photo(), (K, R_CAM, T_CAM, W, H), [spec]), tmp_path / "ref",
                      ExportOptions(target_faces=4000, texture_size=256, chart_iterations=0))
     b = load_bundle(d)
     mesh = b.load_mesh(0)
@@ -254,7 +256,7 @@ def test_bundle_from_reference_decoder_outputs(tmp_path):
 
 
 def test_an_already_textured_mesh_is_written_as_it_is(tmp_path):
-    """ObjectSpec.textured skips simplification, unwrapping and baking (huge or pre-made meshes)."""
+    """ReconstructedObject.textured skips simplification, unwrapping and baking (huge or pre-made meshes)."""
     from cupid.export.mesh import TexturedMesh
 
     rng = np.random.default_rng(3)
@@ -263,7 +265,7 @@ def test_an_already_textured_mesh_is_written_as_it_is(tmp_path):
     tm = TexturedMesh(v, f, rng.random((len(v), 3)).astype(np.float32),
                       rng.random((len(v), 2)).astype(np.float32), rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
     cam = {"K": K, "R": R_CAM, "t": T_CAM, "width": W, "height": H}
-    d = write_bundle(tmp_path / "t", _photo(), cam, [ObjectSpec("made", v, f, tm.colors, textured=tm)],
+    d = write_bundle(reconstruction(_photo(), cam, [ObjectSpec("made", v, f, tm.colors, textured=tm)]), tmp_path / "t",
                      ExportOptions(target_faces=4, gaussians=False))  # target_faces ignored for it
     m = load_bundle(d).load_mesh(0)
     for key in ("vertices", "faces", "colors", "uv"):

@@ -18,7 +18,7 @@ import pytest
 
 from cupid_blender.client import (BACKEND_RESTARTED, WRONG_TOKEN, BackendError, BackendUnavailable, CupidClient,
                                   safe_extract)
-from tests.conftest import free_port
+from helpers.net import free_port
 
 TOKEN = "s3cret-token"
 

@@ -211,10 +211,12 @@ def test_torch_hub_name_uses_hub_cache(tmp_path, monkeypatch):
     x = torch.rand(1, 3, IMG, IMG)
     torch.testing.assert_close(got.forward_features(x)["x_prenorm"], m.forward_features(x)["x_prenorm"], rtol=0, atol=0)
 
-    def offline(url, dst, progress=True):
-        raise OSError("network unreachable")
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(CheckpointError, match="dinov2_vitb14_reg4_pretrain.pth.*network unreachable"):
+    # not in the torch hub cache: the same weights come from the Hub (HF layout); offline that is one clear line
+    from huggingface_hub import constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setenv("CUPID_WEIGHTS_DIR", str(tmp_path / "cache"))
+    with pytest.raises(CheckpointError, match="facebook/dinov2-with-registers-base.*cupid download"):
         load_dinov2("dinov2_vitb14_reg")
 
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cupid.errors import InputError
-from cameras import random_camera, random_rotation
-from meshes import surface_voxels, suzanne
+from helpers.cameras import random_camera, random_rotation
+from helpers.meshes import surface_voxels, suzanne
 from cupid.geometry import (
     CameraPose,
     decompose_projection,
@@ -20,7 +19,6 @@ from cupid.geometry import (
     umeyama_robust,
     uncrop_uv,
     uv_cube,
-    uv_pairs,
     voxel_centers,
 )
 
@@ -56,7 +54,7 @@ def test_voxel_centers_and_pixel_convention():
     assert np.all(np.isnan(uv[3])) and z[3] < 0  # behind the camera
 
 
-def test_uv_cube_and_pairs_round_trip(suzanne_voxels):
+def test_uv_cube_round_trip(suzanne_voxels):
     rng = np.random.default_rng(3)
     K, R, t = random_camera(rng, 640, 480)
     occ = np.zeros((64, 64, 64), bool)
@@ -64,8 +62,8 @@ def test_uv_cube_and_pairs_round_trip(suzanne_voxels):
     cube = uv_cube(occ, K, R, t, (640, 480))
     assert cube.shape == (64, 64, 64, 2) and cube.dtype == np.float32
     assert np.all(cube[~occ] == 0)
-    pts, uv = uv_pairs(occ, cube)
-    assert len(pts) == occ.sum()
+    idx = np.argwhere(occ)
+    pts, uv = voxel_centers(idx), cube[tuple(idx.T)]
     assert np.allclose(uv, project(pts, K, R, t, (640, 480)), atol=1e-6)
     # every active voxel must be in front of the camera
     with pytest.raises(InputError):

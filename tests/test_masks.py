@@ -137,44 +137,32 @@ def test_sam_proposal_selection_keeps_whole_objects():
     assert MS._select_masks(segs, [0.9] * 5, 40, int(0.9 * W * H), max_objects=1) == [1]
 
 
-def test_occlusion_aware_crop():
+def test_occlusion_aware_object_input():
+    """Scene mode gives each object its alpha without its occluders' pixels, and its conditioning crop
+    shows that object alone: the occluder and the background are black after premultiplication."""
+    from cupid.pipeline.scene import object_alphas
+    from cupid.preprocess import preprocess
+
     photo, lab = _scene()
     m = MS.masks_from_label_image(lab)
     occ = MS.occluder_mask(m, 0)
     np.testing.assert_array_equal(occ, lab == 7)
-    crop = MS.object_crop(photo, m, 0)
-    # A's visible pixels: x 20..49 over y 10..29, plus x 20..39 over y 30..39 -> box x 20..49, y 10..39
-    # centre (34.5, 24.5), side = 2 * (int(29 * 1.2) // 2) = 34, top-left (18, 8)
-    assert crop.box == (18, 8, 34) and crop.rgba.shape == (34, 34, 4)
-    x0, y0, side = crop.box
-    alpha, occ_c = crop.rgba[..., 3], crop.occluders
-    want_alpha = np.where(lab == 3, 255, 0)[y0:y0 + side, x0:x0 + side]
-    np.testing.assert_array_equal(alpha, want_alpha)
-    np.testing.assert_array_equal(occ_c, (lab == 7)[y0:y0 + side, x0:x0 + side])
-    assert occ_c.any() and not (alpha[occ_c] > 0).any()  # the occluder is masked out
-    np.testing.assert_array_equal(crop.rgba[..., :3], photo[y0:y0 + side, x0:x0 + side])
-    scale, offset = crop.transform(518)
-    assert scale == pytest.approx(34 / 518) and offset == (18.0, 8.0)
-    cond = crop.conditioning(518)
-    assert cond.shape == (3, 518, 518) and cond.dtype == np.float32
-    # crop pixel centre -> photo pixel: inside A is red, background and B are black
-    def at(px, py):
-        cx, cy = (px - offset[0]) / scale, (py - offset[1]) / scale
+    alphas = object_alphas(photo, lab)
+    assert len(alphas) == 2
+    np.testing.assert_array_equal(alphas[0] > 0.5, lab == 3)
+    np.testing.assert_array_equal(alphas[1] > 0.5, lab == 7)
+    processed = preprocess(photo, mask=(alphas[0] * 255).astype(np.uint8))
+    crop, cond = processed.crop, processed.cond_image.numpy()   # [3, 518, 518], RGB·alpha
+    side = cond.shape[-1]
+
+    def at(px, py):  # photo pixel -> conditioning pixel
+        cx, cy = (px - crop.offset[0]) / crop.size * side, (py - crop.offset[1]) / crop.size * side
         return cond[:, int(cy), int(cx)]
-    np.testing.assert_allclose(at(27.5, 20.5), [1, 0, 0], atol=0.02)
+    np.testing.assert_allclose(at(27.5, 20.5), [1, 0, 0], atol=0.02)   # inside A: red
     np.testing.assert_allclose(at(46.5, 36.5), [0, 0, 0], atol=0.02)   # B covers this pixel
     np.testing.assert_allclose(at(19.0, 9.0), [0, 0, 0], atol=0.02)    # background
-    # object B's crop runs past nothing here, but one near the border is padded transparent
-    edge = np.zeros((H, W), np.uint8)
-    edge[60:80, 85:100] = 1
-    e = MS.object_crop(photo, MS.masks_from_label_image(edge), 0)
-    x0, y0, side = e.box
-    assert x0 + side > W and y0 + side > H
-    assert np.all(e.rgba[H - y0:, :, 3] == 0) and np.all(e.rgba[:, W - x0:, :3] == 0)
-    with pytest.raises(InputError, match="masks are"):
-        MS.object_crop(photo[:, :50], m, 0)
     with pytest.raises(InputError, match="out of range"):
-        MS.object_crop(photo, m, 2)
+        MS.occluder_mask(m, 2)
 
 
 def test_soft_overlap_goes_to_the_stronger_mask():
@@ -185,6 +173,6 @@ def test_soft_overlap_goes_to_the_stronger_mask():
     a[25, 25], b[25, 25] = 0.6, 0.9  # contested pixel: B wins
     m = MS.ObjectMasks(np.stack([a, b]), ["a", "b"])
     assert MS.occluder_mask(m, 0)[25, 25] and not MS.occluder_mask(m, 1)[25, 25]
-    crop = MS.object_crop(np.zeros((H, W, 3), np.uint8), m, 0)
-    x0, y0, _ = crop.box
-    assert crop.rgba[25 - y0, 25 - x0, 3] == 0
+    from cupid.pipeline.scene import object_alphas
+    alphas = object_alphas(np.zeros((H, W, 3), np.uint8), [(a * 255).astype(np.uint8), (b * 255).astype(np.uint8)])
+    assert alphas[0][25, 25] == 0 and alphas[1][25, 25] > 0.8

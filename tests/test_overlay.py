@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from cupid.export import (project_points, rasterize, rasterize_mesh, render_depth, render_overlay,
+from cupid.export import (project_points, rasterize, rasterize_mesh, render_overlay,
                           render_silhouette)
 
 W, H = 320, 240
@@ -129,8 +129,6 @@ def test_depth_and_attributes_are_perspective_correct():
     assert np.allclose(frags.depth[m], z_true[m], rtol=1e-5)
     x_interp = frags.interpolate(v[:, :1], f)[..., 0]
     assert np.allclose(x_interp[m], (rx * z_true)[m], atol=1e-5)
-    d = render_depth(v, f, K, np.eye(3), np.zeros(3), W, H, background=0.0)
-    assert d.dtype == np.float32 and (d[~m] == 0).all() and np.allclose(d[m], z_true[m], rtol=1e-5)
 
 
 def test_big_triangles_split_into_strips_give_the_same_image():

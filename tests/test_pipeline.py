@@ -6,17 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 from plyfile import PlyData
 
 from cupid.errors import Cancelled, CheckpointError, CupidError, InputError
-from cupid.export import ObjectSpec, load_bundle, render_silhouette, write_bundle
+from cupid.export import load_bundle, render_silhouette, write_bundle
 from cupid.geometry import rotation_angle_deg, uv_cube
 from cupid.pipeline import CupidPipeline
 from cupid.pipeline.stage1 import pose_from_structure, structure_from_cubes
 from cupid.tiny import make_tiny_model
-from meshes import surface_voxels, suzanne
+from helpers.bundles import obj, reconstruct_to, reconstruction
+from helpers.meshes import surface_voxels, suzanne
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "monkey.png"
@@ -34,7 +34,7 @@ def pipe(tiny_model) -> CupidPipeline:
 
 def test_end_to_end_bundle(pipe, tmp_path):
     stages = []
-    out = pipe.reconstruct(PHOTO, seed=3, out_dir=tmp_path / "b", progress=lambda s, f: stages.append((s, f)))
+    out = reconstruct_to(pipe, PHOTO, tmp_path / "b", seed=3, progress=lambda s, f: stages.append((s, f)))
     bundle = load_bundle(out)  # schema + files + npz checks
     scene = bundle.scene
     assert (scene["image"]["width"], scene["image"]["height"]) == (480, 360)
@@ -56,7 +56,7 @@ def test_tiny_camera_sees_the_photos_object(pipe, tmp_path):
     """The tiny model decodes a shell centred in the object cube, seen by a fixed 40° camera; the
     solved camera must be in the PHOTO's pixels (de_crop): the shell's centre projects to the centre
     of the object's crop, with the crop's focal length."""
-    out = pipe.reconstruct(PHOTO, seed=0, out_dir=tmp_path / "b")
+    out = reconstruct_to(pipe, PHOTO, tmp_path / "b", seed=0)
     scene = json.loads((out / "scene.json").read_text())
     K, R, t = (np.array(scene["camera"][k]) for k in ("K", "R", "t"))
     from cupid.preprocess import preprocess
@@ -70,9 +70,9 @@ def test_tiny_camera_sees_the_photos_object(pipe, tmp_path):
 
 
 def test_same_seed_same_bundle(pipe, tmp_path):
-    a = pipe.reconstruct(PHOTO, seed=5, out_dir=tmp_path / "a")
-    b = pipe.reconstruct(PHOTO, seed=5, out_dir=tmp_path / "b")
-    c = pipe.reconstruct(PHOTO, seed=6, out_dir=tmp_path / "c")
+    a = reconstruct_to(pipe, PHOTO, tmp_path / "a", seed=5)
+    b = reconstruct_to(pipe, PHOTO, tmp_path / "b", seed=5)
+    c = reconstruct_to(pipe, PHOTO, tmp_path / "c", seed=6)
     for name in ("scene.json", "object_0.npz", "object_0.ply"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "object_0.npz").read_bytes() != (c / "object_0.npz").read_bytes()
@@ -80,14 +80,14 @@ def test_same_seed_same_bundle(pipe, tmp_path):
 
 def test_cancel_and_bad_input(pipe, tmp_path):
     with pytest.raises(Cancelled):
-        pipe.reconstruct(PHOTO, out_dir=tmp_path / "x", should_cancel=lambda: True)
+        reconstruct_to(pipe, PHOTO, tmp_path / "x", should_cancel=lambda: True)
     assert not (tmp_path / "x" / "scene.json").exists()
     with pytest.raises(InputError):
-        pipe.reconstruct(PHOTO, mode="panorama", out_dir=tmp_path / "y")
+        reconstruct_to(pipe, PHOTO, tmp_path / "y", mode="panorama")
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     with pytest.raises(InputError, match="not a readable image"):
-        pipe.reconstruct(bad, out_dir=tmp_path / "z")
+        reconstruct_to(pipe, bad, tmp_path / "z")
 
 
 def test_strict_loading_of_the_model_directory(tiny_model, tmp_path):
@@ -131,9 +131,9 @@ def test_pose_path_on_real_geometry(tmp_path):
     np.testing.assert_allclose(pose.K, K_true, rtol=1e-4, atol=0.05)
     # the bundle's overlay geometry matches the truth
     photo = np.zeros((H, W, 3), np.uint8)
-    out = write_bundle(tmp_path / "b", photo, pose, [ObjectSpec("suzanne", v, f)])
+    out = write_bundle(reconstruction(photo, pose, [obj("suzanne", v, f)]), tmp_path / "b")
     cam = load_bundle(out).camera()
-    sil = render_silhouette(v, f, cam[0], cam[1], cam[2], W, H)
+    sil = render_silhouette(v, f, cam.K, cam.R, cam.t, W, H)
     truth = render_silhouette(v, f, K_true, R_true, t_true, W, H)
     assert (sil & truth).sum() / (sil | truth).sum() >= 0.98
 

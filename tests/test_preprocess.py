@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_images import png_header_only
+from helpers.bad_images import png_header_only
 
 from cupid.errors import InputError
 from cupid.preprocess import load_photo, preprocess

@@ -14,7 +14,6 @@ from cupid.scene.alignment import (
     align_object,
     point_map_from_depth,
     sample_point_map,
-    similarity_to_world,
     visible_points,
 )
 
@@ -236,8 +235,5 @@ def test_recover_scene_placements(rendered_scene, noise_px, wrong):
         assert scale_err < 0.01, (k, scale_err)
         assert pos_err < 0.01, (k, pos_err)
         assert sim.inliers.sum() > 200
-        world = similarity_to_world(sim, Rc, tc)  # back to the Blender world placement
-        assert rotation_angle_deg(world.R, Ro) < 1.0
-        assert np.linalg.norm(world.t - to) / scene_size < 0.01
         if wrong:
             assert sim.inliers[bad].mean() < 0.1

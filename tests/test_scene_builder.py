@@ -10,7 +10,9 @@ import pytest
 bpy = pytest.importorskip("bpy", reason="needs Blender as a Python module (bpy 4.5)")
 pytestmark = pytest.mark.blender
 
-from cupid.export import ExportOptions, ObjectSpec, write_bundle  # noqa: E402
+from cupid.export import ExportOptions, write_bundle  # noqa: E402
+from helpers.bundles import obj as ObjectSpec  # noqa: E402
+from helpers.bundles import reconstruction  # noqa: E402
 from cupid_blender import scene_builder as sb  # noqa: E402
 
 
@@ -40,7 +42,7 @@ def _bundle(tmp: Path, width: int, height: int, n_objects: int = 2, texture: boo
         c, s = np.cos(0.3 * k), np.sin(0.3 * k)
         R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
         objs.append(ObjectSpec(f"object_{k}", v, f, cols, transform=(0.5 + 0.2 * k, R, [0.6 * k - 0.3, 0, 0])))
-    return write_bundle(tmp, photo, _camera(width, height), objs,
+    return write_bundle(reconstruction(photo, _camera(width, height), objs), tmp,
                         ExportOptions(target_faces=None, texture=texture, texture_size=128, glb=False,
                                       gaussians=False, overlay=False))
 

@@ -11,6 +11,7 @@ from cupid.errors import CupidError, InputError
 from cupid.export import load_bundle
 from cupid.pipeline import CupidPipeline
 from cupid.tiny import make_tiny_model
+from helpers.bundles import reconstruct_to
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE = REPO / "examples" / "scene.png"
@@ -24,8 +25,8 @@ def pipe(tmp_path_factory) -> CupidPipeline:
 
 def test_scene_bundle_places_every_labelled_object(pipe, tmp_path):
     fractions = []
-    out = pipe.reconstruct(SCENE, mask=LABELS, mode="scene", seed=1, out_dir=tmp_path / "s",
-                           progress=lambda s, f: fractions.append(f))
+    out = reconstruct_to(pipe, SCENE, tmp_path / "s", mask=LABELS, mode="scene", seed=1,
+                         progress=lambda s, f: fractions.append(f))
     bundle = load_bundle(out)
     objs = bundle.scene["objects"]
     assert [o["name"] for o in objs] == ["object_0", "object_1", "object_2"]
@@ -47,11 +48,11 @@ def test_scene_mode_errors(pipe, tmp_path):
     blank = tmp_path / "labels.png"
     Image.new("L", (512, 384), 0).save(blank)
     with pytest.raises(InputError):
-        pipe.reconstruct(SCENE, mask=blank, mode="scene", out_dir=tmp_path / "a")
+        reconstruct_to(pipe, SCENE, tmp_path / "a", mask=blank, mode="scene")
     wrong = tmp_path / "small.png"
     Image.new("L", (10, 10), 1).save(wrong)
     with pytest.raises(InputError, match="size"):
-        pipe.reconstruct(SCENE, mask=wrong, mode="scene", out_dir=tmp_path / "b")
+        reconstruct_to(pipe, SCENE, tmp_path / "b", mask=wrong, mode="scene")
     # no masks: automatic segmentation needs segment-anything, an optional extra; the error says so
     with pytest.raises(CupidError, match="segment"):
-        pipe.reconstruct(SCENE, mode="scene", out_dir=tmp_path / "c")
+        reconstruct_to(pipe, SCENE, tmp_path / "c", mode="scene")

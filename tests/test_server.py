@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_images import png_header_only
+from helpers.bad_images import png_header_only
+from helpers.bundles import obj, reconstruction
 
 from cupid.server import ServerSettings
 from cupid.tiny import make_tiny_model
@@ -435,16 +436,20 @@ def test_kill_mid_job_then_restart_is_told_as_a_restart(model, tmp_path):
 # ------------------------------------------------------------------ the job queue with a timed pipeline
 # A stand-in pipeline whose steps take a known time, for what needs controlled timing (cancelling
 # between steps, queue order against the clock). It honours the pipeline interface for real: it
-# reports progress per step, checks should_cancel before each step and writes a real bundle.
+# reports progress per step, checks should_cancel before each step and returns a real (tiny) Reconstruction,
+# which the queue writes as a real bundle.
 
 class SteppedPipeline:
     def __init__(self, step_s: float = 0.02, steps: int = 10):
         self.step_s, self.default_steps = step_s, steps
         self.log: list[tuple[int, int]] = []  # (seed, step) as they ran
 
-    def reconstruct(self, image, *, mask=None, mode="object", seed=0, steps=None, out_dir, progress=None,
+    export_settings = {"texture": False, "glb": False, "gaussians": False, "overlay": False, "target_faces": None}
+
+    def reconstruct(self, image, *, mask=None, mode="object", seed=0, steps=None, progress=None,
                     should_cancel=None):
         from cupid.errors import Cancelled
+        from cupid.preprocess import load_photo
         n = steps or self.default_steps
         for k in range(n):
             if should_cancel is not None and should_cancel():
@@ -452,12 +457,13 @@ class SteppedPipeline:
             time.sleep(self.step_s)
             self.log.append((seed, k))
             if progress is not None:
-                progress("sampling", (k + 1) / n)
-        out = Path(out_dir)
-        out.mkdir(parents=True)
-        (out / "scene.json").write_text(json.dumps({"schema": "cupid.scene/1", "seed": seed}))
-        np.save(out / "photo.npy", image)
-        return out
+                progress.report("structure", (k + 1) / n)
+        photo = load_photo(image)[..., :3]
+        h, w = photo.shape[:2]
+        K = [[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]]
+        tetra = obj(f"seed_{seed}", [[0, 0, 0], [0.2, 0, 0], [0, 0.2, 0], [0, 0, 0.2]],
+                    [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+        return reconstruction(photo, (K, np.eye(3), [0, 0, 2], w, h), [tetra])
 
 
 def _inputs(photo: bytes = PHOTO):
@@ -494,10 +500,9 @@ def test_cancel_stops_within_one_step_and_a_queued_job_never_runs():
         assert not any(s == 2 for s, _ in pipe.log)
         assert [k for s, k in pipe.log if s == 3] == list(range(5))
         with zipfile.ZipFile(after.result_zip) as z:
-            assert json.loads(z.read("scene.json"))["seed"] == 3
-            # the worker handed the pipeline the photo decoded at submit, pixel for pixel
-            from cupid.preprocess import load_photo
-            assert np.array_equal(np.load(io.BytesIO(z.read("photo.npy"))), load_photo(PHOTO))
+            assert json.loads(z.read("scene.json"))["objects"][0]["name"] == "seed_3"
+            sent = np.asarray(Image.open(io.BytesIO(PHOTO)).convert("RGB"))
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("input.png")))), sent)
     finally:
         jobs.close()
 
@@ -629,27 +634,20 @@ def test_results_past_their_cap_evict_the_oldest_unfetched_first():
         jobs.close()
 
 
-class BrokenPipeline(SteppedPipeline):
-    """Writes part of its bundle, then fails the way `error` says."""
-
-    def __init__(self, error: BaseException):
-        super().__init__(step_s=0.0, steps=1)
-        self.error = error
-
-    def reconstruct(self, image, *, out_dir, **kw):
-        out = Path(out_dir)
-        out.mkdir(parents=True)
-        (out / "object_0.ply").write_bytes(b"half a file")
-        raise self.error
-
-
 @pytest.mark.parametrize("error, code, text", [
     (OSError(28, "No space left on device"), "disk_full", "is full"),
     (RuntimeError("boom in /home/someone/secret/path"), "internal_error", "RuntimeError"),
 ])
-def test_a_failed_job_leaves_no_files_and_no_server_paths(error, code, text, tmp_path):
-    from cupid.server import JobQueue
-    jobs = JobQueue(lambda: BrokenPipeline(error), root=tmp_path)
+def test_a_failed_job_leaves_no_files_and_no_server_paths(error, code, text, tmp_path, monkeypatch):
+    from cupid.server import JobQueue, jobs as jobs_module
+
+    def half_written(pipe, image, out_dir, **kw):  # writing the bundle fails half way
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "object_0.ply").write_bytes(b"half a file")
+        raise error
+
+    monkeypatch.setattr(jobs_module, "reconstruct_bundle", half_written)
+    jobs = JobQueue(lambda: SteppedPipeline(), root=tmp_path)
     try:
         job = jobs.submit(_inputs(), "object", 1, 0)
         _settle(jobs, [job.id])

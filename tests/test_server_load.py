@@ -120,16 +120,25 @@ class CancelIn:
         self.cancelled_at = time.monotonic()
         self.jobs.cancel(self.job_id)
 
-    def reconstruct(self, image, *, progress=None, **kw):
+    @property
+    def export_settings(self):
+        return self.pipe.export_settings
+
+    def reconstruct(self, image, *, progress, **kw):
+        """`progress` is the job's `cupid.progress.Progress`; its callback (which the export's reports
+        reach too) is watched."""
+        inner = progress.callback
+
         def spy(stage: str, fraction: float) -> None:
             self.reports.append((time.monotonic(), stage, fraction))
-            if progress is not None:
-                progress(stage, fraction)
+            if inner is not None:
+                inner(stage, fraction)
             if stage == self.stage and self._timer is None:
                 self._timer = threading.Timer(self.delay, self._cancel)
                 self._timer.start()
 
-        return self.pipe.reconstruct(image, progress=spy, **kw)
+        progress.callback = spy
+        return self.pipe.reconstruct(image, progress=progress, **kw)
 
 
 def _stage_times(reports: list[tuple[float, str, float]], end: float) -> dict[str, float]:
@@ -145,11 +154,12 @@ def _stage_times(reports: list[tuple[float, str, float]], end: float) -> dict[st
 def tiny_pipeline(model, tmp_path_factory):
     """The tiny model, warmed up; with how long each stage takes uncancelled, right now on this machine."""
     from cupid.pipeline import CupidPipeline
+    from cupid.run import reconstruct_bundle
     pipe = CupidPipeline.from_pretrained(model, device="cpu")
     out = tmp_path_factory.mktemp("warm")
-    pipe.reconstruct(PHOTO, steps=1, out_dir=out / "a")
+    reconstruct_bundle(pipe, PHOTO, out / "a", steps=1)
     timed = CancelIn(pipe, "never")
-    timed.reconstruct(PHOTO, steps=25, out_dir=out / "b")
+    reconstruct_bundle(timed, PHOTO, out / "b", steps=25)
     return pipe, _stage_times(timed.reports, time.monotonic())
 
 

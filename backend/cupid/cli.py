@@ -20,10 +20,6 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-class CliError(Exception):
-    """An error meant for the user: printed as one line, exit status 2, no traceback."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cupid", description="CUPID: one photo -> 3D objects and the camera that took it.")
     parser.add_argument("--version", action="version", version=f"cupid {__version__}")
@@ -44,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args._run(args) or 0)
-    except (CliError, CupidError) as exc:
+    except CupidError as exc:
         print(f"cupid {args.command}: error: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

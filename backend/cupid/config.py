@@ -25,7 +25,8 @@ RELEASE_MODELS: dict[str, str] = {
     "slat_decoder_gs": f"{TRELLIS_MODEL_ID}/ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16",
 }
 
-# Files `cupid download` fetches from each repository.
+# Files `cupid download` fetches from each repository: everything a run needs, so that afterwards
+# HF_HUB_OFFLINE=1 runs need no network (the model's own repo is DOWNLOAD_PATTERNS[CUPID_MODEL_ID]).
 DOWNLOAD_PATTERNS: dict[str, list[str]] = {
     CUPID_MODEL_ID: ["pipeline.json", "ckpts/*"],
     TRELLIS_MODEL_ID: [
@@ -34,6 +35,8 @@ DOWNLOAD_PATTERNS: dict[str, list[str]] = {
         "ckpts/slat_dec_mesh_swin8_B_64l8m256c_fp16.*",
         "ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16.*",
     ],
+    DINOV2_HF_ID: ["config.json", "model.safetensors"],
+    MOGE_ID: ["model.pt"],
 }
 
 # Sampler defaults (TRELLIS-image-large's pipeline.json); a model's pipeline.json overrides them.

@@ -37,3 +37,10 @@ class Cancelled(CupidError):
 
     code = "cancelled"
     http_status = 409
+
+
+class CliError(CupidError):
+    """A command-line usage problem (a bad flag value, a missing file): printed as one line, exit status 2."""
+
+    code = "usage"
+    http_status = 400

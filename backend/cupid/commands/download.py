@@ -1,4 +1,8 @@
-"""`cupid download`: fetch and verify the official weights with huggingface_hub (resumable)."""
+"""`cupid download`: fetch everything a run needs into the weights cache, resumably, and check it.
+
+After it, `HF_HUB_OFFLINE=1 cupid reconstruct ...` runs with no network at all: the CUPID release, the
+TRELLIS-image-large parts it uses, DINOv2 and the point-map model (see `config.DOWNLOAD_PATTERNS`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,18 +10,21 @@ import json
 from pathlib import Path
 
 from .. import config
-from ..cli import CliError
+from ..errors import CliError
+from ..hub import WEIGHTS_DIR_ENV, cache_dir, hub_snapshot
 
 NAME = "download"
-HELP = "download the official CUPID weights (and the TRELLIS parts they need) from Hugging Face"
+HELP = "download the official CUPID weights and every model a run needs from Hugging Face"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id of the CUPID release")
-    p.add_argument("--cache-dir", default=None, help="where to keep the weights (default: the Hugging Face cache)")
+    p.add_argument("--cache-dir", default=None,
+                   help=f"where to keep the weights (default: ${WEIGHTS_DIR_ENV}, else the Hugging Face cache); "
+                        f"runs read the same place when {WEIGHTS_DIR_ENV} names it")
 
 
-def _verify(folder: Path, patterns: list[str]) -> None:
+def _verify(folder: Path) -> None:
     """Every checkpoint JSON has its safetensors beside it, and the safetensors headers parse."""
     from safetensors import safe_open
 
@@ -31,22 +38,20 @@ def _verify(folder: Path, patterns: list[str]) -> None:
                 raise CliError(f"{weights} holds no tensors")
 
 
+def download_plan(model: str) -> dict[str, list[str]]:
+    """Repository -> file patterns, the given CUPID model's repo first."""
+    plan = {model: config.DOWNLOAD_PATTERNS[config.CUPID_MODEL_ID]}
+    for repo, patterns in config.DOWNLOAD_PATTERNS.items():
+        if repo != config.CUPID_MODEL_ID:
+            plan[repo] = patterns
+    return plan
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        raise CliError("huggingface_hub is not installed in this environment") from None
-    repos = {args.model: config.DOWNLOAD_PATTERNS[config.CUPID_MODEL_ID],
-             config.TRELLIS_MODEL_ID: config.DOWNLOAD_PATTERNS[config.TRELLIS_MODEL_ID]}
-    for repo, patterns in repos.items():
-        print(f"downloading {repo} ({', '.join(patterns)}) ...")
-        try:
-            folder = snapshot_download(repo_id=repo, allow_patterns=patterns, cache_dir=args.cache_dir)
-        except Exception as exc:  # network errors come in many types; the user needs one sentence
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise CliError(f"could not download {repo} from Hugging Face: {reason}. Check your network "
-                           f"connection (or HF_ENDPOINT / proxy settings) and run 'cupid download' again; "
-                           f"finished files are kept and the download resumes") from None
-        _verify(Path(folder), patterns)
+    cache = args.cache_dir or cache_dir()
+    for repo, patterns in download_plan(args.model).items():
+        print(f"downloading {repo} ({', '.join(patterns)}) ...", flush=True)
+        folder = hub_snapshot(repo, patterns, cache=cache)
+        _verify(folder)
         print(f"  ok: {folder}")
     return 0

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from .. import config
-from ..cli import CliError
+from ..errors import CliError
 
 NAME = "reconstruct"
 HELP = "reconstruct the object(s) in a photo and the camera that took it into a result bundle"
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..pipeline import CupidPipeline
+    from ..run import reconstruct_bundle
 
     if not Path(args.photo).is_file():
         raise CliError(f"photo not found: {args.photo}")
@@ -47,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"loading model {args.model} ...")
     pipe = CupidPipeline.from_pretrained(args.model, device=args.device)
     try:
-        out = pipe.reconstruct(args.photo, mask=args.mask, mode=args.mode, seed=args.seed, steps=args.steps or None,
-                               out_dir=args.output, progress=progress)
+        out = reconstruct_bundle(pipe, args.photo, args.output, mask=args.mask, mode=args.mode, seed=args.seed,
+                                 steps=args.steps or None, progress=progress)
     finally:
         for bar in bars.values():
             bar.close()

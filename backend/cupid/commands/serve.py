@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import config
-from ..cli import CliError
+from ..errors import CliError
 
 if TYPE_CHECKING:
     from ..server import ServerSettings

@@ -17,19 +17,21 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from .. import __version__
 from ..errors import CupidError, InputError
+from ..geometry import CameraPose, Similarity
+from ..reconstruction import ReconstructedObject, Reconstruction
 from .glb import write_glb
 from .mesh import TexturedMesh, postprocess_mesh
 from .overlay import render_overlay
-from .ply import GaussiansLike, gaussians_to_arrays, write_gaussians_ply
+from .ply import gaussians_to_arrays, write_gaussians_ply
 
-__all__ = ["SCHEMA_ID", "SCHEMA_PATH", "BundleError", "ObjectSpec", "ExportOptions", "Bundle",
-           "write_bundle", "load_bundle", "write_npz", "dumps_scene", "camera_arrays", "transform_matrix"]
+__all__ = ["SCHEMA_ID", "SCHEMA_PATH", "BundleError", "ExportOptions", "Bundle",
+           "write_bundle", "load_bundle", "write_npz", "dumps_scene"]
 
 SCHEMA_ID = "cupid.scene/1"
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "scene.schema.json"
@@ -48,22 +50,6 @@ class BundleError(CupidError):
 
 
 @dataclass
-class ObjectSpec:
-    """One reconstructed object. Vertices are in the object frame (Z-up, about [-0.5, 0.5]³);
-    `transform` = (scale, R [3,3], t [3]) places it in the world: x_w = scale·R·x + t.
-    `textured`: a mesh already post-processed (uv, texture) that is written as it is, skipping
-    simplification, unwrapping and baking."""
-
-    name: str
-    vertices: Any
-    faces: Any
-    vertex_colors: Any = None
-    gaussians: GaussiansLike | None = None
-    transform: tuple[float, Any, Any] = (1.0, np.eye(3), np.zeros(3))
-    textured: TexturedMesh | None = None
-
-
-@dataclass
 class ExportOptions:
     """Knobs of the export. `target_faces=None` keeps the cleaned mesh at full resolution;
     `texture=False` skips xatlas and baking (the NPZ then has colours but no uv)."""
@@ -76,6 +62,15 @@ class ExportOptions:
     gaussians: bool = True
     overlay: bool = True
     overlay_alpha: float = 0.6
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None) -> "ExportOptions":
+        """Options from a model's export defaults (pipeline.json "export"); unknown keys are refused."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(settings or {}) - known)
+        if unknown:
+            raise InputError(f"unknown export settings {unknown}: known are {sorted(known)}")
+        return cls(**dict(settings or {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,27 +118,13 @@ def _photo_array(photo: Any) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def camera_arrays(camera: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """(K, R, t, width, height) from a CameraPose-like object, a mapping, or a 5-tuple."""
-    try:
-        if isinstance(camera, Mapping):
-            K, R, t, w, h = (camera[k] for k in ("K", "R", "t", "width", "height"))
-        elif all(hasattr(camera, k) for k in ("K", "R", "t", "width", "height")):
-            K, R, t, w, h = camera.K, camera.R, camera.t, camera.width, camera.height
-        else:
-            K, R, t, w, h = camera
-        K = np.asarray(K, dtype=np.float64).reshape(3, 3)
-        R = np.asarray(R, dtype=np.float64).reshape(3, 3)
-        t = np.asarray(t, dtype=np.float64).reshape(3)
-        w, h = int(w), int(h)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"camera must give K (3x3), R (3x3), t (3), width and height: {exc}") from exc
+def _check_camera(camera: CameraPose) -> None:
+    K, R, t = camera.K, camera.R, camera.t
     if not (np.all(np.isfinite(K)) and np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
         raise InputError("camera contains NaN or infinite values")
     _check_rotation(R, "camera R")
-    if w < 1 or h < 1:
-        raise InputError(f"camera image size must be positive, got {w}x{h}")
-    return K, R, t, w, h
+    if camera.width < 1 or camera.height < 1:
+        raise InputError(f"camera image size must be positive, got {camera.width}x{camera.height}")
 
 
 def _check_rotation(R: np.ndarray, what: str) -> None:
@@ -151,28 +132,20 @@ def _check_rotation(R: np.ndarray, what: str) -> None:
         raise InputError(f"{what} is not a rotation matrix (orthonormal, det +1)")
 
 
-def transform_matrix(scale: float, R: Any, t: Any) -> np.ndarray:
-    """4x4 object -> world matrix [[scale·R, t], [0, 0, 0, 1]]."""
-    M = np.eye(4)
-    M[:3, :3] = float(scale) * np.asarray(R, dtype=np.float64).reshape(3, 3)
-    M[:3, 3] = np.asarray(t, dtype=np.float64).reshape(3)
-    return M
-
-
-def _transform(spec: ObjectSpec) -> tuple[float, np.ndarray, np.ndarray]:
+def _check_placement(obj: ReconstructedObject) -> Similarity:
+    sim = obj.placement
     try:
-        s, R, t = spec.transform
-        s = float(s)
-        R = np.asarray(R, dtype=np.float64).reshape(3, 3)
-        t = np.asarray(t, dtype=np.float64).reshape(3)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"object {spec.name!r}: transform must be (scale, R 3x3, t 3): {exc}") from exc
+        s = float(sim.scale)
+        R = np.asarray(sim.R, dtype=np.float64).reshape(3, 3)
+        t = np.asarray(sim.t, dtype=np.float64).reshape(3)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InputError(f"object {obj.name!r}: placement must be a similarity (scale, R 3x3, t 3): {exc}") from exc
     if not (math.isfinite(s) and s > 0):
-        raise InputError(f"object {spec.name!r}: transform scale must be positive, got {s}")
+        raise InputError(f"object {obj.name!r}: placement scale must be positive, got {s}")
     if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
-        raise InputError(f"object {spec.name!r}: transform contains NaN or infinite values")
-    _check_rotation(R, f"object {spec.name!r}: transform R")
-    return s, R, t
+        raise InputError(f"object {obj.name!r}: placement contains NaN or infinite values")
+    _check_rotation(R, f"object {obj.name!r}: placement R")
+    return Similarity(scale=s, R=R, t=t)
 
 
 def dumps_scene(scene: Any, indent: int = 2) -> str:
@@ -206,19 +179,20 @@ def _floats(a: np.ndarray) -> list:
 # writer
 # ---------------------------------------------------------------------------------------------
 
-def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence[ObjectSpec],
-                 options: ExportOptions | None = None,
+def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: ExportOptions | None = None,
                  progress: Callable[[str, float], None] | None = None) -> Path:
-    """Post-process every object and write the bundle; returns `out_dir`.
+    """Post-process every object of `reconstruction` and write the bundle; returns `out_dir`.
 
-    `camera` is in pixels of `photo` (CameraPose, a mapping with K, R, t, width, height, or the
-    5-tuple); its size must match the photo's. `progress("export", fraction)` is called after
-    each object and at the end. scene.json is written last, so an interrupted export leaves a
-    directory that `load_bundle` refuses rather than a half-valid bundle.
+    The camera is in pixels of the photo; its size must match the photo's. `progress("export",
+    fraction)` is called after each object and at the end. scene.json is written last, so an
+    interrupted export leaves a directory that `load_bundle` refuses rather than a half-valid bundle.
     """
     opts = options or ExportOptions()
-    img = _photo_array(photo)
-    K, Rc, tc, w, h = camera_arrays(camera)
+    img = _photo_array(reconstruction.photo)
+    camera = reconstruction.camera
+    _check_camera(camera)
+    objects = reconstruction.objects
+    w, h = camera.width, camera.height
     if (img.shape[1], img.shape[0]) != (w, h):
         raise InputError(f"camera is for a {w}x{h} image but the photo is {img.shape[1]}x{img.shape[0]}")
     names = [o.name for o in objects]
@@ -237,7 +211,7 @@ def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence
     for k, spec in enumerate(objects):
         if progress is not None:
             progress("export", k / (len(objects) + 1))
-        s, R, t = _transform(spec)
+        placement = _check_placement(spec)
         tm: TexturedMesh = spec.textured if spec.textured is not None else postprocess_mesh(
             spec.vertices, spec.faces, spec.vertex_colors, target_faces=opts.target_faces,
             texture_size=opts.texture_size, unwrap=opts.texture, chart_iterations=opts.chart_iterations)
@@ -260,19 +234,19 @@ def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence
             n_gauss = len(g)
             entry["gaussians"] = f"{spec.name}.ply"
             write_gaussians_ply(out / entry["gaussians"], g)
-        entry["transform"] = {"scale": s, "R": _floats(R), "t": _floats(t)}
-        entry["matrix_world"] = _floats(transform_matrix(s, R, t))
+        transform = placement.to_dict()
+        entry["transform"] = {"scale": transform["scale"], "R": _floats(transform["R"]), "t": _floats(transform["t"])}
+        entry["matrix_world"] = _floats(placement.matrix())
         counts = {"vertices": int(tm.vertices.shape[0]), "faces": int(tm.faces.shape[0])}
         if n_gauss is not None:
             counts["gaussians"] = n_gauss
         entry["counts"] = counts
         entry["bounds"] = {"min": _floats(tm.vertices.min(axis=0)), "max": _floats(tm.vertices.max(axis=0))}
         entries.append(entry)
-        world = tm.vertices.astype(np.float64) @ (s * R).T + t
-        overlay_meshes.append((world, tm.faces, tm.colors))
+        overlay_meshes.append((placement.apply(tm.vertices.astype(np.float64)), tm.faces, tm.colors))
 
     if opts.overlay:
-        ov = render_overlay(img, overlay_meshes, K, Rc, tc, alpha=opts.overlay_alpha)
+        ov = render_overlay(img, overlay_meshes, camera.K, camera.R, camera.t, alpha=opts.overlay_alpha)
     else:
         ov = img
     _write_png(out / OVERLAY_FILE, ov)
@@ -281,7 +255,8 @@ def write_bundle(out_dir: str | Path, photo: Any, camera: Any, objects: Sequence
         "schema": SCHEMA_ID,
         "generator": {"name": "cupid", "version": __version__},
         "image": {"file": IMAGE_FILE, "width": w, "height": h},
-        "camera": {"convention": "opencv", "K": _floats(K), "R": _floats(Rc), "t": _floats(tc)},
+        "camera": {k: (_floats(v) if k != "convention" else v)
+                   for k, v in camera.to_dict().items() if k in ("convention", "K", "R", "t")},
         "objects": entries,
         "overlay": OVERLAY_FILE,
     }
@@ -310,10 +285,10 @@ class Bundle:
     def objects(self) -> list[dict]:
         return self.scene["objects"]
 
-    def camera(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-        c, im = self.scene["camera"], self.scene["image"]
-        return (np.array(c["K"], float), np.array(c["R"], float), np.array(c["t"], float),
-                int(im["width"]), int(im["height"]))
+    def camera(self) -> CameraPose:
+        """The bundle's camera, in pixels of its photo."""
+        im = self.scene["image"]
+        return CameraPose.from_dict(self.scene["camera"], int(im["width"]), int(im["height"]))
 
     def object(self, key: int | str) -> dict:
         if isinstance(key, int):
@@ -394,7 +369,7 @@ def load_bundle(directory: str | Path, *, check_meshes: bool = True) -> Bundle:
             if key in obj:
                 files.append((f"object {obj['name']!r} {key}", obj[key]))
         tr = obj["transform"]
-        expect = transform_matrix(tr["scale"], tr["R"], tr["t"])
+        expect = Similarity(scale=float(tr["scale"]), R=np.asarray(tr["R"], float), t=np.asarray(tr["t"], float)).matrix()
         if np.abs(np.asarray(obj["matrix_world"], float) - expect).max() > 1e-5 * max(1.0, np.abs(expect).max()):
             raise BundleError(f"object {obj['name']!r}: matrix_world does not match its transform")
     if len(set(names)) != len(names):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Fragments", "rasterize", "rasterize_mesh", "project_points", "render_silhouette", "render_depth"]
+__all__ = ["Fragments", "rasterize", "rasterize_mesh", "project_points", "render_silhouette"]
 
 # candidates evaluated per batch: bounds peak memory to roughly 100 bytes x this number
 _CANDIDATE_BUDGET = 1 << 21
@@ -196,12 +196,3 @@ def rasterize_mesh(vertices, faces, K, R, t, width: int, height: int) -> Fragmen
 def render_silhouette(vertices, faces, K, R, t, width: int, height: int) -> np.ndarray:
     """bool [H, W]: pixels whose centre is covered by the mesh seen through (K, R, t)."""
     return rasterize_mesh(vertices, faces, K, R, t, width, height).mask
-
-
-def render_depth(vertices, faces, K, R, t, width: int, height: int,
-                 background: float = np.inf) -> np.ndarray:
-    """float32 [H, W]: camera-frame depth z of the nearest surface; `background` where empty."""
-    d = rasterize_mesh(vertices, faces, K, R, t, width, height).depth
-    if background != np.inf:
-        d = np.where(np.isfinite(d), d, np.float32(background))
-    return d

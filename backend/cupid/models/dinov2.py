@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, InputError
 from ..modules.attention import scaled_dot_product_attention
-from .loading import _hf_offline, _target_dtype, check_state_dict
+from ..hub import hub_file
+from .loading import _target_dtype, check_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -313,47 +314,33 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-HUB_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 # torch.hub entry names (as in TRELLIS' pipeline.json `image_cond_model`) -> released weight files
 HUB_FILES = {f"dinov2_{a}14{r}": f"dinov2_{a}14/dinov2_{a}14{'_reg4' if r else ''}_pretrain.pth"
              for a in ("vits", "vitb", "vitl") for r in ("", "_reg")}
 
 
-def _hub_weights(name: str) -> Path:
-    """The torch.hub release file of `name`: from the torch hub cache, else downloaded into it."""
-    rel = HUB_FILES[name]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(rel).name
-    if cached.is_file():
-        return cached
-    url = f"{HUB_BASE_URL}/{rel}"
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(cached), progress=False)
-    except Exception as exc:
-        raise CheckpointError(f"DINOv2 weights {cached.name} are not in the torch hub cache ({cached.parent}) "
-                              f"and downloading {url} failed ({type(exc).__name__}: {exc}). Download the file "
-                              "there while online, or pass a local .pth / .safetensors path.") from exc
-    return cached
+# torch.hub names -> the Hugging Face repo holding the same weights (HF layout), used when the torch hub
+# cache does not have the release file: the Hub is the one cache `cupid download` fills.
+HUB_TO_HF = {"dinov2_vits14": "facebook/dinov2-small", "dinov2_vitb14": "facebook/dinov2-base",
+             "dinov2_vitl14": "facebook/dinov2-large", "dinov2_vits14_reg": "facebook/dinov2-with-registers-small",
+             "dinov2_vitb14_reg": "facebook/dinov2-with-registers-base",
+             "dinov2_vitl14_reg": "facebook/dinov2-with-registers-large"}
+
+
+def _torch_hub_cached(name: str) -> Path | None:
+    """The torch.hub release file of `name` when it is already in the torch hub cache."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(HUB_FILES[name]).name
+    return cached if cached.is_file() else None
 
 
 def _download_hf(repo_id: str) -> tuple[Path, int | None]:
     """The safetensors of an HF DINOv2 repo and its head count (from config.json)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:  # pragma: no cover - project dependency
-        raise CheckpointError(f"huggingface_hub is needed to download {repo_id!r}") from exc
-    try:
-        weights = Path(hf_hub_download(repo_id, "model.safetensors"))
-    except Exception as exc:
-        why = ("Hugging Face is in offline mode (HF_HUB_OFFLINE) and the files are not in the local cache"
-               if _hf_offline() else f"the download failed ({type(exc).__name__}: {exc})")
-        raise CheckpointError(f"cannot get DINOv2 weights from Hugging Face repo {repo_id}: {why}. Download it "
-                              "while online, or pass a local dinov2_vitl14_reg4_pretrain.pth / .safetensors.") from exc
+    weights = hub_file(repo_id, "model.safetensors", what=f"DINOv2 weights ({repo_id})")
     heads = None
     try:
-        cfg = json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
+        cfg = json.loads(hub_file(repo_id, "config.json").read_text())
         heads = int(cfg["num_attention_heads"])
-    except Exception:
+    except (CheckpointError, OSError, ValueError, KeyError, TypeError):
         heads = None
     return weights, heads
 
@@ -389,8 +376,10 @@ def load_dinov2(path_or_id: str | os.PathLike = HF_DEFAULT_ID, device: str | tor
                 heads = None
     elif p.is_dir() and (p / "model.safetensors").is_file():
         return load_dinov2(p / "model.safetensors", device, dtype, num_heads)
+    elif s in HUB_FILES and _torch_hub_cached(s) is not None:
+        weights = _torch_hub_cached(s)
     elif s in HUB_FILES:
-        weights = _hub_weights(s)
+        return load_dinov2(HUB_TO_HF[s], device, dtype, num_heads)
     elif s.startswith(("/", ".", "~")) or p.suffix in (".pth", ".pt", ".safetensors") or s.count("/") != 1:
         raise CheckpointError(f"DINOv2 checkpoint {s!r} not found (expected a .pth/.safetensors file or "
                               "a Hugging Face repo id like facebook/dinov2-with-registers-large)")

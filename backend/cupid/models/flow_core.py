@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..modules.embedders import TimestepEmbedder
-from ..modules.utils import TorsoDtypeMixin
+from .dtype import TorsoDtypeMixin
 
 
 class FlowCoreMixin(TorsoDtypeMixin):

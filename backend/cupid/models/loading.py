@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
+from ..hub import hub_file
 from .registry import build_model
 
 
@@ -38,27 +39,8 @@ def resolve_checkpoint(stem: str | os.PathLike) -> tuple[Path, Path]:
         missing = [str(p) for p in (cfg, weights) if not p.is_file()]
         raise CheckpointError(f"checkpoint {s!r} is incomplete: missing {', '.join(missing)}")
     repo_id, name = parse_hf_stem(s)
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:  # pragma: no cover - dependency of the project
-        raise CheckpointError(f"huggingface_hub is needed to download {s!r}") from exc
-    try:
-        return (Path(hf_hub_download(repo_id, f"{name}.json")),
-                Path(hf_hub_download(repo_id, f"{name}.safetensors")))
-    except Exception as exc:
-        offline = _hf_offline()
-        why = ("Hugging Face is in offline mode (HF_HUB_OFFLINE) and the files are not in the local cache"
-               if offline else f"the download failed ({type(exc).__name__}: {exc})")
-        raise CheckpointError(f"cannot get checkpoint {name} from Hugging Face repo {repo_id}: {why}. "
-                              "Download it while online, or pass a local path to NAME.json/NAME.safetensors.") from exc
-
-
-def _hf_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-        return bool(constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE)
-    except Exception:
-        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return (hub_file(repo_id, f"{name}.json", what=f"checkpoint {name} of {repo_id}"),
+            hub_file(repo_id, f"{name}.safetensors", what=f"checkpoint {name} of {repo_id}"))
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str = "checkpoint") -> None:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, InputError
 from .dinov2 import IMAGENET_MEAN, IMAGENET_STD, DinoV2, DinoV2Config
-from .loading import _hf_offline, check_state_dict
+from ..hub import hub_file
+from .loading import check_state_dict
 
 # torch.hub DINOv2 names used in MoGe configs -> architecture. Every DINOv2 has 64-dim heads.
 BACKBONES: dict[str, DinoV2Config] = {}
@@ -546,14 +547,7 @@ def _resolve(path_or_id: str | os.PathLike) -> Path:
     if s.startswith(("/", ".", "~")) or p.suffix in (".pt", ".pth") or s.count("/") != 1:
         raise CheckpointError(f"MoGe checkpoint {s!r} not found (expected a model.pt file, a directory "
                               "holding one, or a Hugging Face repo id like Ruicheng/moge-vitl)")
-    try:
-        from huggingface_hub import hf_hub_download
-        return Path(hf_hub_download(repo_id=s, filename="model.pt"))
-    except Exception as exc:
-        why = ("Hugging Face is in offline mode (HF_HUB_OFFLINE) and the file is not in the local cache"
-               if _hf_offline() else f"the download failed ({type(exc).__name__}: {exc})")
-        raise CheckpointError(f"cannot get MoGe model.pt from Hugging Face repo {s}: {why}. Download it "
-                              "while online, or pass a local path to model.pt.") from exc
+    return hub_file(s, "model.pt", what=f"the MoGe point-map model ({s})")
 
 
 _CONST_BUFFERS = {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}

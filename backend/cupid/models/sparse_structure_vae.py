@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from ..modules.norm import ChannelLayerNorm32, GroupNorm32
 from ..modules.spatial import pixel_shuffle_3d
-from ..modules.utils import TorsoDtypeMixin, zero_module
+from ..modules.utils import zero_module
+from .dtype import TorsoDtypeMixin
 
 
 def norm_layer(norm_type: str, channels: int) -> nn.Module:

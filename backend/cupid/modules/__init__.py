@@ -5,7 +5,7 @@ from .norm import ChannelLayerNorm32, GroupNorm32, LayerNorm32
 from .spatial import patchify, pixel_shuffle_3d, unpatchify
 from .transformer import (FeedForwardNet, ModulatedTransformerBlock, ModulatedTransformerCrossBlock,
                           TransformerBlock, TransformerCrossBlock)
-from .utils import convert_module_to, convert_module_to_f16, convert_module_to_f32, zero_module
+from .utils import zero_module
 
 __all__ = [
     "MultiHeadAttention", "MultiHeadRMSNorm", "scaled_dot_product_attention",
@@ -14,5 +14,5 @@ __all__ = [
     "patchify", "pixel_shuffle_3d", "unpatchify",
     "FeedForwardNet", "ModulatedTransformerBlock", "ModulatedTransformerCrossBlock",
     "TransformerBlock", "TransformerCrossBlock",
-    "convert_module_to", "convert_module_to_f16", "convert_module_to_f32", "zero_module",
+    "zero_module",
 ]

@@ -1,38 +1,35 @@
-"""CupidPipeline: loads a model directory once, then turns photos into result bundles.
+"""CupidPipeline: loads a model directory once, then turns photos into `Reconstruction`s.
 
 A model is a directory (or Hugging Face repo) with `pipeline.json`; every network in it loads
 strictly through `cupid.models.load_model`, so the tiny test model of `cupid make-tiny-model` and
-the official release run the same code. Progress is reported as (stage, fraction of the whole job)
-and cancellation is checked at every stage boundary and between sampler steps.
+the official release run the same code. The pipeline owns both modes (one object; every object of a
+scene placed by a point map) and returns results in memory: writing them is `cupid.export`'s job.
+Progress is reported as (stage, fraction of the whole job); cancellation is checked at every stage
+boundary and between sampler steps.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import config
-from ..errors import Cancelled, CheckpointError, CupidError, InputError
-from ..export import ExportOptions, ObjectSpec, write_bundle
-from ..geometry import CameraPose, voxel_centers
+from ..errors import CheckpointError, CupidError, InputError
+from ..geometry import CameraPose, uncrop_uv, voxel_centers
+from ..hub import hub_file
 from ..models import load_model
 from ..models.dinov2 import ImageConditioner, load_dinov2
-from ..preprocess import Processed, preprocess
+from ..preprocess import Processed, load_photo, preprocess
+from ..progress import CancelCheck, Progress, ProgressCallback
+from ..reconstruction import Pairs, ReconstructedObject, Reconstruction
 from ..sampler import FlowSampler, seeded_noise
 from ..sparse import SparseTensor
+from .scene import SCENE_OBJECTS_SPAN, object_alphas, place_objects, point_map
 from .stage1 import StructureResult, decode_structure, pose_from_structure, voxel_uvs
-
-Progress = Callable[[str, float], None]
-Cancel = Callable[[], bool]
-
-# Share of the whole job each stage takes (for one object), used to map stage progress to 0..1.
-_STAGES = [("condition", 0.05), ("structure", 0.35), ("pose", 0.02), ("latent", 0.38), ("decode", 0.1),
-           ("export", 0.1)]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -66,37 +63,8 @@ def _read_pipeline_json(model: str | os.PathLike) -> tuple[dict, str, bool]:
     if path.exists() or str(model).count("/") != 1:
         raise CheckpointError(f"model {model!s} not found: give a model directory or a Hugging Face id "
                               f"such as {config.CUPID_MODEL_ID}")
-    try:
-        from huggingface_hub import hf_hub_download
-        cfg = hf_hub_download(str(model), "pipeline.json")
-    except Exception as exc:  # offline, unknown repo, no permission
-        raise CheckpointError(f"could not fetch {model}/pipeline.json from Hugging Face ({type(exc).__name__}); "
-                              f"run 'cupid download' while online, or pass a local model directory") from None
+    cfg = hub_file(str(model), "pipeline.json", what=f"the model description {model}/pipeline.json")
     return json.loads(Path(cfg).read_text())["args"], str(model), False
-
-
-@dataclass
-class _Job:
-    progress: Progress | None
-    should_cancel: Cancel | None
-    share: float = 1.0   # of the whole job this object's work takes
-    base: float = 0.0
-
-    def report(self, stage: str, fraction: float) -> None:
-        """Report progress, then honour a cancel request: every stage boundary is a cancel point."""
-        if self.progress is not None:
-            self.progress(stage, self._overall(stage, fraction))
-        if self.should_cancel is not None and self.should_cancel():
-            raise Cancelled("the job was cancelled")
-
-    def _overall(self, stage: str, fraction: float) -> float:
-        done = 0.0
-        for name, weight in _STAGES:
-            if name == stage:
-                done += weight * min(max(fraction, 0.0), 1.0)
-                break
-            done += weight
-        return min(1.0, self.base + self.share * done)
 
 
 class CupidPipeline:
@@ -104,7 +72,7 @@ class CupidPipeline:
 
     def __init__(self, models: dict[str, torch.nn.Module], conditioner: ImageConditioner,
                  ss_sampler: FlowSampler, slat_sampler: FlowSampler, slat_normalization: dict[str, list[float]],
-                 device: torch.device, source: str = "", extras: dict[str, Any] | None = None):
+                 device: torch.device, source: str = "", settings: dict[str, Any] | None = None):
         self.models = models
         self.conditioner = conditioner
         self.ss_sampler = ss_sampler
@@ -113,8 +81,8 @@ class CupidPipeline:
         self.slat_std = torch.tensor(slat_normalization["std"], dtype=torch.float32, device=device)
         self.device = device
         self.source = source
-        self.extras = dict(extras or {})  # the rest of pipeline.json (e.g. the scene mode's point-map model)
-        self._moge = None
+        self.settings = dict(settings or {})  # the rest of pipeline.json (point-map model, export defaults)
+        self._point_map_model: Any = None
         self.models["slat_flow_model"].attach_slat_encoder(self.models["slat_encoder"])
 
     @classmethod
@@ -146,13 +114,25 @@ class CupidPipeline:
         norm = args.get("slat_normalization")
         if not norm:
             raise CheckpointError(f"{model}: pipeline.json has no slat_normalization")
-        extras = {k: v for k, v in args.items() if k not in ("models", "sparse_structure_sampler", "slat_sampler",
-                                                             "slat_normalization", "image_cond_model")}
-        return cls(models, conditioner, ss, slat, norm, dev, source=str(base), extras=extras)
+        settings = {k: v for k, v in args.items() if k not in ("models", "sparse_structure_sampler", "slat_sampler",
+                                                               "slat_normalization", "image_cond_model")}
+        return cls(models, conditioner, ss, slat, norm, dev, source=str(base), settings=settings)
 
-    def export_options(self) -> ExportOptions:
-        """Export defaults, overridable by the model's pipeline.json ("export": {...})."""
-        return ExportOptions(**self.extras.get("export", {}))
+    @property
+    def export_settings(self) -> dict[str, Any]:
+        """The model's export defaults (pipeline.json "export"), for `cupid.export.ExportOptions`."""
+        return dict(self.settings.get("export", {}))
+
+    @property
+    def point_map_model(self) -> Any:
+        """Scene mode's point-map model named by pipeline.json ("moge_model"), loaded on first use."""
+        if self._point_map_model is None:
+            from ..models.moge import load_moge
+
+            name = self.settings.get("moge_model", config.MOGE_ID)
+            local = Path(self.source) / name
+            self._point_map_model = load_moge(local if local.exists() else name, device=self.device)
+        return self._point_map_model
 
     # ------------------------------------------------------------------ stages
     def condition(self, processed: Processed) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +140,7 @@ class CupidPipeline:
         cond = self.conditioner.encode(processed.cond_image[None].to(self.device))
         return cond, processed.visual_image[None].to(self.device)
 
-    def sample_structure(self, cond: torch.Tensor, seed: int, steps: int | None, job: _Job) -> StructureResult:
+    def sample_structure(self, cond: torch.Tensor, seed: int, steps: int | None, job: Progress) -> StructureResult:
         flow = self.models["sparse_structure_flow_model"]
         ss_dec = self.models["sparse_structure_decoder"]
         uv_dec = self.models["sparse_structure_uv_decoder"]
@@ -175,7 +155,7 @@ class CupidPipeline:
         return decode_structure(ss_logits[0, 0], uv_logits[0])
 
     def sample_latent(self, structure: StructureResult, pose_in_crop: CameraPose, cond: torch.Tensor,
-                      visual: torch.Tensor, seed: int, steps: int | None, job: _Job) -> SparseTensor:
+                      visual: torch.Tensor, seed: int, steps: int | None, job: Progress) -> SparseTensor:
         flow = self.models["slat_flow_model"]
         idx = np.argwhere(structure.occupancy)
         coords = torch.zeros((len(idx), 4), dtype=torch.int32)
@@ -205,48 +185,68 @@ class CupidPipeline:
     # ------------------------------------------------------------------ one object
     @torch.no_grad()
     def reconstruct_object(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
-                           job: _Job | None = None, name: str = "object_0", return_pairs: bool = False) -> Any:
-        """Stages 1 and 2 for one object; returns its export spec (object frame) and the camera, and
-        with `return_pairs` also its 3D-2D pairs (voxel centres, uv in the photo, grid resolution) for scene alignment."""
-        job = job or _Job(None, None)
+                           progress: Progress | None = None, name: str = "object_0") -> ReconstructedObject:
+        """Stages 1 and 2 for one object: its mesh and Gaussians (object frame), the camera solved from
+        its structure (photo pixels) and its 3D-2D pairs (voxel centres, uv in the photo)."""
+        job = progress or Progress()
         job.report("condition", 0.0)
         cond, visual = self.condition(processed)
         structure = self.sample_structure(cond, seed, steps, job)
         job.report("pose", 0.0)
-        pose, solution = pose_from_structure(structure, processed.crop.offset, processed.crop.size,
-                                             processed.size, seed=seed)
+        crop = processed.crop
+        pose, solution = pose_from_structure(structure, crop.offset, crop.size, processed.size, seed=seed)
         slat = self.sample_latent(structure, solution.pose, cond, visual, seed, steps, job)
         job.report("decode", 0.0)
         mesh, gaussians = self.decode(slat)
         attrs = mesh.vertex_attrs
         colors = attrs[:, :3].float().cpu().numpy() if attrs is not None else None
-        spec = ObjectSpec(name=name, vertices=mesh.vertices.float().cpu().numpy(),
-                          faces=mesh.faces.cpu().numpy(), vertex_colors=colors, gaussians=gaussians)
-        if not return_pairs:
-            return spec, pose
-        crop = processed.crop
-        uv_photo = (np.asarray(crop.offset) + structure.uv * crop.size) / np.asarray(processed.size, np.float64)
-        return spec, pose, (voxel_centers(structure.uv_indices, structure.res), uv_photo, structure.res)
+        uv_photo = uncrop_uv(structure.uv, 1.0, crop.offset, (crop.size, crop.size), processed.size)
+        pairs = Pairs(voxel_centers(structure.uv_indices, structure.res), uv_photo, structure.res)
+        return ReconstructedObject(name=name, vertices=mesh.vertices.float().cpu().numpy(),
+                                   faces=mesh.faces.cpu().numpy(), vertex_colors=colors, gaussians=gaussians,
+                                   camera=pose, pairs=pairs)
 
+    # ------------------------------------------------------------------ the two modes
     def reconstruct(self, image: Any, *, mask: Any = None, mode: str = "object", seed: int = 0,
-                    steps: int | None = None, out_dir: str | os.PathLike, progress: Progress | None = None,
-                    should_cancel: Cancel | None = None, export: ExportOptions | None = None) -> Path:
-        """Photo (+ mask) -> result bundle directory (see docs/ARCHITECTURE.md)."""
+                    steps: int | None = None, progress: ProgressCallback | Progress | None = None,
+                    should_cancel: CancelCheck | None = None) -> Reconstruction:
+        """Photo (+ mask) -> Reconstruction (write it with `cupid.export.write_bundle`).
+
+        Object mode: one object, seen by the camera solved from its own structure. Scene mode: one
+        object per mask (a label image, mask files, or automatic masks), each reconstructed from its
+        own occlusion-aware crop and placed in the point-map model's camera. `progress` is a (stage,
+        fraction of the job) callback, or a `Progress` whose `remainder()` then drives the export."""
         if mode not in ("object", "scene"):
             raise InputError(f"mode must be 'object' or 'scene', got {mode!r}")
         if steps is not None and not (0 <= int(steps) <= 500):
             raise InputError(f"steps must be between 1 and 500 (0 = the model's default), got {steps}")
+        job = progress if isinstance(progress, Progress) else Progress(progress, should_cancel)
+        job.check()
         if mode == "scene":
-            from .scene import reconstruct_scene
-            return reconstruct_scene(self, image, mask, seed=seed, steps=steps, out_dir=out_dir,
-                                     progress=progress, should_cancel=should_cancel, export=export)
+            return self._reconstruct_scene(image, mask, seed=seed, steps=steps, job=job)
         processed = preprocess(image, mask)
-        job = _Job(progress, should_cancel)
-        spec, pose = self.reconstruct_object(processed, seed=seed, steps=steps, job=job)
+        obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job)
         job.report("export", 0.0)
-        out = write_bundle(out_dir, processed.photo, pose, [spec], export or self.export_options())
-        job.report("export", 1.0)
-        return out
+        return Reconstruction(photo=processed.photo, camera=obj.camera, objects=[obj], mode="object", seed=seed)
+
+    @torch.no_grad()
+    def _reconstruct_scene(self, image: Any, mask: Any, *, seed: int, steps: int | None,
+                           job: Progress) -> Reconstruction:
+        photo = load_photo(image)[..., :3]
+        alphas = object_alphas(photo, mask)
+        objects = []
+        for k, alpha in enumerate(alphas):
+            processed = preprocess(photo, mask=(alpha * 255).astype(np.uint8))
+            objects.append(self.reconstruct_object(processed, seed=seed + 7919 * k, steps=steps,
+                                                   progress=job.part(k, len(alphas), SCENE_OBJECTS_SPAN),
+                                                   name=f"object_{k}"))
+        job.mark("pointmap", SCENE_OBJECTS_SPAN + 0.01)
+        points, valid, K_scene = point_map(self.point_map_model, photo, [o.camera.K[0, 0] for o in objects])
+        place_objects(objects, alphas, points, valid, seed=seed)
+        job.mark("export", 0.95)
+        H, W = photo.shape[:2]
+        camera = CameraPose(K_scene, np.eye(3), np.zeros(3), W, H)
+        return Reconstruction(photo=photo, camera=camera, objects=objects, mode="scene", seed=seed)
 
 
 def _flat(entry: dict) -> dict:

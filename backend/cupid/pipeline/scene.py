@@ -1,54 +1,43 @@
-"""Scene mode: every object on its own, then all of them placed in one camera by a point map.
+"""Scene mode's own steps: object masks, the point map of the whole photo, and each object's placement.
 
 Each object gets its own occlusion-aware input (the photo with everything but that object blacked
 out, cropped around it) and its own stage 1 + 2, hence its own 3D-2D pairs (voxel centre, uv in the
 photo). MoGe predicts a point map of the whole photo in its camera frame; looking the point map up
 at each pair's uv turns 3D-2D into 3D-3D, and a robust similarity (Umeyama) maps the object's frame
-into that camera frame. The shared camera is MoGe's (its intrinsics, R = I, t = 0), so scene.json's
-world is MoGe's camera frame and each object's transform is its similarity. No renderer is needed.
+into that camera frame. The shared camera is MoGe's (its intrinsics, R = I, t = 0), so the world is
+MoGe's camera frame and each object's placement is its similarity. No renderer is needed.
+`CupidPipeline` runs these steps; nothing here knows the pipeline.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from .. import config
 from ..errors import CupidError, InputError
-from ..export import ExportOptions, write_bundle
-from ..geometry import CameraPose, voxel_centers
-from ..preprocess import load_photo, preprocess
+from ..reconstruction import ReconstructedObject
 from ..scene.alignment import align_object, visible_points
+from ..scene.masks import load_object_masks, occluder_mask, segment_automatic
 
-Progress = Callable[[str, float], None]
+SCENE_OBJECTS_SPAN = 0.85  # share of a scene job's progress bar its objects take (then point map, export)
 
 
-def _masks(photo: np.ndarray, mask: Any) -> list[np.ndarray]:
-    from ..scene.masks import load_object_masks, segment_automatic
+def object_alphas(photo: np.ndarray, mask: Any) -> list[np.ndarray]:
+    """One float alpha [H, W] per object, each without the pixels another object owns (its occluders).
 
+    `mask`: a label image, a list of mask images, or None for automatic masks."""
     size = (photo.shape[1], photo.shape[0])
     if mask is None:
-        masks = segment_automatic(photo)  # clear error when segment-anything or its weights are missing
+        masks = segment_automatic(photo)  # clear error when the segmentation weights are missing
     else:
         masks = load_object_masks(list(mask) if isinstance(mask, (list, tuple)) else mask, size)
-    alphas = [np.asarray(a, dtype=np.float32) for a in masks.alphas]
-    if not alphas:
+    if len(masks) == 0:
         raise InputError("scene mode found no object in the masks")
+    alphas = []
+    for k in range(len(masks)):
+        alpha = np.asarray(masks.alphas[k], dtype=np.float32)
+        alphas.append(np.where(occluder_mask(masks, k), np.float32(0.0), alpha))
     return alphas
-
-
-def _moge(pipe: Any) -> Any:
-    """The point-map model named by the model's pipeline.json (loaded once, kept on the pipeline)."""
-    if getattr(pipe, "_moge", None) is None:
-        from ..models.moge import load_moge
-
-        name = pipe.extras.get("moge_model", config.MOGE_ID)
-        local = Path(pipe.source) / name
-        pipe._moge = load_moge(local if local.exists() else name, device=pipe.device)
-    return pipe._moge
 
 
 def _valid_intrinsics(K: np.ndarray, W: int, H: int) -> bool:
@@ -57,11 +46,11 @@ def _valid_intrinsics(K: np.ndarray, W: int, H: int) -> bool:
                 and -W < K[0, 2] < 2 * W and -H < K[1, 2] < 2 * H)
 
 
-def _point_map(pipe: Any, photo: np.ndarray, object_focals: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """MoGe's point map, validity and intrinsics (pixels). MoGe recovers its own focal length; when
-    that fails (a degenerate map), the objects' own solved focal (median) is given to MoGe instead."""
+def point_map(model: Any, photo: np.ndarray, object_focals: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The point-map model's points [H, W, 3], validity [H, W] and intrinsics (pixels). MoGe recovers its
+    own focal length; when that fails (a degenerate map), the objects' own solved focal (median) is
+    given to it instead."""
     H, W = photo.shape[:2]
-    model = _moge(pipe)
     geo = model.infer(photo)
     K = np.asarray(geo["intrinsics_px"], np.float64)
     if not _valid_intrinsics(K, W, H):
@@ -76,39 +65,18 @@ def _point_map(pipe: Any, photo: np.ndarray, object_focals: list[float]) -> tupl
     return np.asarray(geo["points"], np.float64), valid, K
 
 
-def reconstruct_scene(pipe: Any, image: Any, mask: Any, *, seed: int, steps: int | None,
-                      out_dir: str | os.PathLike, progress: Progress | None, should_cancel: Callable[[], bool] | None,
-                      export: ExportOptions | None) -> Path:
-    from .pipeline import _Job
-
-    photo = load_photo(image)[..., :3]
-    H, W = photo.shape[:2]
-    alphas = _masks(photo, mask)
-    n = len(alphas)
-    specs, placements = [], []
-    share = 0.85 / n
-    for k, alpha in enumerate(alphas):
-        job = _Job(progress, should_cancel, share=share, base=k * share)
-        processed = preprocess(photo, mask=(alpha * 255).astype(np.uint8))
-        spec, pose, pairs = pipe.reconstruct_object(processed, seed=seed + 7919 * k, steps=steps, job=job,
-                                                    name=f"object_{k}", return_pairs=True)
-        specs.append(spec)
-        placements.append((pose, pairs))
-    if progress:
-        progress("pointmap", 0.86)
-    points, valid, K_scene = _point_map(pipe, photo, [pose.K[0, 0] for pose, _ in placements])
-    for k, (spec, (pose, (X, uv_photo, res))) in enumerate(zip(specs, placements)):
-        seen = visible_points(X, pose.K, pose.R, pose.t, (W, H), res=res)
+def place_objects(objects: Sequence[ReconstructedObject], alphas: Sequence[np.ndarray], points: np.ndarray,
+                  valid: np.ndarray, *, seed: int) -> None:
+    """Set each object's placement (object -> point-map camera frame) from its pairs and the point map."""
+    H, W = points.shape[:2]
+    for k, obj in enumerate(objects):
+        pose, pairs = obj.camera, obj.pairs
+        if pose is None or pairs is None:
+            raise CupidError(f"object {k} has no camera or 3D-2D pairs to place it with", code="alignment_failed")
+        seen = visible_points(pairs.points, pose.K, pose.R, pose.t, (W, H), res=pairs.res)
         try:
-            sim = align_object(X, uv_photo, points, valid, object_mask=alphas[k] > 0.5, visible=seen, seed=seed)
+            obj.placement = align_object(pairs.points, pairs.uv, points, valid, object_mask=alphas[k] > 0.5,
+                                         visible=seen, seed=seed)
         except InputError as exc:
             raise CupidError(f"object {k} could not be placed in the scene: {exc.message}",
                              code="alignment_failed") from None
-        spec.transform = (float(sim.scale), sim.R, sim.t)
-    if progress:
-        progress("export", 0.95)
-    camera = CameraPose(K_scene, np.eye(3), np.zeros(3), W, H)
-    out = write_bundle(out_dir, photo, camera, specs, export or pipe.export_options())
-    if progress:
-        progress("export", 1.0)
-    return out

@@ -21,8 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..geometry import GRID_RES, Similarity, umeyama_robust
 
-__all__ = ["Similarity", "sample_point_map", "point_map_from_depth", "visible_points", "align_object",
-           "similarity_to_world"]
+__all__ = ["Similarity", "sample_point_map", "point_map_from_depth", "visible_points", "align_object"]
 
 
 def _check_map(point_map: Any, valid: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -161,15 +160,3 @@ def align_object(points: Any, uv: Any, point_map: Any, valid_mask: Any = None, *
     full[np.flatnonzero(use)[sim.inliers]] = True
     sim.inliers = full
     return sim
-
-
-def similarity_to_world(sim: Similarity, R: Any, t: Any) -> Similarity:
-    """Object -> camera similarity re-expressed as object -> world, for a camera x_cam = R·x_w + t.
-
-    ``x_w = Rᵀ (s·R_k·x + t_k − t)``, i.e. scale s, rotation Rᵀ·R_k, translation Rᵀ (t_k − t): the
-    ``transform`` / ``matrix_world`` of an object in scene.json.
-    """
-    R = np.asarray(R, dtype=np.float64).reshape(3, 3)
-    t = np.asarray(t, dtype=np.float64).reshape(3)
-    return Similarity(scale=sim.scale, R=R.T @ sim.R, t=R.T @ (np.asarray(sim.t) - t),
-                      inliers=sim.inliers, rms=sim.rms)

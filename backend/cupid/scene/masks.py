@@ -1,4 +1,4 @@
-"""Object masks of a photo and the occlusion-aware conditioning crop of each object.
+"""Object masks of a photo, and which pixels of an object its occluders own.
 
 Masks come from the user (one label image where every non-zero label is an object, or one mask
 image per object) or from segment-anything (optional extra, imported only when asked for). They
@@ -7,7 +7,7 @@ are kept as soft alpha in [0, 1] because user masks are often anti-aliased; `bin
 CUPID reconstructs object k from a square crop around it in which only k is visible: the photo's
 alpha channel is k's mask, so background and the other objects (its occluders) are black after the
 RGB·alpha premultiplication that feeds DINOv2. The crop is centred on the box of confident pixels
-(alpha > 0.8) with side 1.2× the box's longer edge; parts outside the photo are transparent.
+(alpha > 0.8) with side 1.2× the box's longer edge (`cupid.preprocess` takes that crop).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import numpy as np
 
 from ..errors import CheckpointError, InputError
 
-__all__ = ["ObjectMasks", "ObjectCrop", "read_mask", "masks_from_label_image", "masks_from_images",
-           "load_object_masks", "object_crop", "object_crops", "occluder_mask", "segment_automatic",
+__all__ = ["ObjectMasks", "read_mask", "masks_from_label_image", "masks_from_images",
+           "load_object_masks", "occluder_mask", "segment_automatic",
            "segment_prompts", "SAM_CHECKPOINT_ENV"]
 
 SAM_CHECKPOINT_ENV = "CUPID_SAM_CHECKPOINT"
@@ -249,46 +249,7 @@ def load_object_masks(sources: MaskSource | Sequence[MaskSource], image_size: Se
     return masks_from_images(items, image_size, min_pixels=min_pixels)
 
 
-# ---------------------------------------------------------------- occlusion-aware crops
-
-@dataclass
-class ObjectCrop:
-    """Square crop of the photo around one object, with only that object visible.
-
-    `rgba` uint8 [S, S, 4]: photo colours, alpha = the object's mask (0 on background, on the
-    other objects and outside the photo). `occluders` bool [S, S]: pixels owned by other objects.
-    `box` = (x0, y0, side) in photo pixels (corner convention, may extend past the photo);
-    the crop pixel grid is `side / S` photo pixels per pixel.
-    """
-
-    rgba: np.ndarray
-    occluders: np.ndarray
-    box: tuple[int, int, int]
-    name: str = ""
-
-    @property
-    def resolution(self) -> int:
-        return int(self.rgba.shape[0])
-
-    def transform(self, size: int) -> tuple[float, tuple[float, float]]:
-        """(scale, offset) with p_photo = scale·p + offset for pixels p of this crop resized to
-        `size`² — the arguments of :meth:`cupid.geometry.CameraPose.de_crop`."""
-        x0, y0, side = self.box
-        return side / float(size), (float(x0), float(y0))
-
-    def resized_rgba(self, size: int) -> np.ndarray:
-        """uint8 [size, size, 4], Lanczos (PIL resamples RGBA with premultiplied alpha)."""
-        from PIL import Image
-        img = Image.fromarray(self.rgba, "RGBA")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.LANCZOS)
-        return np.asarray(img)
-
-    def conditioning(self, size: int = 518) -> np.ndarray:
-        """float32 [3, size, size] in [0, 1]: RGB·alpha, the image CUPID's DINOv2 encoder sees."""
-        rgba = self.resized_rgba(size).astype(np.float32) / 255.0
-        return np.ascontiguousarray((rgba[..., :3] * rgba[..., 3:]).transpose(2, 0, 1))
-
+# ---------------------------------------------------------------- occlusion
 
 def _read_photo(image: Any) -> np.ndarray:
     from PIL import Image
@@ -319,53 +280,6 @@ def occluder_mask(masks: ObjectMasks, index: int) -> np.ndarray:
         return np.zeros(masks.alphas.shape[1:], dtype=bool)
     others = np.delete(masks.alphas, index, axis=0).max(axis=0)
     return (others > 0.5) & (others >= masks.alphas[index])
-
-
-def object_crop(image: Any, masks: ObjectMasks, index: int, *, padding: float = 1.2,
-                alpha_threshold: float = 0.8, max_side: int | None = 2048) -> ObjectCrop:
-    """Occlusion-aware crop of object `index` (see the module docstring).
-
-    The box is square, centred on the bounding box of pixels with alpha > `alpha_threshold`, side
-    = `padding` × its longer edge (even, at least 2 px). If the stored crop would be larger than
-    `max_side`, it is downscaled; :meth:`ObjectCrop.transform` accounts for any resolution.
-    """
-    photo = _read_photo(image)
-    h, w = photo.shape[:2]
-    if masks.size != (w, h):
-        raise InputError(f"masks are {masks.size[0]}x{masks.size[1]} pixels but the photo is {w}x{h}")
-    occ = occluder_mask(masks, index)
-    alpha = np.where(occ, 0.0, masks.alphas[index])
-    what = f"mask of {masks.names[index]!r}"
-    sure = alpha > alpha_threshold
-    if not sure.any():
-        sure = alpha > 0.5
-    if not sure.any():
-        raise InputError(f"{what} has no visible pixel once the other objects are removed")
-    ys, xs = np.nonzero(sure)
-    cx, cy = (xs.min() + xs.max()) / 2.0, (ys.min() + ys.max()) / 2.0
-    half = max(1, int(max(xs.max() - xs.min(), ys.max() - ys.min()) * padding) // 2)
-    side = 2 * half
-    x0, y0 = int(np.floor(cx - half + 0.5)), int(np.floor(cy - half + 0.5))
-    rgba = np.zeros((side, side, 4), dtype=np.uint8)
-    occ_crop = np.zeros((side, side), dtype=bool)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
-    if sx1 > sx0 and sy1 > sy0:
-        dst = (slice(sy0 - y0, sy1 - y0), slice(sx0 - x0, sx1 - x0))
-        rgba[dst[0], dst[1], :3] = photo[sy0:sy1, sx0:sx1]
-        rgba[dst[0], dst[1], 3] = np.round(alpha[sy0:sy1, sx0:sx1] * 255.0).astype(np.uint8)
-        occ_crop[dst] = occ[sy0:sy1, sx0:sx1]
-    crop = ObjectCrop(rgba, occ_crop, (x0, y0, side), masks.names[index])
-    if max_side is not None and side > max_side:
-        from PIL import Image
-        small = crop.resized_rgba(max_side)
-        occ_small = np.asarray(Image.fromarray(occ_crop).resize((max_side, max_side), Image.Resampling.NEAREST))
-        crop = ObjectCrop(small, occ_small.astype(bool), (x0, y0, side), masks.names[index])
-    return crop
-
-
-def object_crops(image: Any, masks: ObjectMasks, **kw: Any) -> list[ObjectCrop]:
-    photo = _read_photo(image)
-    return [object_crop(photo, masks, k, **kw) for k in range(len(masks))]
 
 
 # ---------------------------------------------------------------- segment-anything (optional)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from ..errors import Cancelled, CupidError
+from ..run import reconstruct_bundle
 from . import inputs as job_inputs
 from .errors import Busy, DiskFull, Expired, NotFound, NotReady, TooLarge, is_disk_full
 from .inputs import JobInputs
@@ -274,14 +275,14 @@ class JobQueue:
                 if not job.cancel.is_set():
                     job.message = stage
 
-            bundle = pipe.reconstruct(data.photo, mask=data.pipeline_mask(job.mode), mode=job.mode,
-                                      seed=job.seed, steps=job.steps or None, out_dir=out, progress=progress,
-                                      should_cancel=job.cancel.is_set)
+            bundle = reconstruct_bundle(pipe, data.photo, out, mask=data.pipeline_mask(job.mode), mode=job.mode,
+                                        seed=job.seed, steps=job.steps or None, progress=progress,
+                                        should_cancel=job.cancel.is_set)
             del data
             if job.cancel.is_set():
                 raise Cancelled("the job was cancelled")
             job.stage, job.message = "packing", "packing the result"
-            zipped = zip_dir(Path(bundle) if bundle is not None else out, target)
+            zipped = zip_dir(Path(bundle), target)
         except Exception as exc:  # keep serving whatever happened; no file of the job is left behind
             shutil.rmtree(out, ignore_errors=True)
             target.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ...modules.embedders import AbsolutePositionEmbedder
-from ...modules.utils import TorsoDtypeMixin
+from ..dtype import TorsoDtypeMixin
 from ...sparse import SparseLinear, SparseTensor, SparseTransformerBlock
 
 ATTN_MODES = ("full", "swin")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def suzanne(extent: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,193 @@
+"""Camera conventions, the camera container, projection and UV cubes (numpy only).
+
+Conventions (authoritative for the whole project)
+-------------------------------------------------
+Object frame
+    The sparse-structure grid has ``res = 64`` voxels per axis over the cube [-0.5, 0.5]³.
+    Voxel index ``i`` (per axis) has its centre at ``(i + 0.5) / res - 0.5``. Objects are Z-up.
+Camera (OpenCV)
+    ``x_cam = R @ x + t``; a point is in front of the camera when ``z_cam > 0``;
+    ``pixel = (K @ x_cam) / z_cam`` (first two entries). K is in pixels of the image the uv refer to
+    (the crop while solving, the original photo after :meth:`CameraPose.de_crop`).
+Pixels and uv
+    Pixel coordinates are continuous: (0, 0) is the top-left CORNER of the image, (W, H) the
+    bottom-right corner, so the centre of pixel column j is at x = j + 0.5.
+    uv are normalised image coordinates: ``u`` right, ``v`` down, ``pixel = (u * W, v * H)``;
+    the image covers [0, 1]². ``image_size`` is always ``(W, H)``.
+Similarity
+    ``dst = scale * R @ src + t`` with ``R`` a proper rotation (det +1), ``scale > 0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ._util import _as_points, _image_size
+
+GRID_RES = 64
+
+
+@dataclass
+class CameraPose:
+    """An OpenCV pinhole camera with the size of the image its K refers to.
+
+    ``K`` 3×3 in pixels (K[2,2] = 1), ``R`` 3×3 rotation, ``t`` (3,), ``width``/``height`` in pixels.
+    """
+
+    K: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        self.K = np.asarray(self.K, dtype=np.float64).reshape(3, 3)
+        self.R = np.asarray(self.R, dtype=np.float64).reshape(3, 3)
+        self.t = np.asarray(self.t, dtype=np.float64).reshape(3)
+        self.width = int(self.width)
+        self.height = int(self.height)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    def projection_matrix(self) -> np.ndarray:
+        """P = K [R | t] (3×4), mapping homogeneous object points to homogeneous pixels."""
+        return self.K @ np.concatenate([self.R, self.t[:, None]], axis=1)
+
+    def camera_center(self) -> np.ndarray:
+        """Camera centre in the object/world frame: C = -Rᵀ t."""
+        return -self.R.T @ self.t
+
+    def project(self, points: Any) -> np.ndarray:
+        """uv of object-frame points in this camera's image (see :func:`project`)."""
+        return project(points, self.K, self.R, self.t, self.image_size)
+
+    def de_crop(self, scale: float, offset: Sequence[float],
+                image_size: Sequence[int] | None = None) -> "CameraPose":
+        """Re-express this camera, solved in a crop, in the pixels of the original photo.
+
+        The crop is related to the original photo by ``p_orig = scale * p_crop + offset``
+        (continuous pixel coordinates, corner convention): ``offset = (x_off, y_off)`` is where
+        the crop's top-left corner lies in the original photo, ``scale`` is how many original
+        pixels one crop pixel spans (crop side in the photo / crop side in pixels). Hence
+        ``fx' = s·fx, fy' = s·fy, cx' = s·cx + x_off, cy' = s·cy + y_off``; R and t are unchanged.
+        ``image_size`` is the original photo's (W, H); if omitted, the size the crop covers in
+        the photo (``round(scale * W_crop)``, ``round(scale * H_crop)``) is used.
+        """
+        s = float(scale)
+        if not (s > 0 and np.isfinite(s)):
+            raise InputError(f"crop scale must be positive, got {scale!r}")
+        ox, oy = float(offset[0]), float(offset[1])
+        A = np.array([[s, 0.0, ox], [0.0, s, oy], [0.0, 0.0, 1.0]])
+        if image_size is None:
+            w, h = int(round(s * self.width)), int(round(s * self.height))
+        else:
+            w, h = int(image_size[0]), int(image_size[1])
+        return CameraPose(A @ self.K, self.R.copy(), self.t.copy(), w, h)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict in the ``scene.json`` camera layout (plus width/height)."""
+        return {
+            "convention": "opencv",
+            "K": self.K.tolist(),
+            "R": self.R.tolist(),
+            "t": self.t.tolist(),
+            "width": self.width,
+            "height": self.height,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], width: int | None = None,
+                  height: int | None = None) -> "CameraPose":
+        """Inverse of :meth:`to_dict`; width/height may come from the arguments (scene.json keeps
+        them under ``image``)."""
+        conv = data.get("convention", "opencv")
+        if conv != "opencv":
+            raise InputError(f"unsupported camera convention {conv!r} (expected 'opencv')")
+        w = data.get("width", width)
+        h = data.get("height", height)
+        if w is None or h is None:
+            raise InputError("camera dict has no width/height and none were given")
+        try:
+            return cls(np.array(data["K"], float), np.array(data["R"], float),
+                       np.array(data["t"], float), int(w), int(h))
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"malformed camera dict: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# projection and UV cubes
+# --------------------------------------------------------------------------------------------
+
+def project(points: Any, K: Any, R: Any, t: Any, image_size: Sequence[float],
+            return_depth: bool = False):
+    """Project object-frame points (N, 3) to uv (N, 2).
+
+    Points with ``z_cam <= 0`` (at or behind the camera) get NaN uv. With ``return_depth`` the
+    camera-frame depth ``z_cam`` (N,) is returned as well.
+    """
+    pts = _as_points(points, 3, "points")
+    w, h = _image_size(image_size)
+    K = np.asarray(K, float)
+    R = np.asarray(R, float)
+    t = np.asarray(t, float).reshape(3)
+    xc = pts @ R.T + t
+    z = xc[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pix = xc @ K.T
+        uv = pix[:, :2] / pix[:, 2:3] / np.array([w, h])
+    uv[~(z > 0)] = np.nan
+    return (uv, z) if return_depth else uv
+
+
+def voxel_centers(indices: Any, res: int = GRID_RES) -> np.ndarray:
+    """Object-frame centres (N, 3) of integer voxel indices (N, 3): (i + 0.5) / res - 0.5."""
+    idx = np.asarray(indices)
+    if idx.ndim != 2 or idx.shape[1] != 3:
+        raise InputError(f"voxel indices must have shape (N, 3), got {idx.shape}")
+    return (idx.astype(np.float64) + 0.5) / res - 0.5
+
+
+def _active_indices(occupancy: Any) -> np.ndarray:
+    occ = np.asarray(occupancy)
+    if occ.ndim != 3 or not (occ.shape[0] == occ.shape[1] == occ.shape[2]):
+        raise InputError(f"occupancy must be a cubic (res, res, res) grid, got {occ.shape}")
+    return np.argwhere(occ > 0)
+
+
+def uv_cube(occupancy: Any, K: Any, R: Any, t: Any, image_size: Sequence[float],
+            clip: bool = False) -> np.ndarray:
+    """UV cube (res, res, res, 2) float32: the uv of every active voxel centre, 0 elsewhere.
+
+    ``occupancy`` is a (res, res, res) grid; voxels with a value > 0 are active. Every active
+    voxel must lie in front of the camera (InputError otherwise). With ``clip`` the uv are
+    clamped to [0, 1] (CUPID's stage-2 conditioning clamps them).
+    """
+    idx = _active_indices(occupancy)
+    res = np.asarray(occupancy).shape[0]
+    cube = np.zeros((res, res, res, 2), dtype=np.float32)
+    if len(idx) == 0:
+        return cube
+    uv, z = project(voxel_centers(idx, res), K, R, t, image_size, return_depth=True)
+    if np.any(z <= 0):
+        raise InputError(f"{int(np.sum(z <= 0))} active voxels lie behind the camera")
+    if clip:
+        uv = np.clip(uv, 0.0, 1.0)
+    cube[idx[:, 0], idx[:, 1], idx[:, 2]] = uv
+    return cube
+
+
+def uncrop_uv(uv: Any, scale: float, offset: Sequence[float], crop_size: Sequence[float],
+              image_size: Sequence[float]) -> np.ndarray:
+    """uv in a crop -> uv in the original photo, with the crop transform of
+    :meth:`CameraPose.de_crop` (``p_orig = scale * p_crop + offset``, pixels, corner convention)."""
+    uv = np.asarray(uv, dtype=np.float64)
+    cw, ch = _image_size(crop_size)
+    w, h = _image_size(image_size)
+    px = uv * np.array([cw, ch]) * float(scale) + np.asarray(offset, dtype=np.float64)
+    return px / np.array([w, h])
+

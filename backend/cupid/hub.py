@@ -1,0 +1,79 @@
+"""The one place that talks to the Hugging Face Hub: single files, repository snapshots, the cache.
+
+Why one module: every model the pipeline loads (CUPID's release, the TRELLIS parts, DINOv2, MoGe, the
+background remover, SAM) comes from the Hub, and a user needs the same answer whichever of them is
+missing: one sentence naming the file and `cupid download`, never a traceback. huggingface_hub's own
+error classes are caught here, and nowhere else.
+
+The cache is `CUPID_WEIGHTS_DIR` when set (the add-on's *Weights cache* preference sets it for the
+backend it starts), else huggingface_hub's default cache. `cupid download` fills that same cache, after
+which `HF_HUB_OFFLINE=1` runs work with no network at all.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import CheckpointError
+
+WEIGHTS_DIR_ENV = "CUPID_WEIGHTS_DIR"
+
+
+def cache_dir() -> str | None:
+    """The weights cache (None: huggingface_hub's default, honouring HF_HOME / HF_HUB_CACHE)."""
+    value = os.environ.get(WEIGHTS_DIR_ENV, "").strip()
+    return str(Path(value).expanduser()) if value else None
+
+
+def is_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE)."""
+    try:
+        from huggingface_hub import constants
+        return bool(constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - any failure here means "not known to be offline"
+        return False
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes a Hub call raises for a missing file, repo, permission or network."""
+    from huggingface_hub import errors
+
+    names = ("HfHubHTTPError", "LocalEntryNotFoundError", "EntryNotFoundError", "RepositoryNotFoundError",
+             "RevisionNotFoundError", "GatedRepoError", "HFValidationError", "OfflineModeIsEnabled")
+    found = tuple(getattr(errors, n) for n in names if hasattr(errors, n))
+    return found + (OSError, ValueError)
+
+
+def _why(exc: BaseException) -> str:
+    if is_offline():
+        return "Hugging Face is in offline mode (HF_HUB_OFFLINE) and it is not in the local cache"
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}{': ' + first if first else ''}"
+
+
+def hub_file(repo_id: str, filename: str, *, what: str | None = None) -> Path:
+    """Local path of `repo_id/filename`, from the cache or downloaded into it.
+
+    Raises CheckpointError with one sentence (which file, why, and `cupid download`).
+    """
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=cache_dir()))
+    except _hub_errors() as exc:
+        label = what or f"{repo_id}/{filename}"
+        raise CheckpointError(f"cannot get {label} from Hugging Face ({_why(exc)}): run 'cupid download' "
+                              f"while online, or pass a local path") from None
+
+
+def hub_snapshot(repo_id: str, patterns: list[str] | None = None, *, cache: str | None = None) -> Path:
+    """Download (resumably) the files of `repo_id` matching `patterns`; returns the snapshot folder."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns,
+                                      cache_dir=cache if cache is not None else cache_dir()))
+    except _hub_errors() as exc:
+        raise CheckpointError(f"could not download {repo_id} from Hugging Face ({_why(exc)}). Check your "
+                              f"network connection (or HF_ENDPOINT / proxy settings) and run 'cupid download' "
+                              f"again; finished files are kept and the download resumes") from None

@@ -1,0 +1,24 @@
+"""One reconstruction job as the CLI and the service run it: reconstruct, then write the bundle.
+
+Why here: inference (`cupid.pipeline`) and export (`cupid.export`) do not know each other; the
+callers join them, with one progress bar over both and the model's own export defaults.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .export import ExportOptions, write_bundle
+from .progress import CancelCheck, Progress, ProgressCallback
+
+
+def reconstruct_bundle(pipe: Any, image: Any, out_dir: str | os.PathLike, *, progress: ProgressCallback | None = None,
+                       should_cancel: CancelCheck | None = None, **options: Any) -> Path:
+    """`pipe.reconstruct(image, **options)` written to `out_dir` (scene.json last); returns `out_dir`.
+
+    `options`: mask, mode, seed, steps as `CupidPipeline.reconstruct` takes them."""
+    job = Progress(progress, should_cancel)
+    reconstruction = pipe.reconstruct(image, progress=job, **options)
+    export = ExportOptions.from_settings(getattr(pipe, "export_settings", None))
+    return write_bundle(reconstruction, out_dir, export, progress=job.remainder())
