@@ -62,7 +62,7 @@ class CupidClient:
         self.token_file = Path(token_file) if token_file is not None else None
         self.explain_unavailable = explain_unavailable
         self.max_bundle_bytes, self.max_bundle_members = max_bundle_bytes, max_bundle_members
-        self.instance: str | None = None         # the service run this client last saw
+        self.instance: str | None = None         # the service run this client last saw (None: not asked yet)
         self._job_instance: dict[str, str] = {}  # job id -> the run it was submitted to
         self._authenticated = False
         # the service is local: never route it through an HTTP(S)_PROXY from the environment
@@ -82,7 +82,8 @@ class CupidClient:
         try:
             return self._open_once(method, path, body, content_type)
         except (BackendUnavailable, BackendError) as exc:
-            if isinstance(exc, BackendError) and exc.status != 401 or not self._reload_token_file():
+            retryable = isinstance(exc, BackendUnavailable) or exc.status == 401
+            if not (retryable and self._reload_token_file()):
                 raise
         return self._open_once(method, path, body, content_type)
 
@@ -155,7 +156,7 @@ class CupidClient:
                 now = self.health().get("instance")
             except (BackendError, BackendUnavailable):
                 raise exc from None
-            if now is not None and now != before:
+            if now and before and now != before:
                 raise BackendError(BACKEND_RESTARTED, f"the CUPID backend restarted since job {job_id} was "
                                                       f"submitted, and the job is gone; run it again",
                                    404) from None
@@ -164,7 +165,7 @@ class CupidClient:
     # ---------------------------------------------------------------- API
     def health(self) -> dict:
         h = self._json("GET", "/v1/health")
-        self.instance = h.get("instance", self.instance)
+        self.instance = str(h.get("instance") or "")  # "": a service too old to say
         return h
 
     def submit(self, image_bytes: bytes, filename: str = "image.png", mask_bytes: bytes | None = None,
@@ -189,8 +190,7 @@ class CupidClient:
         field("steps", str(int(steps)))
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
         job_id = self._json("POST", "/v1/jobs", body, f"multipart/form-data; boundary={boundary}")["id"]
-        if self.instance is not None:
-            self._job_instance[job_id] = self.instance
+        self._job_instance[job_id] = self.instance or ""
         return job_id
 
     def status(self, job_id: str) -> dict:
