@@ -38,6 +38,16 @@ def test_reconstruct_writes_a_bundle(tiny, tmp_path):
     assert "latent" in r.stderr  # the per-stage progress bars
 
 
+def test_reconstruct_pnp_flag(tiny, tmp_path):
+    r = cupid("reconstruct", str(PHOTO), "-o", str(tmp_path / "out"), "--model", str(tiny), "--steps", "1",
+              "--device", "cpu", "--pnp", "dlt")
+    assert r.returncode == 0, r.stderr
+    K = json.loads((tmp_path / "out" / "scene.json").read_text())["camera"]["K"]
+    assert K[0][0] != K[1][1] and K[0][1] == 0  # the release's DLT: fx != fy; skew not exported
+    r = cupid("reconstruct", str(PHOTO), "-o", str(tmp_path / "o2"), "--model", str(tiny), "--pnp", "epnp")
+    assert r.returncode == 2 and "--pnp" in r.stderr and "Traceback" not in r.stderr
+
+
 def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     text = tmp / "notes.png"
     text.write_text("shopping list\n")

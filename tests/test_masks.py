@@ -1,8 +1,6 @@
 """Object masks from user files / SAM, and the occlusion-aware object crop."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -99,27 +97,56 @@ def test_size_mismatch_and_empty_errors(tmp_path):
         MS.masks_from_images([])
 
 
-def test_missing_sam_gives_clear_errors(tmp_path, monkeypatch):
+def test_sam_masks_need_a_model():
     photo, _ = _scene()
-    monkeypatch.delenv(MS.SAM_CHECKPOINT_ENV, raising=False)
-    with pytest.raises(CheckpointError, match=MS.SAM_CHECKPOINT_ENV):
+    with pytest.raises(CheckpointError, match="need a loaded SAM model"):
         MS.segment_automatic(photo)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        MS.segment_automatic(photo, checkpoint=tmp_path / "sam_vit_b_01ec64.pth")
-    ckpt = tmp_path / "sam_vit_b_01ec64.pth"
-    ckpt.write_bytes(b"\0")
-    monkeypatch.setitem(sys.modules, "segment_anything", None)  # as if not installed
-    with pytest.raises(CheckpointError, match="optional package segment-anything"):
-        MS.segment_automatic(photo, checkpoint=ckpt)
-    monkeypatch.setenv(MS.SAM_CHECKPOINT_ENV, str(ckpt))
-    with pytest.raises(CheckpointError, match="segment-anything"):
+    with pytest.raises(CheckpointError, match="need a loaded SAM model"):
         MS.segment_prompts(photo, boxes=[(10, 10, 50, 40)])
-    with pytest.raises(CheckpointError, match="model type"):
-        other = tmp_path / "weights.pth"
-        other.write_bytes(b"\0")
-        MS.segment_automatic(photo, checkpoint=other)
-    with pytest.raises(InputError, match="inside the 100x80 photo"):
-        MS.segment_prompts(photo, boxes=[(10, 10, 500, 40)])
+
+
+def test_bad_prompts_are_refused_before_the_model_runs():
+    photo, _ = _scene()
+    for kw, match in [({}, "no object picked"), ({"points": [], "boxes": []}, "no object picked"),
+                      ({"points": [(10, 90)]}, r"point 1 \(10, 90\) is outside the 100x80 photo"),
+                      ({"points": [(5, 5), (-1, 5)]}, "point 2"),
+                      ({"boxes": [(10, 10, 500, 40)]}, r"box 1 \(10, 10, 500, 40\) is not .* inside the 100x80"),
+                      ({"boxes": [(50, 10, 20, 40)]}, "x0 < x1"),
+                      ({"points": [(1, 2, 3)]}, r"list of \[x, y\]"),
+                      ({"points": [("a", 2)]}, "must be numbers"),
+                      ({"boxes": [(1, 2, float("nan"), 4)]}, "x0, y0, x1, y1")]:
+        with pytest.raises(InputError, match=match):
+            MS.segment_prompts(photo, **kw, model=object())  # never called
+
+
+def test_prompt_parsing():
+    assert MS.parse_point("12.5, 30") == (12.5, 30.0)
+    assert MS.parse_box("1,2,30,40") == (1.0, 2.0, 30.0, 40.0)
+    for bad in ("12", "1,2,3", "a,b", "1,nan", ""):
+        with pytest.raises(InputError, match="--point expects X,Y"):
+            MS.parse_point(bad)
+    with pytest.raises(InputError, match="--box expects X0,Y0,X1,Y1"):
+        MS.parse_box("1,2,3")
+    assert MS.parse_prompts(None) is None and MS.parse_prompts("  ") is None
+    assert MS.parse_prompts('{"points": [[1, 2]], "boxes": [[0, 0, 5, 6]]}') == ([[1.0, 2.0]], [[0.0, 0.0, 5.0, 6.0]])
+    assert MS.parse_prompts({"boxes": [[0, 0, 5, 6]]}) == ([], [[0.0, 0.0, 5.0, 6.0]])
+    for bad, match in [("{", "must be JSON"), ("[1, 2]", "JSON object"), ('{"clicks": []}', "unknown prompt kind"),
+                       ('{"points": []}', "no object picked"), ('{"points": 3}', "must be a list"),
+                       ('{"points": [[1]]}', r"list of \[x, y\]")]:
+        with pytest.raises(InputError, match=match):
+            MS.parse_prompts(bad)
+
+
+def test_label_png_round_trip():
+    _, lab = _scene()
+    masks = MS.masks_from_label_image(lab)
+    assert masks.label_image().dtype == np.uint8
+    back = MS.load_object_masks(MS.label_png(masks))
+    np.testing.assert_array_equal(back.binary, masks.binary)
+    many = MS.ObjectMasks(np.eye(300, dtype=np.float32)[:, None, :].repeat(20, axis=1), [f"o{i}" for i in range(300)])
+    assert many.label_image().dtype == np.uint16 and many.label_image().max() == 300
+    back16 = MS.load_object_masks(MS.label_png(many), kind="labels", min_pixels=1)
+    np.testing.assert_array_equal(back16.binary, many.binary)
 
 
 def test_sam_proposal_selection_keeps_whole_objects():
@@ -131,10 +158,13 @@ def test_sam_proposal_selection_keeps_whole_objects():
             rect(20, 10, 50, 40),     # object A
             rect(25, 15, 35, 25),     # part of A
             rect(60, 50, 90, 75),     # object B
-            rect(0, 0, 3, 3)]         # speck
-    keep = MS._select_masks(segs, [0.9] * 5, min_area=40, max_area=int(0.9 * W * H), max_objects=None)
-    assert keep == [1, 3]
-    assert MS._select_masks(segs, [0.9] * 5, 40, int(0.9 * W * H), max_objects=1) == [1]
+            rect(0, 0, 3, 3),         # speck
+            rect(0, 60, 100, 79),     # floor: reaches three sides (one pixel short of the bottom)
+            rect(0, 0, 100, 12),      # sky: the top and a little of both sides
+            rect(80, 0, 100, 40)]     # object in a corner: two sides only
+    keep = MS._select_masks(segs, [0.9] * 8, min_area=40, max_area=int(0.9 * W * H), max_objects=None)
+    assert keep == [1, 7, 3]
+    assert MS._select_masks(segs, [0.9] * 8, 40, int(0.9 * W * H), max_objects=1) == [1]
 
 
 def test_occlusion_aware_object_input():

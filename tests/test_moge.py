@@ -234,3 +234,48 @@ def test_infer_postprocessing_recovers_known_camera():
     ys, xs = np.mgrid[0:h, 0:w]
     np.testing.assert_allclose(p[:, 0] / p[:, 2], xs.ravel() + 0.5, atol=1e-3)
     np.testing.assert_allclose(p[:, 1] / p[:, 2], ys.ravel() + 0.5, atol=1e-3)
+
+
+def _off_centre_affine_map(h, w, focal, shift, pp, seed=0):
+    """Like _synthetic_affine_map, seen by a camera whose principal point is `pp` (uv)."""
+    cam, _ = _synthetic_affine_map(h, w, focal, 0.0, seed)
+    z = cam[..., 2]
+    uv = M.view_plane_uv(w, h) - M.principal_point_offset(pp, w, h)
+    cam = np.concatenate([uv / focal * z[..., None], z[..., None]], axis=-1)
+    affine = cam.copy()
+    affine[..., 2] -= shift
+    return cam, affine
+
+
+@pytest.mark.parametrize("pp", [(0.62, 0.41), (0.35, 0.57)])
+def test_known_principal_point_recovers_an_off_centre_camera(pp):
+    h, w, focal, shift = 48, 64, 1.2, 0.8
+    cam, affine = _off_centre_affine_map(h, w, focal, shift, pp)
+    f, s = M.recover_focal_shift(affine, principal_point=pp)
+    assert abs(f - focal) < 1e-6 * focal and abs(s - shift) < 1e-6
+    k = M.focal_to_intrinsics(f, w, h, pp)
+    assert tuple(k[:2, 2]) == pytest.approx(pp)
+    np.testing.assert_allclose(M.depth_to_points(affine[..., 2] + s, k), cam, rtol=1e-6, atol=1e-6)
+    # read as centred, the same map gives depths off by percents
+    f0, s0 = M.recover_focal_shift(affine)
+    assert np.abs((affine[..., 2] + s0) / cam[..., 2] - 1).max() > 0.02
+    # through infer: intrinsics, depth and points of the known camera
+    out = M.MoGeModel(_FakeNet(affine)).infer(np.zeros((h, w, 3), np.uint8), principal_point=pp)
+    np.testing.assert_allclose(out["points"], cam, rtol=1e-4, atol=1e-4)
+    assert out["intrinsics_px"][0, 2] == pytest.approx(pp[0] * w) and out["intrinsics_px"][1, 2] == pytest.approx(pp[1] * h)
+    assert M.principal_point_offset(None, w, h).tolist() == [0.0, 0.0]
+    assert np.allclose(M.principal_point_offset((0.5, 0.5), w, h), 0.0)
+
+
+def test_scene_principal_point_rule():
+    from cupid.geometry import CameraPose
+    from cupid.pipeline.scene import scene_principal_point
+
+    def cam(cx, cy):
+        return CameraPose(np.array([[500.0, 0, cx], [0, 500.0, cy], [0, 0, 1]]), np.eye(3), np.zeros(3), 640, 480)
+
+    off = [cam(420, 200), cam(425, 195), cam(416, 204)]
+    assert scene_principal_point(off, 640, 480) == pytest.approx((420 / 640, 200 / 480))
+    assert scene_principal_point(off[:1], 640, 480) is None                          # one object: the centre
+    assert scene_principal_point([cam(322, 238), cam(318, 243)], 640, 480) is None  # at the centre anyway
+    assert scene_principal_point([cam(420, 200), cam(250, 300)], 640, 480) is None  # the objects disagree

@@ -29,12 +29,13 @@ def png_bytes(img: Image.Image, **kw) -> bytes:
 
 def test_crop_is_square_around_the_object_in_photo_pixels():
     p = preprocess(rgba_square())
-    # box 40x40 centred at (70, 50): side 48, top-left (46, 26)
-    assert p.crop.size == 48 and p.crop.offset == (46.0, 26.0)
+    # the release's crop: pixels 50..89 x 30..69, side int(1.2 * 39) = 46, centre (69.5, 49.5), corner
+    # round(46.5) = 46, round(26.5) = 26 (PIL rounds a crop box half to even)
+    assert p.crop.size == 46 and p.crop.offset == (46.0, 26.0)
     assert p.size == (200, 120)
     assert tuple(p.cond_image.shape) == (3, 518, 518) and tuple(p.visual_image.shape) == (3, 256, 256)
     img = p.cond_image.numpy()
-    # the object fills the middle 40/48 of the crop; the 4-pixel margins are black background
+    # the object fills pixels 4..43 of the 46-pixel crop; the margins are black background
     assert img[:, 259, 259] == pytest.approx(np.array([200, 100, 50]) / 255, abs=1e-3)
     assert np.abs(img[:, 5, 5]).max() < 1e-3 and np.abs(img[:, 259, 10]).max() < 1e-3
 
@@ -44,7 +45,7 @@ def test_mask_instead_of_alpha_and_premultiplication():
     mask = np.zeros((48, 64), np.uint8)
     mask[10:30, 20:40] = 255
     p = preprocess(rgb, mask=Image.fromarray(mask))
-    assert p.crop.size == 24 and p.alpha.sum() == 400
+    assert p.crop.size == 22 and p.alpha.sum() == 400
     assert np.abs(p.cond_image[:, 5, 5]).max() < 1e-2  # outside the mask: black (Lanczos ringing aside), not white
 
 

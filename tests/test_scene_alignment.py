@@ -2,13 +2,12 @@
 in a scene rendered with Blender (Cycles silhouettes + ray-cast depth -> camera-frame point map)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from cupid.errors import InputError
 from cupid.geometry import project, rotation_angle_deg, voxel_centers
+from helpers.meshes import chair, ell, suzanne
 from tests.blender_scripts.silhouette import setup_silhouette_render
 from cupid.scene.alignment import (
     align_object,
@@ -16,8 +15,6 @@ from cupid.scene.alignment import (
     sample_point_map,
     visible_points,
 )
-
-ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 # ------------------------------------------------------------------ unit checks (no bpy)
@@ -84,37 +81,8 @@ def test_align_object_bad_input():
 
 # ------------------------------------------------------------------ rendered scene
 
-def _normalise(v):
-    return (v - (v.max(0) + v.min(0)) / 2) * (0.95 / np.ptp(v, axis=0).max())
-
-
-def _box(lo, hi):
-    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-    c = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float)
-    v = lo + c * (hi - lo)
-    f = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-                  [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
-    return v, f
-
-
 def _meshes():
-    d = np.load(ASSETS / "suzanne.npz")
-    suzanne = (_normalise(d["vertices"].astype(float)), d["faces"].astype(np.int64))
-    # an asymmetric "chair" of four boxes and an asymmetric "L" of three boxes
-    parts = [_box([-.4, -.4, -.1], [.4, .3, .0]), _box([-.4, .3, -.1], [.4, .4, .45]),
-             _box([-.4, -.4, -.45], [-.3, -.3, -.1]), _box([.25, -.4, -.45], [.4, -.25, -.1])]
-    parts2 = [_box([-.45, -.2, -.3], [.45, .2, -.1]), _box([.25, -.2, -.1], [.45, .2, .45]),
-              _box([-.45, -.05, -.1], [-.3, .1, .15])]
-
-    def merge(ps):
-        vs, fs, off = [], [], 0
-        for v, f in ps:
-            vs.append(v)
-            fs.append(f + off)
-            off += len(v)
-        return np.concatenate(vs), np.concatenate(fs)
-
-    return [suzanne, merge(parts), merge(parts2)]
+    return [suzanne(), chair(), ell()]
 
 
 def _surface_voxels(v, f, rng):

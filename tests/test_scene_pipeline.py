@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cupid.errors import CupidError, InputError
+from cupid.errors import InputError
 from cupid.export import load_bundle
 from cupid.pipeline import CupidPipeline
 from cupid.tiny import make_tiny_model
@@ -53,6 +53,25 @@ def test_scene_mode_errors(pipe, tmp_path):
     Image.new("L", (10, 10), 1).save(wrong)
     with pytest.raises(InputError, match="size"):
         reconstruct_to(pipe, SCENE, tmp_path / "b", mask=wrong, mode="scene")
-    # no masks: automatic segmentation needs segment-anything, an optional extra; the error says so
-    with pytest.raises(CupidError, match="segment"):
-        reconstruct_to(pipe, SCENE, tmp_path / "c", mode="scene")
+    # picks outside the photo or none at all are refused before any model runs
+    with pytest.raises(InputError, match="inside the photo|outside"):
+        reconstruct_to(pipe, SCENE, tmp_path / "c", mode="scene", prompts=([[9999, 5]], []))
+    with pytest.raises(InputError):
+        reconstruct_to(pipe, SCENE, tmp_path / "d", mode="scene", prompts=([], []))
+    with pytest.raises(InputError, match="scene mode"):
+        reconstruct_to(pipe, SCENE, tmp_path / "e", mode="object", prompts=([[10, 10]], []))
+
+
+def test_scene_from_picks_and_automatic_masks(pipe, tmp_path):
+    """No label image: the objects come from clicks (one per point or box) or SAM's automatic masks
+    (the tiny model's SAM segments by colour; examples/scene.png has a cube, a sphere and a cone)."""
+    picks = ([[160, 175], [245, 255]], [[292, 112, 388, 208]])   # cube, cone (clicks); sphere (box)
+    masks = pipe.segment(SCENE, picks)
+    assert len(masks) == 3 and masks.size == (512, 384)
+    b = masks.binary
+    assert b[0][175, 160] and b[1][255, 245] and b[2][160, 340]
+    assert not b[0][160, 340] and not b[2][175, 160]        # each mask is its own object
+    out = reconstruct_to(pipe, SCENE, tmp_path / "picks", mode="scene", seed=1, steps=1, prompts=picks)
+    assert [o["name"] for o in load_bundle(out).scene["objects"]] == ["object_0", "object_1", "object_2"]
+    auto = pipe.segment(SCENE)
+    assert len(auto) >= 1

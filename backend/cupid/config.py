@@ -14,6 +14,30 @@ DINOV2_ID = "dinov2_vitl14_reg"  # TRELLIS' torch.hub name; cupid.models.dinov2 
 DINOV2_HF_ID = "facebook/dinov2-with-registers-large"
 MOGE_ID = "Ruicheng/moge-vitl"  # the point-map model of scene mode (MoGe v1, as CUPID's release uses)
 
+# Segment Anything: scene mode's automatic masks and picks (cupid.models.sam loads the official .pth).
+# Meta publishes the checkpoints only on dl.fbaipublicfiles.com; ybelkada/segment-anything on the Hub
+# holds byte-identical copies (Git LFS SHA-256 equal to the official files' below) at SAM_REVISION, the
+# revision they were checked at (cupid.hub fetches the default branch, which holds the same files).
+# ViT-B by default: scene mode must work on a CPU, and ViT-B's encoder (91M parameters, 375 MB) needs
+# about a sixth of ViT-H's compute (636M parameters, 2.5 GB download) per photo, for masks of whole
+# objects that differ little (SAM's paper: ViT-H gains only marginally over ViT-L, and ViT-B trails
+# them by a few points of mIoU). A GPU user can pick vit_h with CUPID_SAM_CHECKPOINT.
+SAM_REPO_ID = "ybelkada/segment-anything"
+SAM_REVISION = "7790786db131bcdc639f24a915d9f2c331d843ee"
+SAM_FILES: dict[str, str] = {
+    "vit_b": "checkpoints/sam_vit_b_01ec64.pth",
+    "vit_l": "checkpoints/sam_vit_l_0b3195.pth",
+    "vit_h": "checkpoints/sam_vit_h_4b8939.pth",
+}
+SAM_SHA256: dict[str, str] = {
+    "vit_b": "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+    "vit_l": "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    "vit_h": "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+}
+SAM_MODEL_TYPE = "vit_b"
+SAM_FILENAME = SAM_FILES[SAM_MODEL_TYPE]
+SAM_ID = f"{SAM_REPO_ID}/{SAM_FILENAME}"  # what cupid.models.sam.load_sam takes: owner/repo/path
+
 # Roles the pipeline loads, and the checkpoints of the official release that fill them.
 RELEASE_MODELS: dict[str, str] = {
     "sparse_structure_flow_model": "ckpts/suv_flow_img_dit_L_16l8_fp16",
@@ -37,6 +61,7 @@ DOWNLOAD_PATTERNS: dict[str, list[str]] = {
     ],
     DINOV2_HF_ID: ["config.json", "model.safetensors"],
     MOGE_ID: ["model.pt"],
+    SAM_REPO_ID: [SAM_FILENAME],
 }
 
 # Sampler defaults (TRELLIS-image-large's pipeline.json); a model's pipeline.json overrides them.

@@ -1,9 +1,13 @@
 """Photo loading and TRELLIS/CUPID preprocessing, keeping the crop so K can go back to the photo.
 
-The object comes from the photo's alpha (an RGBA cut-out) or a given mask. Its box (alpha > 0.8)
-is grown to a square 1.2× its longer side; that crop, premultiplied on black, feeds DINOv2 at 518²
-and the stage-2 conv head at 256². `Crop.scale` and `Crop.offset` say where the crop lies in the
-photo, in photo pixels, for `CameraPose.de_crop`.
+The object comes from the photo's alpha (an RGBA cut-out) or a given mask. Both network inputs are
+made as CUPID's release makes them (`ImageProcessor.crop_to_content`, `ImageEncoder._prepare_tensor`),
+to the bit, so that a seed gives the release's result from the same photo: the box of the pixels with
+alpha > 0.8 (first to last pixel), a square side of int(1.2 × its longer extent) rounded down to even,
+centred on the box, its corner rounded as PIL rounds a crop box; that RGBA crop Lanczos-resized by PIL
+(which resamples premultiplied) to 518² for DINOv2 and 256² for the stage-2 conv head, then RGB × alpha.
+`Crop.offset` and `Crop.size` are that crop's true place in the photo, in photo pixels, for
+`CameraPose.de_crop` (the release's own de-crop uses the box before rounding and the odd side).
 """
 from __future__ import annotations
 
@@ -124,28 +128,34 @@ def load_mask(source: ImageSource, size: tuple[int, int]) -> np.ndarray:
     return (m.astype(np.float32) / 255.0).clip(0, 1)
 
 
+def _alpha_u8(alpha: np.ndarray) -> np.ndarray:
+    """The mask as the 8-bit alpha channel the release's PIL image carries."""
+    return np.clip(np.rint(np.asarray(alpha, np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
 def object_crop(alpha: np.ndarray, padding: float = config.CROP_PADDING) -> Crop:
-    """Square crop around the object's box (alpha > 0.8), `padding` × its longer side."""
-    ys, xs = np.nonzero(alpha > config.ALPHA_THRESHOLD)
+    """The release's square crop around the object's box (8-bit alpha > 0.8·255), in photo pixels."""
+    ys, xs = np.nonzero(_alpha_u8(alpha) > config.ALPHA_THRESHOLD * 255)
     if xs.size == 0:
         raise InputError("the object mask is empty: the photo's alpha (or the mask) selects no pixel; give an "
                          "RGBA cut-out of the object or a mask that covers it")
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    side = max(int(round(max(x1 - x0, y1 - y0) * padding)), 8)
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    half = max(int(max(x1 - x0, y1 - y0) * padding) // 2, 4)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    # integer pixel box, so the crop transform handed to de_crop is exact
-    return Crop(offset=(float(int(np.floor(cx - side / 2.0))), float(int(np.floor(cy - side / 2.0)))),
-                size=float(side))
+    # PIL rounds each box coordinate with round(); both edges share the fraction, so the side stays 2·half
+    return Crop(offset=(float(round(cx - half)), float(round(cy - half))), size=float(2 * half))
 
 
-def crop_resize(image: np.ndarray, crop: Crop, side: int) -> torch.Tensor:
-    """The crop of an HxWxC float image (zero outside the photo), Lanczos-resized to side² -> [C, side, side]."""
+def crop_resize(rgba: np.ndarray, crop: Crop, side: int) -> torch.Tensor:
+    """The crop of an HxWx4 uint8 image (transparent black outside the photo), resized to side² by PIL's
+    Lanczos on RGBA, as RGB × alpha -> [3, side, side] float32 (the release's `_prepare_tensor`)."""
     x0, y0 = (int(v) for v in crop.offset)
     box = (x0, y0, x0 + int(crop.size), y0 + int(crop.size))
-    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32), "F")
-                        .crop(box).resize((side, side), Image.Resampling.LANCZOS))
-             for c in range(image.shape[2])]
-    return torch.from_numpy(np.stack(chans, 0).astype(np.float32))
+    img = Image.fromarray(np.ascontiguousarray(rgba, dtype=np.uint8), "RGBA").crop(box)
+    small = np.asarray(img.resize((side, side), Image.Resampling.LANCZOS))
+    alpha = torch.from_numpy(small[..., 3].copy()).float() / 255.0
+    rgb = torch.from_numpy(small[..., :3].copy()).permute(2, 0, 1).float() / 255.0
+    return rgb * alpha.unsqueeze(0)
 
 
 def preprocess(photo: ImageSource, mask: ImageSource | None = None) -> Processed:
@@ -160,8 +170,8 @@ def preprocess(photo: ImageSource, mask: ImageSource | None = None) -> Processed
             raise InputError("the photo has no transparent background: give an RGBA cut-out of the object, "
                              "or a mask (--mask) that selects it")
     crop = object_crop(alpha)
-    premult = rgba[..., :3].astype(np.float32) / 255.0 * alpha[..., None]
-    cond = crop_resize(premult, crop, config.DINO_SIZE).clamp(0, 1)
-    visual = crop_resize(premult, crop, config.VISUAL_COND_SIZE).clamp(0, 1)
+    cut = np.concatenate([rgba[..., :3], _alpha_u8(alpha)[..., None]], axis=-1)
+    cond = crop_resize(cut, crop, config.DINO_SIZE)
+    visual = crop_resize(cut, crop, config.VISUAL_COND_SIZE)
     return Processed(photo=np.ascontiguousarray(rgba[..., :3]), alpha=alpha, crop=crop, cond_image=cond,
                      visual_image=visual)

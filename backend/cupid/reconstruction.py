@@ -33,7 +33,7 @@ class Pairs:
 @dataclass
 class ReconstructedObject:
     """One object: the decoded mesh (vertex colours optional), its Gaussians, where it stands in the
-    world, the camera solved from its own stage 1 (photo pixels) and its 3D-2D pairs.
+    world, the camera solved from its own stage 1 (photo pixels), its 3D-2D pairs and its mask.
 
     `textured`: a mesh already post-processed by export (`cupid.export.TexturedMesh`, uv + texture),
     written as it is; None for everything inference produces."""
@@ -47,6 +47,24 @@ class ReconstructedObject:
     camera: CameraPose | None = None
     pairs: Pairs | None = None
     textured: Any = None
+    mask: np.ndarray | None = None   # (H, W) float alpha of the object in the photo: what the fit score checks
+
+
+@dataclass
+class Preview:
+    """Stage 1's answer, before the expensive stage 2: the camera (photo pixels) and the occupied voxels
+    (object frame indices on a `res`³ grid). Lets the artist see and correct the camera early."""
+
+    camera: CameraPose
+    voxels: np.ndarray   # (M, 3) int voxel indices
+    res: int
+
+    def to_dict(self) -> dict:
+        """The JSON of `GET /v1/jobs/{id}/preview` and of the CLI's preview.json."""
+        cam = self.camera.to_dict()
+        return {"camera": {"K": cam["K"], "R": cam["R"], "t": cam["t"]}, "width": self.camera.width,
+                "height": self.camera.height, "res": int(self.res),
+                "voxels": np.asarray(self.voxels, dtype=np.int64).tolist()}
 
 
 @dataclass

@@ -2,8 +2,13 @@
 
 Time runs from 1 (noise) to 0 (data) on t' = r·t / (1 + (r − 1)·t); the model is given 1000·t and
 predicts the velocity v, and x_{t_prev} = x_t − (t − t_prev)·v. Guidance (1 + w)·v_cond − w·v_uncond
-applies only while t lies in the guidance interval. Noise is drawn on the CPU from the seed so a
-seed gives the same sample on every device.
+applies only while t lies in the guidance interval.
+
+Noise comes from one private CPU generator per run, seeded once with the user's seed
+(:func:`noise_stream`) and drawn in the release's order (stage 1, then stage 2 from the same stream):
+CUPID's release calls `torch.manual_seed(seed)` once and draws both stages with `torch.randn` on the
+CPU, so this reproduces its noise value for value, on every device, without touching the global
+generator.
 """
 from __future__ import annotations
 
@@ -71,11 +76,22 @@ class FlowSampler:
         return x
 
 
+def noise_stream(seed: int) -> torch.Generator:
+    """The private CPU generator of one run, seeded as `torch.manual_seed(seed)` seeds the global one."""
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def draw_noise(shape: Sequence[int], stream: torch.Generator, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The next standard normal draw of `stream`, made on the CPU in float32 and then moved (the same
+    values on every device, and the values `torch.randn(*shape)` gives after `torch.manual_seed`)."""
+    return torch.randn(*shape, generator=stream, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
 def seeded_noise(shape: Sequence[int], seed: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise drawn on the CPU from `seed`, then moved: identical on every device."""
-    g = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.randn(*shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+    """The first draw of a fresh :func:`noise_stream` of `seed`: identical on every device."""
+    return draw_noise(shape, noise_stream(seed), device, dtype)
 
 
 def _batch(x: Any) -> int:

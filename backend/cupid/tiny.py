@@ -1,8 +1,9 @@
 """`cupid make-tiny-model`: a complete model in the official format, small enough for a CPU in seconds.
 
 Every checkpoint the pipeline loads is written as `ckpts/NAME.json` + `NAME.safetensors` (the DINOv2
-conditioner as a torch.hub-layout `.pth`) beside a `pipeline.json`, exactly as the release lays
-them out, so the tiny model runs the same loading and inference code as the real weights.
+conditioner as a torch.hub-layout `.pth`, the segment-anything model as a `sam_vit_*.pth`-layout state
+dict) beside a `pipeline.json`, exactly as the release lays them out, so the tiny model runs the same
+loading and inference code as the real weights.
 
 Random networks give random shapes, and a random UV cube fits no camera. So that the whole pipeline
 still runs end to end, the two stage-1 decoders are fitted (a few hundred Adam steps, fixed seed)
@@ -22,6 +23,7 @@ import torch
 from .geometry import voxel_centers
 from .models import build_model
 from .models.dinov2 import DinoV2
+from .models.sam_tiny import TINY_SAM_FILE, write_tiny_sam
 
 TINY_FLOW_RES = 4        # stage-1 latent grid; the decoders upsample 4× to a 16³ structure grid
 TINY_GRID = 16
@@ -66,7 +68,8 @@ def shell_targets(res: int = TINY_GRID) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _configs() -> dict[str, dict[str, Any]]:
-    """Tiny args for every checkpoint, mirroring the release's classes and argument names."""
+    """Tiny args for every checkpoint: only argument names the release's own classes accept (its stage-2
+    flow takes no `pretrained_slat_enc`; the pipeline hands it the SLat encoder of pipeline.json)."""
     flow_common = {"model_channels": 32, "cond_channels": TINY_DINO_DIM, "num_blocks": 1, "num_heads": 2,
                    "mlp_ratio": 2, "pe_mode": "ape", "qk_rms_norm": True, "use_fp16": False}
     ss_dec = {"latent_channels": 8, "num_res_blocks": 1, "num_res_blocks_middle": 1, "channels": [32, 16, 8],
@@ -81,8 +84,7 @@ def _configs() -> dict[str, dict[str, Any]]:
         "slat_flow_tiny": {"name": "ElasticVisualLatentConditioningSLatFlowModel", "args": {
             "resolution": TINY_GRID, "in_channels": 8, "out_channels": 8, "cond_latent_channels": 8,
             "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [16], "visual_feat_channels": [4, 4, 4, 4],
-            "visual_feat_resolution": 64, "visual_conv_kernel_size": 3,
-            "pretrained_slat_enc": "ckpts/slat_enc_tiny", **flow_common}},
+            "visual_feat_resolution": 64, "visual_conv_kernel_size": 3, **flow_common}},
         "slat_enc_tiny": {"name": "SLatEncoder", "args": {
             "resolution": TINY_GRID, "in_channels": TINY_DINO_DIM, "model_channels": 32, "latent_channels": 8,
             **swin}},
@@ -122,7 +124,20 @@ def randomize_weights(model: torch.nn.Module, generator: torch.Generator) -> Non
 
 def _fit_decoder(model: torch.nn.Module, target_occ: np.ndarray, target_uv: np.ndarray | None,
                  steps: int = 300) -> float:
-    """Fit a stage-1 decoder to output the target from any latent; returns the final loss."""
+    """Fit a stage-1 decoder to output the target from any latent; returns the final loss.
+
+    Fitted on one thread: reductions split over threads round differently, and after hundreds of Adam
+    steps that shows, so the same seed must give the same tiny model on every machine (the release-parity
+    fixtures were computed from it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_steps(model, target_occ, target_uv, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_steps(model: torch.nn.Module, target_occ: np.ndarray, target_uv: np.ndarray | None, steps: int) -> float:
     with torch.no_grad():
         model.input_layer.weight.zero_()   # the latent is ignored: zero padding gives the position
     params = [p for n, p in model.named_parameters() if not n.startswith("input_layer.weight")]
@@ -196,12 +211,14 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     randomize_weights(dino, generator)
     torch.save({k: v.detach().clone() for k, v in dino.state_dict().items()}, ckpts / "dinov2_tiny.pth")
     _write_tiny_moge(out / "ckpts" / "moge_tiny", generator)
+    write_tiny_sam(ckpts)  # hand-built, segments by colour (cupid.models.sam_tiny)
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                "params": {"steps": 4, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
     pipeline = {"name": "Cupid3DPipeline", "args": {
         "models": ROLES, "sparse_structure_sampler": sampler, "slat_sampler": sampler,
         "slat_normalization": {"mean": [0.0] * 8, "std": [1.0] * 8},
-        "image_cond_model": "ckpts/dinov2_tiny.pth", "moge_model": "ckpts/moge_tiny", "tiny": True,
+        "image_cond_model": "ckpts/dinov2_tiny.pth", "moge_model": "ckpts/moge_tiny",
+        "sam_model": f"ckpts/{TINY_SAM_FILE}", "tiny": True,
         "export": {"target_faces": 4000, "texture_size": 256, "chart_iterations": 0}}}
     (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1))
     return out

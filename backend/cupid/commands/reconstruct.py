@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import config
 from ..errors import CliError
+from ..geometry.pnp import PNP_METHODS
+
+if TYPE_CHECKING:
+    from ..geometry import CameraPose
+    from ..reconstruction import Preview
 
 NAME = "reconstruct"
 HELP = "reconstruct the object(s) in a photo and the camera that took it into a result bundle"
@@ -19,7 +26,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
     p.add_argument("--steps", type=int, default=0, help="sampler steps per stage (0: the model's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--pnp", choices=PNP_METHODS, default=None,
+                   help="camera solver: robust (RANSAC + refinement, the default) or dlt (the release's, "
+                        "to reproduce its results seed for seed); default: the model's pipeline.json")
     p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
+    p.add_argument("--point", action="append", default=[], metavar="X,Y",
+                   help="scene mode: pick an object by a click at pixel X,Y of the photo (repeat for more objects)")
+    p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                   help="scene mode: pick an object by a box around it, in the photo's pixels (repeatable)")
+    p.add_argument("--camera", metavar="CAMERA.json",
+                   help="use this camera instead of solving one: JSON with K, R, t (OpenCV, in the photo's pixels), "
+                        "e.g. a bundle's preview.json or scene.json (object mode)")
+
+
+def read_camera_json(path: str, photo: str) -> "CameraPose":
+    """A camera from JSON (K, R, t; width/height optional, else the photo's), checked."""
+    from ..geometry import CameraPose, validate_camera
+    from ..preprocess import load_photo
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read the camera {path}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("camera"), dict):  # preview.json / scene.json
+        data = {**data["camera"], "width": data.get("width", data.get("image", {}).get("width")),
+                "height": data.get("height", data.get("image", {}).get("height"))}
+    if not isinstance(data, dict):
+        raise CliError(f"the camera {path} must be a JSON object with K, R and t")
+    if data.get("width") is None or data.get("height") is None:
+        h, w = load_photo(photo).shape[:2]
+        data = {**data, "width": w, "height": h}
+    return validate_camera(CameraPose.from_dict(data))
+
+
+def write_preview(out_dir: Path, preview: "Preview") -> None:
+    """preview.json (stage 1's camera and voxels) into the bundle directory, as soon as stage 1 ends."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "preview.json").write_text(json.dumps(preview.to_dict()), encoding="utf-8")
+    print(f"stage 1 done: camera and {len(preview.voxels)} voxels in {out_dir / 'preview.json'}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,11 +71,21 @@ def run(args: argparse.Namespace) -> int:
 
     from ..pipeline import CupidPipeline
     from ..run import reconstruct_bundle
+    from ..scene.masks import parse_box, parse_point
 
     if not Path(args.photo).is_file():
         raise CliError(f"photo not found: {args.photo}")
     if args.mask and not Path(args.mask).is_file():
         raise CliError(f"mask not found: {args.mask}")
+    camera = read_camera_json(args.camera, args.photo) if args.camera else None
+    prompts = None
+    if args.point or args.box:
+        if args.mode != "scene":
+            raise CliError("--point and --box pick objects in scene mode: add --mode scene")
+        if args.mask:
+            raise CliError("give either --mask or --point/--box, not both")
+        prompts = ([list(parse_point(p)) for p in args.point], [list(parse_box(b)) for b in args.box])
+    out_dir = Path(args.output)
     bars: dict[str, tqdm] = {}
     state = {"stage": None}
 
@@ -48,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"loading model {args.model} ...")
     pipe = CupidPipeline.from_pretrained(args.model, device=args.device)
     try:
-        out = reconstruct_bundle(pipe, args.photo, args.output, mask=args.mask, mode=args.mode, seed=args.seed,
-                                 steps=args.steps or None, progress=progress)
+        out = reconstruct_bundle(pipe, args.photo, out_dir, mask=args.mask, mode=args.mode, seed=args.seed,
+                                 steps=args.steps or None, progress=progress, pnp=args.pnp, camera=camera,
+                                 prompts=prompts, on_stage_one=lambda first: write_preview(out_dir, first.preview()))
     finally:
         for bar in bars.values():
             bar.close()

@@ -23,8 +23,9 @@ import numpy as np
 
 from .. import __version__
 from ..errors import CupidError, InputError
-from ..geometry import CameraPose, Similarity
+from ..geometry import CameraPose, Similarity, check_rotation, validate_camera
 from ..reconstruction import ReconstructedObject, Reconstruction
+from .fit import fit_ious
 from .glb import write_glb
 from .mesh import TexturedMesh, postprocess_mesh
 from .overlay import render_overlay
@@ -118,20 +119,6 @@ def _photo_array(photo: Any) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def _check_camera(camera: CameraPose) -> None:
-    K, R, t = camera.K, camera.R, camera.t
-    if not (np.all(np.isfinite(K)) and np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
-        raise InputError("camera contains NaN or infinite values")
-    _check_rotation(R, "camera R")
-    if camera.width < 1 or camera.height < 1:
-        raise InputError(f"camera image size must be positive, got {camera.width}x{camera.height}")
-
-
-def _check_rotation(R: np.ndarray, what: str) -> None:
-    if np.abs(R @ R.T - np.eye(3)).max() > 1e-4 or np.linalg.det(R) < 0:
-        raise InputError(f"{what} is not a rotation matrix (orthonormal, det +1)")
-
-
 def _check_placement(obj: ReconstructedObject) -> Similarity:
     sim = obj.placement
     try:
@@ -144,7 +131,7 @@ def _check_placement(obj: ReconstructedObject) -> Similarity:
         raise InputError(f"object {obj.name!r}: placement scale must be positive, got {s}")
     if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
         raise InputError(f"object {obj.name!r}: placement contains NaN or infinite values")
-    _check_rotation(R, f"object {obj.name!r}: placement R")
+    check_rotation(R, f"object {obj.name!r}: placement R")
     return Similarity(scale=s, R=R, t=t)
 
 
@@ -190,7 +177,7 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
     opts = options or ExportOptions()
     img = _photo_array(reconstruction.photo)
     camera = reconstruction.camera
-    _check_camera(camera)
+    validate_camera(camera)
     objects = reconstruction.objects
     w, h = camera.width, camera.height
     if (img.shape[1], img.shape[0]) != (w, h):
@@ -245,8 +232,14 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
         entries.append(entry)
         overlay_meshes.append((placement.apply(tm.vertices.astype(np.float64)), tm.faces, tm.colors))
 
+    ious = fit_ious([(v, f) for v, f, _ in overlay_meshes], [o.mask for o in objects], camera)
+    for entry, iou in zip(entries, ious):
+        if iou is not None:
+            entry["fit"] = {"iou": round(iou, 6)}
     if opts.overlay:
-        ov = render_overlay(img, overlay_meshes, camera.K, camera.R, camera.t, alpha=opts.overlay_alpha)
+        labels = [None if iou is None else f"fit IoU {iou:.2f}" for iou in ious]
+        ov = render_overlay(img, overlay_meshes, camera.K, camera.R, camera.t, alpha=opts.overlay_alpha,
+                            labels=labels)
     else:
         ov = img
     _write_png(out / OVERLAY_FILE, ov)

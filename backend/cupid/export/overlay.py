@@ -24,10 +24,12 @@ def _face_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(photo: np.ndarray, meshes: Sequence[OverlayMesh], K, R, t, *,
-                   alpha: float = 0.6, outline_color=(255, 64, 32), outline_px: int = 2) -> np.ndarray:
+                   alpha: float = 0.6, outline_color=(255, 64, 32), outline_px: int = 2,
+                   labels: Sequence[str | None] | None = None) -> np.ndarray:
     """Return an RGB uint8 image the size of `photo` with all meshes (world frame) drawn over it.
 
-    The meshes share one z-buffer, so objects occlude each other correctly.
+    The meshes share one z-buffer, so objects occlude each other correctly. `labels` (one per mesh,
+    e.g. its fit score) are written above each mesh's silhouette.
     """
     import cv2
 
@@ -74,4 +76,28 @@ def render_overlay(photo: np.ndarray, meshes: Sequence[OverlayMesh], K, R, t, *,
     out = np.ascontiguousarray(out)
     cv2.drawContours(out, contours, -1, tuple(int(x) for x in outline_color), int(outline_px),
                      lineType=cv2.LINE_AA)
+    if labels:
+        owner = np.concatenate([np.full(len(f), k) for k, f in enumerate(faces)])
+        ids = np.full(mask.shape, -1)
+        ids[mask] = owner[frags.face_id[mask]]
+        for k, text in enumerate(labels):
+            if text:
+                _label(out, text, ids == k, outline_color)
     return out
+
+
+def _label(img: np.ndarray, text: str, region: np.ndarray, color) -> None:
+    """`text` on a dark box just above `region`'s bounding box (inside the image)."""
+    import cv2
+
+    if not region.any():
+        return
+    h, w = img.shape[:2]
+    ys, xs = np.nonzero(region)
+    scale = max(0.4, min(1.2, w / 900))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x = int(np.clip(xs.min(), 0, max(0, w - tw - 4)))
+    y = int(np.clip(ys.min() - 6, th + 4, h - base - 2))
+    cv2.rectangle(img, (x, y - th - 4), (x + tw + 4, y + base), (0, 0, 0), -1)
+    cv2.putText(img, text, (x + 2, y - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, tuple(int(c) for c in color), 1,
+                cv2.LINE_AA)

@@ -12,14 +12,17 @@ several objects of one scene are placed in a common camera frame by :func:`umeya
 """
 from __future__ import annotations
 
-from .camera import GRID_RES, CameraPose, project, uncrop_uv, uv_cube, voxel_centers
-from .pnp import CameraSolution, decompose_projection, solve_camera
+from .camera import (GRID_RES, CameraPose, check_rotation, project, uncrop_uv, uv_cube, validate_camera,
+                     voxel_centers)
+from .pnp import PNP_METHODS, CameraSolution, decompose_projection, solve_camera
 from .rotation import rodrigues, rotation_angle_deg
-from .similarity import Similarity, umeyama, umeyama_robust
+from .similarity import Similarity, refine_similarity_along_rays, umeyama, umeyama_robust
 
 __all__ = [
     "GRID_RES",
     "CameraPose",
+    "check_rotation",
+    "validate_camera",
     "CameraSolution",
     "Similarity",
     "project",
@@ -27,9 +30,11 @@ __all__ = [
     "voxel_centers",
     "uncrop_uv",
     "solve_camera",
+    "PNP_METHODS",
     "decompose_projection",
     "umeyama",
     "umeyama_robust",
+    "refine_similarity_along_rays",
     "rotation_angle_deg",
     "rodrigues",
 ]

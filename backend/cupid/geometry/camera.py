@@ -89,6 +89,13 @@ class CameraPose:
             w, h = int(image_size[0]), int(image_size[1])
         return CameraPose(A @ self.K, self.R.copy(), self.t.copy(), w, h)
 
+    def in_crop(self, offset: Sequence[float], size: float) -> "CameraPose":
+        """This camera (in the photo's pixels) seen in a square crop of side `size` whose top-left
+        corner is at `offset`: the inverse of ``de_crop(1.0, offset)``."""
+        A_inv = np.array([[1.0, 0.0, -float(offset[0])], [0.0, 1.0, -float(offset[1])], [0.0, 0.0, 1.0]])
+        side = int(round(float(size)))
+        return CameraPose(A_inv @ self.K, self.R.copy(), self.t.copy(), side, side)
+
     def to_dict(self) -> dict:
         """JSON-ready dict in the ``scene.json`` camera layout (plus width/height)."""
         return {
@@ -117,6 +124,33 @@ class CameraPose:
                        np.array(data["t"], float), int(w), int(h))
         except (KeyError, ValueError) as exc:
             raise InputError(f"malformed camera dict: {exc}") from exc
+
+
+def check_rotation(R: Any, what: str = "R") -> np.ndarray:
+    """R as a 3×3 float array, or InputError when it is not a proper rotation (orthonormal, det +1)."""
+    try:
+        R = np.asarray(R, dtype=np.float64).reshape(3, 3)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be a 3x3 matrix: {exc}") from exc
+    if not np.all(np.isfinite(R)) or np.abs(R @ R.T - np.eye(3)).max() > 1e-4 or np.linalg.det(R) < 0:
+        raise InputError(f"{what} is not a rotation matrix (orthonormal, det +1)")
+    return R
+
+
+def validate_camera(camera: CameraPose) -> CameraPose:
+    """The camera itself, or InputError naming what is wrong: non-finite values, a singular or
+    non-pinhole K (K[2] must be (0, 0, 1), fx and fy positive), a non-rotation R, an empty image."""
+    K, t = camera.K, camera.t
+    if not (np.all(np.isfinite(K)) and np.all(np.isfinite(t))):
+        raise InputError("camera contains NaN or infinite values")
+    if not np.allclose(K[2], [0.0, 0.0, 1.0], atol=1e-9) or not (K[0, 0] > 0 and K[1, 1] > 0) \
+            or abs(np.linalg.det(K)) < 1e-12:
+        raise InputError("camera K is singular or not a pinhole matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]] "
+                         "with positive fx, fy")
+    check_rotation(camera.R, "camera R")
+    if camera.width < 1 or camera.height < 1:
+        raise InputError(f"camera image size must be positive, got {camera.width}x{camera.height}")
+    return camera
 
 
 # --------------------------------------------------------------------------------------------

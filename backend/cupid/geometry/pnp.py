@@ -1,8 +1,14 @@
-"""The camera from 3D-2D pairs: Hartley-normalised DLT in a seeded RANSAC, RQ decomposition, then a
-robust refinement with square pixels and zero skew (numpy only).
+"""The camera from 3D-2D pairs (numpy only), by one of two solvers.
 
 CUPID predicts, for every occupied voxel, where it lands in the photo (a \"UV cube\"); the camera is
-recovered from those (point, uv) pairs by :func:`solve_camera`.
+recovered from those (point, uv) pairs by :func:`solve_camera`:
+
+- ``"robust"`` (default): Hartley-normalised DLT in a seeded RANSAC, RQ decomposition, then a robust
+  refinement with square pixels and zero skew. Stray uv cannot pull the camera.
+- ``"dlt"``: the release's own solver (``calibrate_camera_dlt`` + ``decompose_projection`` in CUPID's
+  ``cupid/utils/pose_utils.py``): one linear DLT over every pair in normalised uv, unweighted and
+  without coordinate normalisation, then RQ; K keeps its skew and separate focal lengths. It gives
+  the release's camera for a given UV cube, so a published result can be reproduced seed for seed.
 """
 from __future__ import annotations
 
@@ -246,14 +252,39 @@ def _refine_lm(X: np.ndarray, px: np.ndarray, f: float, cx: float, cy: float, R:
     return params_f, _nearest_rotation(R), t
 
 
-def solve_camera(points: Any, uv: Any, image_size: Sequence[float], *,
+PNP_METHODS = ("robust", "dlt")
+
+
+def _solve_dlt_release(X: np.ndarray, uv: np.ndarray, W: float, H: float, thr: float) -> CameraSolution:
+    """The release's DLT: min ||A p|| (||p|| = 1) with rows [X 1, 0, -u (X 1)] and [0, X 1, -v (X 1)]
+    built from the raw points and the uv in [0, 1], sign so that det(P[:, :3]) > 0, then K, R, t by RQ
+    (positive diagonal) and K scaled to K[2,2] = 1. K is in uv units, then scaled to pixels."""
+    Xh = np.concatenate([X, np.ones((len(X), 1))], axis=1)
+    _, vecs = np.linalg.eigh(_dlt_normal_matrix(Xh, uv, None))
+    P = vecs[:, 0].reshape(3, 4)
+    K_uv, R, t = decompose_projection(P)
+    K = np.diag([W, H, 1.0]) @ K_uv
+    uvp, z = project(X, K, R, t, (W, H), return_depth=True)
+    err = np.sqrt(np.nan_to_num((uvp - uv) ** 2 * np.array([W, H]) ** 2, nan=np.inf).sum(1))
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError("camera solve failed: non-positive or invalid focal length")
+    inliers = (z > 0) & (err < thr)
+    rms = float(np.sqrt(np.mean(err[inliers] ** 2))) if inliers.any() else float("inf")
+    return CameraSolution(K=K, R=R, t=t, width=int(round(W)), height=int(round(H)), inliers=inliers,
+                          rms_px=rms, threshold_px=thr, iterations=0, residuals_px=err)
+
+
+def solve_camera(points: Any, uv: Any, image_size: Sequence[float], *, method: str = "robust",
                  threshold_px: float | None = None, ransac: bool = True, seed: int = 0,
                  max_hypotheses: int = 1024, confidence: float = 0.9999,
                  score_subset: int = 2000, refine: bool = True,
                  min_inlier_ratio: float = 0.25) -> CameraSolution:
-    """Recover K (square pixels, zero skew), R, t from object points (N, 3) and their uv (N, 2).
+    """Recover K, R, t from object points (N, 3) and their uv (N, 2) in an image of ``image_size``.
 
-    Steps: uv -> pixels; Hartley normalisation; seed-fixed RANSAC over 6-point DLT hypotheses
+    ``method="dlt"`` is the release's solver (see the module doc): the other options do not apply,
+    K may have skew and fx != fy, and no pair is rejected (``inliers`` only reports the fit).
+
+    ``method="robust"``: K with square pixels and zero skew. Steps: uv -> pixels; Hartley normalisation; seed-fixed RANSAC over 6-point DLT hypotheses
     (scored on a fixed random subset with a truncated quadratic loss; points behind the camera
     count as outliers), local re-fit of the DLT on the inliers; RQ decomposition of P into K, R, t;
     Huber-IRLS Levenberg-Marquardt on pixel reprojection error over (f, cx, cy, R, t).
@@ -265,6 +296,8 @@ def solve_camera(points: Any, uv: Any, image_size: Sequence[float], *,
     uv = _as_points(uv, 2, "uv")
     if len(X) != len(uv):
         raise InputError(f"points and uv differ in length ({len(X)} vs {len(uv)})")
+    if method not in PNP_METHODS:
+        raise InputError(f"method must be one of {', '.join(PNP_METHODS)}, got {method!r}")
     n = len(X)
     if n < 6:
         raise InputError(f"at least 6 point/uv pairs are needed to solve a camera, got {n}")
@@ -278,6 +311,8 @@ def solve_camera(points: Any, uv: Any, image_size: Sequence[float], *,
 
     if np.ptp(px, axis=0).max() < 1e-9 * max(W, H):
         raise InputError("all uv are (nearly) identical; the camera cannot be solved")
+    if method == "dlt":
+        return _solve_dlt_release(X, uv, W, H, thr)
     Xn, T3 = _normalise_3d(X)
     xn, T2 = _normalise_2d(px)
     thr_n = thr * T2[0, 0]

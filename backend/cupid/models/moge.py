@@ -94,16 +94,31 @@ def _solve_shift(uv: np.ndarray, xyz: np.ndarray, focal: float | None) -> tuple[
     return shift, (focal if focal is not None else best_focal(shift))
 
 
+def principal_point_offset(principal_point: Sequence[float] | None, width: int, height: int) -> np.ndarray:
+    """Where a principal point given in uv ([0, 1]², (0.5, 0.5) = image centre) lies on the view plane
+    of :func:`view_plane_uv` (units of the half image diagonal); (0, 0) when none is given."""
+    if principal_point is None:
+        return np.zeros(2)
+    cu, cv = (float(c) for c in principal_point)
+    if not (np.isfinite(cu) and np.isfinite(cv)):
+        raise InputError(f"principal point must be finite uv, got {principal_point!r}")
+    ar = width / height
+    return np.array([ar / math.hypot(1.0, ar) * (2.0 * cu - 1.0), 1.0 / math.hypot(1.0, ar) * (2.0 * cv - 1.0)])
+
+
 def recover_focal_shift(points: np.ndarray, mask: np.ndarray | None = None, focal: float | None = None,
-                        downsample_size: tuple[int, int] = (64, 64)) -> tuple[float, float]:
+                        downsample_size: tuple[int, int] = (64, 64),
+                        principal_point: Sequence[float] | None = None) -> tuple[float, float]:
     """Focal (relative to the half image diagonal) and z shift that make an affine point map
-    [H, W, 3] a pinhole projection with centred principal point. Points are subsampled to
-    `downsample_size` (nearest) first; fewer than 2 valid points give (1, 0) like MoGe."""
+    [H, W, 3] a pinhole projection. The principal point is the image centre unless
+    `principal_point` (uv, [0, 1]²) gives it: an off-centre camera read as centred is off by a
+    few to tens of percent of depth. Points are subsampled to `downsample_size` (nearest) first;
+    fewer than 2 valid points give (1, 0) like MoGe."""
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 3 or pts.shape[2] != 3:
         raise InputError(f"point map must be [H, W, 3], got {pts.shape}")
     h, w = pts.shape[:2]
-    uv = view_plane_uv(w, h)
+    uv = view_plane_uv(w, h) - principal_point_offset(principal_point, w, h)
     ri, ci = _nearest_index(h, downsample_size[0]), _nearest_index(w, downsample_size[1])
     p_lr, uv_lr = pts[ri][:, ci], uv[ri][:, ci]
     keep = np.all(np.isfinite(p_lr), axis=-1)
@@ -118,12 +133,15 @@ def recover_focal_shift(points: np.ndarray, mask: np.ndarray | None = None, foca
     return f, shift
 
 
-def focal_to_intrinsics(focal: float, width: int, height: int) -> np.ndarray:
-    """Normalised intrinsics (uv in [0,1]², principal point at the centre) of a half-diagonal focal."""
+def focal_to_intrinsics(focal: float, width: int, height: int,
+                        principal_point: Sequence[float] | None = None) -> np.ndarray:
+    """Normalised intrinsics (uv in [0,1]²) of a half-diagonal focal; principal point at the centre
+    unless `principal_point` (uv) is given."""
     ar = width / height
     fx = focal / 2.0 * math.hypot(1.0, ar) / ar
     fy = focal / 2.0 * math.hypot(1.0, ar)
-    return np.array([[fx, 0.0, 0.5], [0.0, fy, 0.5], [0.0, 0.0, 1.0]])
+    cu, cv = (0.5, 0.5) if principal_point is None else (float(c) for c in principal_point)
+    return np.array([[fx, 0.0, cu], [0.0, fy, cv], [0.0, 0.0, 1.0]])
 
 
 def fov_x_to_focal(fov_x_deg: float, width: int, height: int) -> float:
@@ -475,7 +493,8 @@ class MoGeModel:
         return self.net.version
 
     @torch.inference_mode()
-    def infer(self, image: Any, *, fov_x: float | None = None, resolution_level: int = 9,
+    def infer(self, image: Any, *, fov_x: float | None = None, principal_point: Sequence[float] | None = None,
+              resolution_level: int = 9,
               num_tokens: int | None = None, apply_mask: bool = True, force_projection: bool = True,
               use_fp16: bool = True) -> dict[str, Any]:
         """Camera geometry of one photo.
@@ -483,7 +502,9 @@ class MoGeModel:
         Returns numpy arrays: `points` [H, W, 3] float32 (OpenCV camera frame; inf where invalid if
         apply_mask), `mask` [H, W] bool, `depth` [H, W] float32, `intrinsics` 3×3 normalised (uv in
         [0,1]²), `intrinsics_px` 3×3 in pixels of this image, `fov_x`/`fov_y` in degrees, and for v2
-        `normal` [H, W, 3] and `metric_scale` when the network has those heads.
+        `normal` [H, W, 3] and `metric_scale` when the network has those heads. A known
+        `principal_point` (uv, [0, 1]²) is used by the focal/shift recovery and the intrinsics;
+        otherwise it is the image centre, as MoGe assumes.
         """
         x = _to_image_tensor(image).to(self.device)
         _, _, h, w = x.shape
@@ -500,11 +521,11 @@ class MoGeModel:
                 else np.ones((h, w), dtype=bool))
         mask &= np.all(np.isfinite(points), axis=-1)
         if fov_x is None:
-            focal, shift = recover_focal_shift(points, mask)
+            focal, shift = recover_focal_shift(points, mask, principal_point=principal_point)
         else:
             focal = fov_x_to_focal(float(fov_x), w, h)
-            _, shift = recover_focal_shift(points, mask, focal=focal)
-        k = focal_to_intrinsics(focal, w, h)
+            _, shift = recover_focal_shift(points, mask, focal=focal, principal_point=principal_point)
+        k = focal_to_intrinsics(focal, w, h, principal_point)
         depth = points[..., 2] + shift
         if self.version == 2:
             mask &= depth > 0

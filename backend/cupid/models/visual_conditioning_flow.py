@@ -38,8 +38,7 @@ class VisualLatentConditioningSLatFlowModel(SLatFlowModel):
                  cond_latent_channels: int, out_channels: int, num_blocks: int,
                  visual_input_channels: int = 3, visual_feat_resolution: int = 256,
                  visual_feat_channels: list[int] | None = None, visual_conv_kernel_size: int = 3,
-                 pretrained_slat_enc: str | None = None, slat_enc_path: str | None = None,
-                 slat_enc_ckpt: str | None = None, **kwargs: Any):
+                 **kwargs: Any):
         feat_channels = list(visual_feat_channels or [4, 4, 4, 4])
         super().__init__(resolution, in_channels + cond_latent_channels + sum(feat_channels), model_channels,
                          cond_channels, out_channels, num_blocks, **kwargs)
@@ -47,9 +46,6 @@ class VisualLatentConditioningSLatFlowModel(SLatFlowModel):
         self.cond_latent_channels = cond_latent_channels
         self.visual_feat_resolution = visual_feat_resolution
         self.visual_feat_channels = feat_channels
-        self.pretrained_slat_enc = pretrained_slat_enc
-        self.slat_enc_path = slat_enc_path
-        self.slat_enc_ckpt = slat_enc_ckpt
         self._slat_encoder: list[nn.Module | None] = [None]  # a list keeps it out of the state dict
         convs = []
         c_in, res_in, res_out = visual_input_channels, visual_feat_resolution, visual_feat_resolution

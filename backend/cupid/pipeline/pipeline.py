@@ -11,25 +11,27 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from .. import config
 from ..errors import CheckpointError, CupidError, InputError
-from ..geometry import CameraPose, uncrop_uv, voxel_centers
+from ..geometry import CameraPose, uncrop_uv, validate_camera, voxel_centers
 from ..hub import hub_file
 from ..models import load_model
 from ..models.dinov2 import ImageConditioner, load_dinov2
 from ..preprocess import Processed, load_photo, preprocess
 from ..progress import CancelCheck, Progress, ProgressCallback
-from ..reconstruction import Pairs, ReconstructedObject, Reconstruction
-from ..sampler import FlowSampler, seeded_noise
+from ..reconstruction import Pairs, Preview, ReconstructedObject, Reconstruction
+from ..sampler import FlowSampler, draw_noise, noise_stream
+from ..scene.masks import ObjectMasks
 from ..sparse import SparseTensor
-from .scene import SCENE_OBJECTS_SPAN, object_alphas, place_objects, point_map
-from .stage1 import StructureResult, decode_structure, pose_from_structure, voxel_uvs
+from .scene import SCENE_OBJECTS_SPAN, Prompts, object_alphas, object_masks, place_objects, point_map
+from .stage1 import PNP_METHODS, StructureResult, decode_structure, pose_from_structure, voxel_uvs
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -67,6 +69,22 @@ def _read_pipeline_json(model: str | os.PathLike) -> tuple[dict, str, bool]:
     return json.loads(Path(cfg).read_text())["args"], str(model), False
 
 
+@dataclass
+class StageOne:
+    """What stage 1 leaves for stage 2 (kept by the service so that a refine skips stage 1)."""
+
+    processed: Processed
+    cond: torch.Tensor
+    visual: torch.Tensor
+    structure: StructureResult
+    camera: CameraPose     # photo pixels: solved from the UV cube, or given
+    seed: int
+    noise_state: torch.Tensor   # the run's noise stream right after stage 1's draw (stage 2 draws next)
+
+    def preview(self) -> Preview:
+        return Preview(self.camera, np.argwhere(self.structure.occupancy), self.structure.res)
+
+
 class CupidPipeline:
     """The loaded networks and samplers of one model."""
 
@@ -83,6 +101,9 @@ class CupidPipeline:
         self.source = source
         self.settings = dict(settings or {})  # the rest of pipeline.json (point-map model, export defaults)
         self._point_map_model: Any = None
+        self._segmentation_model: Any = None
+        self.pnp = check_pnp(self.settings.get("pnp", "robust"), f"{source or 'the model'}: pipeline.json's \"pnp\"",
+                             CheckpointError)
         self.models["slat_flow_model"].attach_slat_encoder(self.models["slat_encoder"])
 
     @classmethod
@@ -134,20 +155,44 @@ class CupidPipeline:
             self._point_map_model = load_moge(local if local.exists() else name, device=self.device)
         return self._point_map_model
 
+    @property
+    def segmentation_model(self) -> Any:
+        """The SAM that makes scene masks: pipeline.json "sam_model" (a file of the model directory or a
+        Hub path), else $CUPID_SAM_CHECKPOINT or the default of `cupid download`; loaded on first use."""
+        if self._segmentation_model is None:
+            from ..models.sam import load_sam
+
+            name = self.settings.get("sam_model")
+            local = Path(self.source) / name if name else None
+            self._segmentation_model = load_sam(local if local is not None and local.exists() else name,
+                                                device=self.device)
+        return self._segmentation_model
+
+    def segment(self, image: Any, prompts: Prompts | None = None) -> ObjectMasks:
+        """The objects of a photo as masks: one per prompt (points, then boxes, in photo pixels), or the
+        automatic ones. What scene mode would reconstruct, shown before it runs."""
+        photo = load_photo(image)[..., :3]
+        masks = object_masks(photo, None, prompts, lambda: self.segmentation_model)
+        if len(masks) == 0:
+            raise InputError("no object found in the photo: pick the objects with points or boxes")
+        return masks
+
     # ------------------------------------------------------------------ stages
     def condition(self, processed: Processed) -> tuple[torch.Tensor, torch.Tensor]:
         """DINOv2 tokens of the 518² crop, and the 256² RGB×alpha crop for the conv head."""
         cond = self.conditioner.encode(processed.cond_image[None].to(self.device))
         return cond, processed.visual_image[None].to(self.device)
 
-    def sample_structure(self, cond: torch.Tensor, seed: int, steps: int | None, job: Progress) -> StructureResult:
+    def sample_structure(self, cond: torch.Tensor, noise: torch.Generator | int, steps: int | None,
+                         job: Progress) -> StructureResult:
+        """Stage 1; `noise` is the run's stream (see `noise_stream`), or a seed for a fresh one."""
         flow = self.models["sparse_structure_flow_model"]
         ss_dec = self.models["sparse_structure_decoder"]
         uv_dec = self.models["sparse_structure_uv_decoder"]
         sampler = _with_steps(self.ss_sampler, steps)
         res = flow.resolution
-        noise = seeded_noise((1, flow.in_channels, res, res, res), seed, self.device)
-        z = sampler.sample(flow, noise, cond, torch.zeros_like(cond),
+        x = draw_noise((1, flow.in_channels, res, res, res), _stream(noise), self.device)
+        z = sampler.sample(flow, x, cond, torch.zeros_like(cond),
                            progress=lambda f: job.report("structure", f), should_cancel=job.should_cancel)
         c = ss_dec.latent_channels
         ss_logits = ss_dec(z[:, :c])
@@ -155,7 +200,9 @@ class CupidPipeline:
         return decode_structure(ss_logits[0, 0], uv_logits[0])
 
     def sample_latent(self, structure: StructureResult, pose_in_crop: CameraPose, cond: torch.Tensor,
-                      visual: torch.Tensor, seed: int, steps: int | None, job: Progress) -> SparseTensor:
+                      visual: torch.Tensor, noise: torch.Generator | int, steps: int | None,
+                      job: Progress) -> SparseTensor:
+        """Stage 2; draws its noise from the run's stream right after stage 1's, as the release does."""
         flow = self.models["slat_flow_model"]
         idx = np.argwhere(structure.occupancy)
         coords = torch.zeros((len(idx), 4), dtype=torch.int32)
@@ -163,14 +210,14 @@ class CupidPipeline:
         coords = coords.to(self.device)
         uvs = SparseTensor(torch.from_numpy(voxel_uvs(idx, structure.res, pose_in_crop)).float().to(self.device),
                            coords)
-        noise = SparseTensor(seeded_noise((len(idx), flow.out_channels), seed + 1, self.device), coords)
+        x = SparseTensor(draw_noise((len(idx), flow.out_channels), _stream(noise), self.device), coords)
         cond_d = {"dino_cond": cond, "visual_cond": visual}
         neg_d = {"dino_cond": torch.zeros_like(cond), "visual_cond": torch.zeros_like(visual)}
         if hasattr(flow, "voxel_condition"):  # per-voxel features: once per run, not once per step
             cond_d["voxel_cond"] = flow.voxel_condition(uvs, cond_d)
             neg_d["voxel_cond"] = flow.voxel_condition(uvs, neg_d)
         sampler = _with_steps(self.slat_sampler, steps)
-        slat = sampler.sample(flow, noise, cond_d, neg_d, uvs=uvs,
+        slat = sampler.sample(flow, x, cond_d, neg_d, uvs=uvs,
                               progress=lambda f: job.report("latent", f), should_cancel=job.should_cancel)
         return slat.replace(slat.feats.float() * self.slat_std + self.slat_mean)
 
@@ -184,18 +231,55 @@ class CupidPipeline:
 
     # ------------------------------------------------------------------ one object
     @torch.no_grad()
-    def reconstruct_object(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
-                           progress: Progress | None = None, name: str = "object_0") -> ReconstructedObject:
-        """Stages 1 and 2 for one object: its mesh and Gaussians (object frame), the camera solved from
-        its structure (photo pixels) and its 3D-2D pairs (voxel centres, uv in the photo)."""
+    def stage_one(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
+                  progress: Progress | None = None, camera: CameraPose | None = None,
+                  pnp: str | None = None) -> StageOne:
+        """Condition and sample the structure; solve the camera from its UV cube (`pnp`: "robust" or
+        "dlt", None for the model's pipeline.json "pnp"), or take `camera` (photo pixels) as given.
+        One noise stream seeded once with `seed` feeds stage 1, then stage 2 (the release's order); what
+        this returns is all stage 2 needs, the stream's state included, so a refine can start there."""
         job = progress or Progress()
+        method = self.pnp if pnp is None else check_pnp(pnp, "pnp")
+        stream = noise_stream(seed)
         job.report("condition", 0.0)
         cond, visual = self.condition(processed)
-        structure = self.sample_structure(cond, seed, steps, job)
+        structure = self.sample_structure(cond, stream, steps, job)
         job.report("pose", 0.0)
         crop = processed.crop
-        pose, solution = pose_from_structure(structure, crop.offset, crop.size, processed.size, seed=seed)
-        slat = self.sample_latent(structure, solution.pose, cond, visual, seed, steps, job)
+        if camera is None:
+            camera, _ = pose_from_structure(structure, crop.offset, crop.size, processed.size, seed=seed,
+                                            method=method)
+        else:
+            camera = self.check_camera(camera, structure, processed)
+        return StageOne(processed, cond, visual, structure, camera, seed, stream.get_state())
+
+    def check_camera(self, camera: CameraPose, structure: StructureResult, processed: Processed) -> CameraPose:
+        """A given camera, refused (InputError) when it is malformed, for another photo size, or sees
+        none of the object's voxels."""
+        validate_camera(camera)
+        if camera.image_size != processed.size:
+            raise InputError(f"the camera is for a {camera.width}x{camera.height} image but the photo is "
+                             f"{processed.size[0]}x{processed.size[1]}")
+        centres = voxel_centers(np.argwhere(structure.occupancy), structure.res)
+        uv = camera.project(centres)
+        seen = np.isfinite(uv).all(1) & (uv >= 0).all(1) & (uv <= 1).all(1)
+        if not seen.any():
+            raise InputError("the camera sees none of the object's voxels: it must look at the object "
+                             "(in front of it, inside the photo)")
+        return camera
+
+    @torch.no_grad()
+    def stage_two(self, first: StageOne, *, camera: CameraPose | None = None, steps: int | None = None,
+                  progress: Progress | None = None, name: str = "object_0") -> ReconstructedObject:
+        """Stage 2 and decoding with stage 1's camera (or `camera`, photo pixels): the object's mesh and
+        Gaussians (object frame), that camera, its 3D-2D pairs (voxel centres, uv in the photo), its mask."""
+        job = progress or Progress()
+        processed, structure, crop = first.processed, first.structure, first.processed.crop
+        camera = first.camera if camera is None else self.check_camera(camera, structure, processed)
+        stream = noise_stream(first.seed)
+        stream.set_state(first.noise_state)   # stage 2's noise follows stage 1's, however often this runs
+        slat = self.sample_latent(structure, camera.in_crop(crop.offset, crop.size), first.cond, first.visual,
+                                  stream, steps, job)
         job.report("decode", 0.0)
         mesh, gaussians = self.decode(slat)
         attrs = mesh.vertex_attrs
@@ -204,49 +288,98 @@ class CupidPipeline:
         pairs = Pairs(voxel_centers(structure.uv_indices, structure.res), uv_photo, structure.res)
         return ReconstructedObject(name=name, vertices=mesh.vertices.float().cpu().numpy(),
                                    faces=mesh.faces.cpu().numpy(), vertex_colors=colors, gaussians=gaussians,
-                                   camera=pose, pairs=pairs)
+                                   camera=camera, pairs=pairs, mask=processed.alpha)
+
+    def reconstruct_object(self, processed: Processed, *, seed: int = 0, steps: int | None = None,
+                           progress: Progress | None = None, name: str = "object_0",
+                           camera: CameraPose | None = None, on_stage_one: Callable[[StageOne], None] | None = None,
+                           pnp: str | None = None) -> ReconstructedObject:
+        """Stages 1 and 2 for one object (see `stage_one`, `stage_two`); `on_stage_one` sees stage 1's
+        result (its `preview()`) before stage 2 starts."""
+        job = progress or Progress()
+        first = self.stage_one(processed, seed=seed, steps=steps, progress=job, camera=camera, pnp=pnp)
+        if on_stage_one is not None:
+            on_stage_one(first)
+        return self.stage_two(first, steps=steps, progress=job, name=name)
 
     # ------------------------------------------------------------------ the two modes
     def reconstruct(self, image: Any, *, mask: Any = None, mode: str = "object", seed: int = 0,
                     steps: int | None = None, progress: ProgressCallback | Progress | None = None,
-                    should_cancel: CancelCheck | None = None) -> Reconstruction:
+                    should_cancel: CancelCheck | None = None, camera: CameraPose | None = None,
+                    on_stage_one: Callable[[StageOne], None] | None = None,
+                    prompts: Prompts | None = None, pnp: str | None = None) -> Reconstruction:
         """Photo (+ mask) -> Reconstruction (write it with `cupid.export.write_bundle`).
 
-        Object mode: one object, seen by the camera solved from its own structure. Scene mode: one
-        object per mask (a label image, mask files, or automatic masks), each reconstructed from its
-        own occlusion-aware crop and placed in the point-map model's camera. `progress` is a (stage,
-        fraction of the job) callback, or a `Progress` whose `remainder()` then drives the export."""
+        Object mode: one object, seen by the camera solved from its own structure, or by `camera`
+        (photo pixels) when given; `on_stage_one` is called with stage 1's result (camera + voxels)
+        before stage 2. Scene mode: one object per mask (a label image, mask files, or automatic
+        masks), each reconstructed from its own occlusion-aware crop and placed in the point-map
+        model's camera; without a mask, `prompts` (points, boxes in photo pixels) pick the objects,
+        and without either the segmentation model finds them. `progress` is a (stage, fraction of the
+        job) callback, or a `Progress` whose `remainder()` then drives the export. `pnp` picks the
+        camera solver, "robust" or "dlt" (None: the model's pipeline.json "pnp")."""
         if mode not in ("object", "scene"):
             raise InputError(f"mode must be 'object' or 'scene', got {mode!r}")
+        if pnp is not None:
+            check_pnp(pnp, "pnp")
         if steps is not None and not (0 <= int(steps) <= 500):
             raise InputError(f"steps must be between 1 and 500 (0 = the model's default), got {steps}")
+        if camera is not None and mode != "object":
+            raise InputError("a given camera is for object mode (a scene's camera comes from its point map)")
         job = progress if isinstance(progress, Progress) else Progress(progress, should_cancel)
         job.check()
+        if prompts is not None and mode != "scene":
+            raise InputError("object picks (points, boxes) are for scene mode")
         if mode == "scene":
-            return self._reconstruct_scene(image, mask, seed=seed, steps=steps, job=job)
+            return self._reconstruct_scene(image, mask, prompts, seed=seed, steps=steps, job=job, pnp=pnp)
         processed = preprocess(image, mask)
-        obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job)
+        obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job, camera=camera,
+                                      on_stage_one=on_stage_one, pnp=pnp)
         job.report("export", 0.0)
         return Reconstruction(photo=processed.photo, camera=obj.camera, objects=[obj], mode="object", seed=seed)
 
+    def refine(self, first: StageOne, camera: CameraPose, *, steps: int | None = None,
+               progress: ProgressCallback | Progress | None = None,
+               should_cancel: CancelCheck | None = None) -> Reconstruction:
+        """Stage 2, decoding and nothing else, from a kept stage 1 and a camera the artist moved."""
+        job = progress if isinstance(progress, Progress) else Progress(progress, should_cancel)
+        job.report("latent", 0.0)
+        obj = self.stage_two(first, camera=camera, steps=steps, progress=job)
+        job.report("export", 0.0)
+        return Reconstruction(photo=first.processed.photo, camera=obj.camera, objects=[obj], mode="object",
+                              seed=first.seed)
+
     @torch.no_grad()
-    def _reconstruct_scene(self, image: Any, mask: Any, *, seed: int, steps: int | None,
-                           job: Progress) -> Reconstruction:
+    def _reconstruct_scene(self, image: Any, mask: Any, prompts: Prompts | None, *, seed: int,
+                           steps: int | None, job: Progress, pnp: str | None = None) -> Reconstruction:
         photo = load_photo(image)[..., :3]
-        alphas = object_alphas(photo, mask)
+        alphas = object_alphas(photo, mask, prompts, lambda: self.segmentation_model)
         objects = []
         for k, alpha in enumerate(alphas):
             processed = preprocess(photo, mask=(alpha * 255).astype(np.uint8))
-            objects.append(self.reconstruct_object(processed, seed=seed + 7919 * k, steps=steps,
-                                                   progress=job.part(k, len(alphas), SCENE_OBJECTS_SPAN),
-                                                   name=f"object_{k}"))
+            obj = self.reconstruct_object(processed, seed=seed + 7919 * k, steps=steps,
+                                          progress=job.part(k, len(alphas), SCENE_OBJECTS_SPAN), name=f"object_{k}",
+                                          pnp=pnp)
+            obj.mask = alpha   # the visible part of the object: what its fit score checks
+            objects.append(obj)
         job.mark("pointmap", SCENE_OBJECTS_SPAN + 0.01)
-        points, valid, K_scene = point_map(self.point_map_model, photo, [o.camera.K[0, 0] for o in objects])
+        points, valid, K_scene = point_map(self.point_map_model, photo, [o.camera for o in objects])
         place_objects(objects, alphas, points, valid, seed=seed)
         job.mark("export", 0.95)
         H, W = photo.shape[:2]
         camera = CameraPose(K_scene, np.eye(3), np.zeros(3), W, H)
         return Reconstruction(photo=photo, camera=camera, objects=objects, mode="scene", seed=seed)
+
+
+def check_pnp(method: Any, what: str, error: type[CupidError] = InputError) -> str:
+    """The camera solver's name, or `error` naming where the bad value came from."""
+    if not isinstance(method, str) or method not in PNP_METHODS:
+        raise error(f"{what} must be one of {', '.join(PNP_METHODS)}, got {method!r}")
+    return method
+
+
+def _stream(noise: torch.Generator | int) -> torch.Generator:
+    return noise if isinstance(noise, torch.Generator) else noise_stream(int(noise))
 
 
 def _flat(entry: dict) -> dict:

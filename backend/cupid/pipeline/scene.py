@@ -10,29 +10,43 @@ MoGe's camera frame and each object's placement is its similarity. No renderer i
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import CupidError, InputError
+from ..geometry import CameraPose
 from ..reconstruction import ReconstructedObject
 from ..scene.alignment import align_object, visible_points
-from ..scene.masks import load_object_masks, occluder_mask, segment_automatic
+from ..scene.masks import (ObjectMasks, check_prompts, load_object_masks, occluder_mask, segment_automatic,
+                           segment_prompts)
 
+Prompts = tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]]   # (points [[x, y]], boxes [[x0, y0, x1, y1]])
 SCENE_OBJECTS_SPAN = 0.85  # share of a scene job's progress bar its objects take (then point map, export)
 
 
-def object_alphas(photo: np.ndarray, mask: Any) -> list[np.ndarray]:
-    """One float alpha [H, W] per object, each without the pixels another object owns (its occluders).
-
-    `mask`: a label image, a list of mask images, or None for automatic masks."""
+def object_masks(photo: np.ndarray, mask: Any = None, prompts: Prompts | None = None,
+                 segmenter: Callable[[], Any] | None = None) -> ObjectMasks:
+    """The objects of a scene: from `mask` (a label image or a list of mask images), else from
+    `prompts` (points, boxes) given to the segmentation model, else that model's automatic masks.
+    `segmenter()` returns the loaded model (called only when one is needed)."""
     size = (photo.shape[1], photo.shape[0])
-    if mask is None:
-        masks = segment_automatic(photo)  # clear error when the segmentation weights are missing
-    else:
-        masks = load_object_masks(list(mask) if isinstance(mask, (list, tuple)) else mask, size)
+    if mask is not None:
+        return load_object_masks(list(mask) if isinstance(mask, (list, tuple)) else mask, size)
+    if prompts is not None:
+        points, boxes = prompts
+        check_prompts(points, boxes, size)   # refused before the model loads
+        return segment_prompts(photo, points=points, boxes=boxes, model=segmenter() if segmenter else None)
+    return segment_automatic(photo, segmenter() if segmenter else None)
+
+
+def object_alphas(photo: np.ndarray, mask: Any = None, prompts: Prompts | None = None,
+                  segmenter: Callable[[], Any] | None = None) -> list[np.ndarray]:
+    """One float alpha [H, W] per object (see `object_masks`), each without the pixels another object
+    owns (its occluders)."""
+    masks = object_masks(photo, mask, prompts, segmenter)
     if len(masks) == 0:
-        raise InputError("scene mode found no object in the masks")
+        raise InputError("scene mode found no object in the photo: give a label image or pick the objects")
     alphas = []
     for k in range(len(masks)):
         alpha = np.asarray(masks.alphas[k], dtype=np.float32)
@@ -46,16 +60,43 @@ def _valid_intrinsics(K: np.ndarray, W: int, H: int) -> bool:
                 and -W < K[0, 2] < 2 * W and -H < K[1, 2] < 2 * H)
 
 
-def point_map(model: Any, photo: np.ndarray, object_focals: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# The objects' solved principal points replace the photo centre only when they agree with each other
+# (within this share of the photo) and the centre lies clearly outside that agreement: a photo straight
+# from a camera has its principal point at the centre, a cropped one does not, and one object's
+# principal point alone is too loosely determined to move it.
+PP_AGREEMENT = 0.03
+PP_OFF_CENTRE = 0.02
+
+
+def scene_principal_point(object_cameras: Sequence[CameraPose], width: int, height: int) -> tuple[float, float] | None:
+    """The principal point (uv) to give MoGe: the objects' median when at least two agree and it is
+    off the photo centre, else None (MoGe's centred principal point)."""
+    if len(object_cameras) < 2:
+        return None
+    pp = np.array([[c.K[0, 2] / width, c.K[1, 2] / height] for c in object_cameras], np.float64)
+    if not np.isfinite(pp).all():
+        return None
+    med = np.median(pp, axis=0)
+    if np.abs(pp - med).max() > PP_AGREEMENT or np.abs(med - 0.5).max() <= PP_OFF_CENTRE:
+        return None
+    if not ((0.1 <= med) & (med <= 0.9)).all():
+        return None
+    return float(med[0]), float(med[1])
+
+
+def point_map(model: Any, photo: np.ndarray,
+              object_cameras: Sequence[CameraPose]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The point-map model's points [H, W, 3], validity [H, W] and intrinsics (pixels). MoGe recovers its
-    own focal length; when that fails (a degenerate map), the objects' own solved focal (median) is
-    given to it instead."""
+    own focal length (with the objects' principal point where they agree on one, see
+    :func:`scene_principal_point`); when that fails (a degenerate map), the objects' own solved focal
+    (median) is given to it instead."""
     H, W = photo.shape[:2]
-    geo = model.infer(photo)
+    pp = scene_principal_point(object_cameras, W, H)
+    geo = model.infer(photo, principal_point=pp)
     K = np.asarray(geo["intrinsics_px"], np.float64)
     if not _valid_intrinsics(K, W, H):
-        f = float(np.median(object_focals))
-        geo = model.infer(photo, fov_x=float(np.degrees(2 * np.arctan(W / (2 * f)))))
+        f = float(np.median([c.K[0, 0] for c in object_cameras]))
+        geo = model.infer(photo, fov_x=float(np.degrees(2 * np.arctan(W / (2 * f)))), principal_point=pp)
         K = np.asarray(geo["intrinsics_px"], np.float64)
         if not _valid_intrinsics(K, W, H):
             raise CupidError("the point-map model gave no usable camera for this photo", code="pointmap_failed")

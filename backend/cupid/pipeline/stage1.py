@@ -15,7 +15,10 @@ import torch
 
 from .. import config
 from ..errors import CupidError, InputError
-from ..geometry import CameraPose, CameraSolution, solve_camera, voxel_centers
+from ..geometry import PNP_METHODS, CameraPose, CameraSolution, solve_camera, voxel_centers
+
+__all__ = ["PNP_METHODS", "StructureResult", "decode_structure", "structure_from_cubes", "pose_from_structure",
+           "voxel_uvs"]
 
 
 @dataclass
@@ -56,8 +59,12 @@ def structure_from_cubes(occupancy: np.ndarray, uv_cube: np.ndarray) -> Structur
 
 
 def pose_from_structure(structure: StructureResult, crop_offset: tuple[float, float], crop_size: float,
-                        photo_size: tuple[int, int], seed: int = 0) -> tuple[CameraPose, CameraSolution]:
+                        photo_size: tuple[int, int], seed: int = 0,
+                        method: str = "robust") -> tuple[CameraPose, CameraSolution]:
     """Solve the camera from the structure's 3D-2D pairs, in the ORIGINAL photo's pixels.
+
+    `method` is :func:`cupid.geometry.solve_camera`'s: "robust" (default) or "dlt" (the release's;
+    its skew is kept in the solution, dropped from the photo camera, which a bundle exports).
 
     uv are normalised to the square crop, so the solve runs in crop pixels (side `crop_size`, photo
     pixels per crop pixel = 1); `de_crop` then shifts the principal point by the crop's offset.
@@ -71,15 +78,28 @@ def pose_from_structure(structure: StructureResult, crop_offset: tuple[float, fl
                          f"to solve the camera", code="pose_failed")
     points = voxel_centers(structure.uv_indices, structure.res)
     try:
-        solution = solve_camera(points, structure.uv, (crop_size, crop_size), seed=seed)
+        solution = solve_camera(points, structure.uv, (crop_size, crop_size), method=method, seed=seed)
     except InputError as exc:
         raise CupidError(f"the camera could not be solved from stage 1's UV cube: {exc.message}",
                          code="pose_failed") from None
     pose = solution.pose.de_crop(1.0, crop_offset, image_size=photo_size)
+    if method == "dlt":
+        # Blender (and most renderers) cannot show a skewed camera: the exported camera drops the DLT's
+        # skew, while stage 2 keeps projecting with the release's full camera (`solution`)
+        pose.K[0, 1] = 0.0
     return pose, solution
 
 
 def voxel_uvs(indices: np.ndarray, res: int, pose_in_crop: CameraPose) -> np.ndarray:
-    """uv in [0, 1]² of the crop where each voxel centre projects (clamped, as CUPID does)."""
-    uv = pose_in_crop.project(voxel_centers(indices, res))
-    return np.clip(np.nan_to_num(uv, nan=0.5), 0.0, 1.0)
+    """uv in [0, 1]² of the crop where each voxel centre projects, as the release computes them.
+
+    The release (`_make_sparse_uvs_from_pose`) divides by the camera depth whatever its sign and then
+    clamps to [0, 1], so a voxel behind the camera lands mirrored through the principal point and then
+    on the border. A voxel exactly at depth 0 (no direction at all) gets 0.5 where 0/0 and the border
+    where ±inf.
+    """
+    cam = voxel_centers(indices, res) @ pose_in_crop.R.T + pose_in_crop.t
+    h = cam @ pose_in_crop.K.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = h[:, :2] / h[:, 2:3] / np.array(pose_in_crop.image_size, dtype=np.float64)
+    return np.clip(np.nan_to_num(uv, nan=0.5, posinf=1.0, neginf=0.0), 0.0, 1.0)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import GRID_RES, Similarity, umeyama_robust
+from ..geometry import GRID_RES, Similarity, refine_similarity_along_rays, umeyama_robust
 
 __all__ = ["Similarity", "sample_point_map", "point_map_from_depth", "visible_points", "align_object"]
 
@@ -134,7 +134,9 @@ def align_object(points: Any, uv: Any, point_map: Any, valid_mask: Any = None, *
     map (H, W, 3) belongs to; ``valid_mask`` (H, W) marks usable point-map pixels; the optional
     ``object_mask`` (H, W) restricts samples to the object's own pixels (all four bilinear
     neighbours inside it); ``visible`` (N,) bool keeps only pairs the camera sees (see
-    :func:`visible_points`). The robust fit is :func:`cupid.geometry.umeyama_robust`; the returned
+    :func:`visible_points`). The robust fit is :func:`cupid.geometry.umeyama_robust` (its inlier
+    threshold follows the measured residuals), then its inliers are re-fitted with depth error and
+    lateral error weighed apart (:func:`cupid.geometry.refine_similarity_along_rays`); the returned
     ``inliers`` mask is over all N input pairs (False for pairs never used).
     """
     X = np.asarray(points, dtype=np.float64)
@@ -156,6 +158,10 @@ def align_object(points: Any, uv: Any, point_map: Any, valid_mask: Any = None, *
         raise InputError(f"only {int(use.sum())} pairs hit valid point-map pixels; "
                          f"at least {min_pairs} are needed to place the object")
     sim = umeyama_robust(X[use], dst[use], with_scale=with_scale, threshold=threshold, seed=seed)
+    if with_scale and sim.inliers.sum() >= 7:
+        # the point map's error runs along its rays (depth): re-weigh the inliers' residuals so
+        refined = refine_similarity_along_rays(X[use][sim.inliers], dst[use][sim.inliers], sim)
+        sim = Similarity(scale=refined.scale, R=refined.R, t=refined.t, inliers=sim.inliers, rms=refined.rms)
     full = np.zeros(len(X), bool)
     full[np.flatnonzero(use)[sim.inliers]] = True
     sim.inliers = full

@@ -1,8 +1,9 @@
 """Object masks of a photo, and which pixels of an object its occluders own.
 
 Masks come from the user (one label image where every non-zero label is an object, or one mask
-image per object) or from segment-anything (optional extra, imported only when asked for). They
-are kept as soft alpha in [0, 1] because user masks are often anti-aliased; `binary` is alpha>0.5.
+image per object) or from segment-anything (`cupid.models.sam`, official checkpoints in our own
+PyTorch): automatically, or from picks (a click or a box per object). They are kept as soft alpha in
+[0, 1] because user masks are often anti-aliased; `binary` is alpha>0.5.
 
 CUPID reconstructs object k from a square crop around it in which only k is visible: the photo's
 alpha channel is k's mask, so background and the other objects (its occluders) are black after the
@@ -21,11 +22,10 @@ import numpy as np
 
 from ..errors import CheckpointError, InputError
 
-__all__ = ["ObjectMasks", "read_mask", "masks_from_label_image", "masks_from_images",
-           "load_object_masks", "occluder_mask", "segment_automatic",
-           "segment_prompts", "SAM_CHECKPOINT_ENV"]
+__all__ = ["ObjectMasks", "read_mask", "masks_from_label_image", "masks_from_images", "load_object_masks",
+           "occluder_mask", "label_png", "segment_automatic", "segment_prompts", "check_prompts",
+           "parse_point", "parse_box", "parse_prompts"]
 
-SAM_CHECKPOINT_ENV = "CUPID_SAM_CHECKPOINT"
 MaskSource = Any  # path | bytes | PIL.Image | np.ndarray
 
 
@@ -57,10 +57,21 @@ class ObjectMasks:
         return self.alphas > 0.5
 
     def label_image(self) -> np.ndarray:
-        """uint16 [H, W]: 0 background, k+1 where object k has the largest alpha (> 0.5)."""
+        """[H, W]: 0 background, k where object k (counted from 1) has the largest alpha (> 0.5);
+        uint8 for up to 255 objects, else uint16."""
         best = np.argmax(self.alphas, axis=0)
         top = np.take_along_axis(self.alphas, best[None], 0)[0]
-        return np.where(top > 0.5, best + 1, 0).astype(np.uint16)
+        return np.where(top > 0.5, best + 1, 0).astype(np.uint8 if len(self) <= 255 else np.uint16)
+
+
+def label_png(masks: ObjectMasks) -> bytes:
+    """The label image as PNG bytes (8-bit grey, 16-bit above 255 objects): what `load_object_masks`
+    reads back as the same objects."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(masks.label_image()).save(buf, format="PNG")  # uint8 → "L", uint16 → "I;16"
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- reading user masks
@@ -282,51 +293,37 @@ def occluder_mask(masks: ObjectMasks, index: int) -> np.ndarray:
     return (others > 0.5) & (others >= masks.alphas[index])
 
 
-# ---------------------------------------------------------------- segment-anything (optional)
+# ---------------------------------------------------------------- segment-anything
 
-_SAM_TYPES = ("vit_h", "vit_l", "vit_b")
+def _need_model(model: Any) -> Any:
+    if model is None:
+        raise CheckpointError("segment-anything masks need a loaded SAM model (cupid.models.sam.load_sam); "
+                              "or give a mask or label image")
+    return model
 
 
-def _sam_model(checkpoint: str | os.PathLike | None, model_type: str | None, device: str):
-    ckpt = checkpoint or os.environ.get(SAM_CHECKPOINT_ENV)
-    if not ckpt:
-        raise CheckpointError("automatic masks need a segment-anything checkpoint (e.g. sam_vit_h_4b8939.pth): "
-                              f"pass its path or set {SAM_CHECKPOINT_ENV}; or give your own mask/label image")
-    path = Path(ckpt).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"segment-anything checkpoint {path} does not exist; download it from the "
-                              "segment-anything release or give your own mask/label image")
-    if model_type is None:
-        model_type = next((t for t in _SAM_TYPES if t in path.name), None)
-        if model_type is None:
-            raise CheckpointError(f"cannot tell the SAM model type from {path.name}; pass model_type "
-                                  f"({', '.join(_SAM_TYPES)})")
-    if model_type not in _SAM_TYPES:
-        raise CheckpointError(f"unknown SAM model type {model_type!r} (use {', '.join(_SAM_TYPES)})")
-    try:
-        import segment_anything as sam_pkg
-    except Exception as exc:
-        raise CheckpointError("automatic masks need the optional package segment-anything (and a torchvision "
-                              "matching your torch), which could not be imported "
-                              f"({type(exc).__name__}: {exc}); install it or give your own mask/label image") from exc
-    try:
-        model = sam_pkg.sam_model_registry[model_type](checkpoint=str(path))
-    except Exception as exc:
-        raise CheckpointError(f"cannot load segment-anything checkpoint {path.name} as {model_type}: "
-                              f"{type(exc).__name__}: {exc}") from exc
-    model.to(device)
-    return sam_pkg, model
+def _is_background(mask: np.ndarray, band: float = 0.01, side_share: float = 0.1) -> bool:
+    """A proposal is background (wall, floor, table top, sky) when it reaches three or four sides of the
+    photo, or covers more than half of its border. Sides are bands 1% of the short side wide (at
+    least 2 px), since upscaled masks often stop a pixel short of the edge; a side counts when the
+    mask covers more than `side_share` of its band."""
+    h, w = mask.shape
+    b = max(2, int(round(band * min(h, w))))
+    sides = [mask[:b].any(0), mask[-b:].any(0), mask[:, :b].any(1), mask[:, -b:].any(1)]
+    shares = [float(s.mean()) for s in sides]
+    border = sum(float(s.sum()) for s in sides) / (2 * (h + w))
+    return sum(s > side_share for s in shares) >= 3 or border > 0.5
 
 
 def _select_masks(segs: list[np.ndarray], scores: list[float], min_area: int, max_area: int,
                   max_objects: int | None, contain: float = 0.8) -> list[int]:
-    """Whole objects among SAM's proposals: area within bounds, largest first, dropping proposals
-    mostly inside one already kept (parts of an object)."""
+    """Whole objects among SAM's proposals: area within bounds, not background (:func:`_is_background`),
+    largest first, dropping proposals mostly inside one already kept (parts of an object)."""
     order = sorted(range(len(segs)), key=lambda i: (-int(segs[i].sum()), -scores[i]))
     kept: list[int] = []
     for i in order:
         area = int(segs[i].sum())
-        if area < min_area or area > max_area:
+        if area < min_area or area > max_area or _is_background(segs[i]):
             continue
         if any((segs[i] & segs[j]).sum() > contain * area for j in kept):
             continue
@@ -336,64 +333,130 @@ def _select_masks(segs: list[np.ndarray], scores: list[float], min_area: int, ma
     return sorted(kept, key=lambda i: -int(segs[i].sum()))
 
 
-def segment_automatic(image: Any, checkpoint: str | os.PathLike | None = None, model_type: str | None = None,
-                      device: str = "cpu", min_area_fraction: float = 0.005, max_area_fraction: float = 0.9,
-                      max_objects: int | None = 16, **generator_kwargs: Any) -> ObjectMasks:
-    """Object masks by SAM's automatic generator (whole objects kept, parts and background dropped)."""
+def segment_automatic(image: Any, model: Any = None, *, min_area_fraction: float = 0.005,
+                      max_area_fraction: float = 0.9, max_objects: int | None = 16, points_per_side: int = 16,
+                      **generator_kwargs: Any) -> ObjectMasks:
+    """Object masks by SAM's automatic generator, keeping whole objects and dropping parts and background.
+
+    `model` is a loaded :class:`cupid.models.sam.SamModel` (this module sits below the networks);
+    `generator_kwargs` override the settings of :func:`cupid.models.sam_amg.generate_proposals`. A 16×16
+    point grid rather than SAM's 32×32: every prompt costs the mask decoder ~3 GFLOP (seconds per batch on
+    a CPU), and an object large enough to keep (`min_area_fraction`) already spans a grid cell of 1/16 of
+    the photo's side; the finer grid adds mostly parts."""
     photo = _read_photo(image)
-    sam_pkg, model = _sam_model(checkpoint, model_type, device)
-    gen = sam_pkg.SamAutomaticMaskGenerator(model, **generator_kwargs)
-    props = gen.generate(photo)
+    props = _need_model(model).automatic(photo, points_per_side=points_per_side, **generator_kwargs)
     h, w = photo.shape[:2]
-    segs = [np.asarray(p["segmentation"], dtype=bool) for p in props]
-    scores = [float(p.get("predicted_iou", 0.0)) for p in props]
-    keep = _select_masks(segs, scores, int(min_area_fraction * h * w), int(max_area_fraction * h * w), max_objects)
+    segs = [p.mask for p in props]
+    keep = _select_masks(segs, [p.predicted_iou for p in props], int(min_area_fraction * h * w),
+                         int(max_area_fraction * h * w), max_objects)
     if not keep:
-        raise InputError("segment-anything found no object in the photo; give a mask or label image instead")
+        raise InputError("segment-anything found no object in the photo; pick objects with points or boxes, "
+                         "or give a mask or label image")
     return ObjectMasks(np.stack([segs[i] for i in keep]).astype(np.float32),
                        [f"object_{n}" for n in range(len(keep))])
 
 
-def segment_prompts(image: Any, *, points: Sequence[Sequence[Sequence[float]]] | None = None,
-                    point_labels: Sequence[Sequence[int]] | None = None,
-                    boxes: Sequence[Sequence[float]] | None = None, checkpoint: str | os.PathLike | None = None,
-                    model_type: str | None = None, device: str = "cpu") -> ObjectMasks:
-    """One mask per object from SAM prompts in photo pixels: `points[k]` a list of (x, y) with
-    `point_labels[k]` (1 object, 0 background), and/or `boxes[k]` = (x0, y0, x1, y1)."""
+def _prompt_array(values: Any, width: int, what: str) -> np.ndarray:
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be numbers, got {values!r}") from exc
+    if a.ndim != 2 or a.shape[1] != width or not np.all(np.isfinite(a)):
+        raise InputError(f"{what} must be a list of [{', '.join(['x', 'y'] if width == 2 else ['x0', 'y0', 'x1', 'y1'])}]"
+                         f" in photo pixels, got {values!r}")
+    return a
+
+
+def check_prompts(points: Sequence[Sequence[float]] | None, boxes: Sequence[Sequence[float]] | None,
+                  size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Validated points [P, 2] and boxes [B, 4] in photo pixels for a photo of (W, H); at least one
+    prompt, all inside the photo, boxes with x0 < x1 and y0 < y1."""
+    w, h = size
+    pts = _prompt_array(points, 2, "points") if points is not None and len(points) else np.zeros((0, 2))
+    bxs = _prompt_array(boxes, 4, "boxes") if boxes is not None and len(boxes) else np.zeros((0, 4))
+    if len(pts) + len(bxs) == 0:
+        raise InputError("no object picked: give at least one point or box")
+    for k, (x, y) in enumerate(pts):
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise InputError(f"point {k + 1} ({x:g}, {y:g}) is outside the {w}x{h} photo")
+    for k, (x0, y0, x1, y1) in enumerate(bxs):
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise InputError(f"box {k + 1} ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not x0 < x1, y0 < y1 inside "
+                             f"the {w}x{h} photo")
+    return pts, bxs
+
+
+def _numbers(text: str, n: int, flag: str, form: str) -> tuple[float, ...]:
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != n or not all(np.isfinite(values)):
+        raise InputError(f"{flag} expects {form} in photo pixels, got {text!r}")
+    return values
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """`--point X,Y` → (x, y)."""
+    return _numbers(text, 2, "--point", "X,Y")  # type: ignore[return-value]
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """`--box X0,Y0,X1,Y1` → (x0, y0, x1, y1)."""
+    return _numbers(text, 4, "--box", "X0,Y0,X1,Y1")  # type: ignore[return-value]
+
+
+def parse_prompts(field: str | bytes | dict | None) -> tuple[list[list[float]], list[list[float]]] | None:
+    """The service's `prompts` form field, JSON `{"points": [[x, y], ...], "boxes": [[x0, y0, x1, y1], ...]}`,
+    → (points, boxes); None or an empty field means automatic masks. Positions are checked against the
+    photo by :func:`check_prompts`."""
+    import json
+
+    if field is None or (isinstance(field, (str, bytes)) and not field.strip()):
+        return None
+    if isinstance(field, (str, bytes)):
+        try:
+            field = json.loads(field)
+        except ValueError as exc:
+            raise InputError(f"prompts must be JSON like {{\"points\": [[x, y]], \"boxes\": [[x0, y0, x1, y1]]}}: "
+                             f"{exc}") from exc
+    if not isinstance(field, dict):
+        raise InputError("prompts must be a JSON object with \"points\" and/or \"boxes\"")
+    unknown = sorted(set(field) - {"points", "boxes"})
+    if unknown:
+        raise InputError(f"unknown prompt kind(s) {', '.join(map(repr, unknown))}: use \"points\" and \"boxes\"")
+    out = []
+    for key, width in (("points", 2), ("boxes", 4)):
+        items = field.get(key) or []
+        if not isinstance(items, list):
+            raise InputError(f"prompts.{key} must be a list")
+        out.append(_prompt_array(items, width, key).tolist() if items else [])
+    if not out[0] and not out[1]:
+        raise InputError("no object picked: prompts has no point and no box")
+    return out[0], out[1]
+
+
+def segment_prompts(image: Any, points: Sequence[Sequence[float]] | None = None,
+                    boxes: Sequence[Sequence[float]] | None = None, model: Any = None) -> ObjectMasks:
+    """One object per prompt, in photo pixels: each point [x, y] (a click on the object), then each box
+    [x0, y0, x1, y1] (a drag around it), by `model`, a loaded :class:`cupid.models.sam.SamModel`. A point
+    keeps the best of SAM's three answers by predicted IoU (a click is ambiguous: part, object, group);
+    a box asks for SAM's single answer. Prompts are checked before the model runs."""
     photo = _read_photo(image)
     h, w = photo.shape[:2]
-    n = max(len(points or []), len(boxes or []))
-    if n == 0:
-        raise InputError("segment_prompts needs points or boxes (one entry per object)")
-    if points is not None and boxes is not None and len(points) != len(boxes):
-        raise InputError(f"{len(points)} point prompts but {len(boxes)} boxes: give one of each per object")
-    if points is not None and (point_labels is None or len(point_labels) != len(points)):
-        raise InputError("point_labels must give a label list for every object's points")
-    for k in range(n):
-        if boxes is not None:
-            b = np.asarray(boxes[k], dtype=float)
-            if b.shape != (4,) or not (0 <= b[0] < b[2] <= w and 0 <= b[1] < b[3] <= h):
-                raise InputError(f"box {k} {b.tolist()} is not (x0, y0, x1, y1) inside the {w}x{h} photo")
-        if points is not None:
-            p = np.asarray(points[k], dtype=float).reshape(-1, 2)
-            if len(p) != len(point_labels[k]) or len(p) == 0:  # type: ignore[index]
-                raise InputError(f"object {k}: {len(p)} points but {len(point_labels[k])} labels")  # type: ignore[index]
-            if np.any(p < 0) or np.any(p[:, 0] > w) or np.any(p[:, 1] > h):
-                raise InputError(f"object {k}: points outside the {w}x{h} photo")
-    sam_pkg, model = _sam_model(checkpoint, model_type, device)
-    pred = sam_pkg.SamPredictor(model)
-    pred.set_image(photo)
-    alphas = []
-    for k in range(n):
-        kw: dict[str, Any] = {"multimask_output": True}
-        if points is not None:
-            kw["point_coords"] = np.asarray(points[k], dtype=np.float32).reshape(-1, 2)
-            kw["point_labels"] = np.asarray(point_labels[k], dtype=np.int64)  # type: ignore[index]
-        if boxes is not None:
-            kw["box"] = np.asarray(boxes[k], dtype=np.float32)
-        segs, scores, _ = pred.predict(**kw)
-        best = np.asarray(segs[int(np.argmax(scores))], dtype=bool)
-        if not best.any():
-            raise InputError(f"segment-anything returned an empty mask for object {k}; adjust its prompt")
-        alphas.append(best.astype(np.float32))
-    return ObjectMasks(np.stack(alphas), [f"object_{k}" for k in range(n)])
+    pts, bxs = check_prompts(points, boxes, (w, h))
+    sam = _need_model(model)
+    embedded = sam.embed(photo)
+    alphas, names = [], []
+    if len(pts):
+        alphas += list(sam.segment(embedded, pts[:, None, :], np.ones((len(pts), 1)), multimask=True)[0])
+        names += [f"point_{k + 1}" for k in range(len(pts))]
+    if len(bxs):
+        alphas += list(sam.segment(embedded, boxes=bxs, multimask=False)[0])
+        names += [f"box_{k + 1}" for k in range(len(bxs))]
+    for a, name in zip(alphas, names):
+        if not a.any():
+            raise InputError(f"segment-anything found no object at {name.replace('_', ' ')}; click inside the "
+                             "object or drag a box around it")
+    return ObjectMasks(np.stack(alphas).astype(np.float32), names)

@@ -28,7 +28,7 @@ from .errors import DiskFull, NotFound, is_disk_full
 from .guard import Guard
 from .inputs import decode_inputs
 from .jobs import Job, JobQueue, PipelineFactory
-from .schemas import SEED_LIMIT, Health, JobStatus, Limits, Mode, error_responses
+from .schemas import SEED_LIMIT, Health, JobStatus, Limits, Mode, PnpMethod, error_responses
 from .settings import ServerSettings
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
@@ -122,6 +122,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
                      mode: Annotated[Mode, Form()] = "object",
                      seed: Annotated[int, Form(ge=0, lt=SEED_LIMIT)] = 0,
                      steps: Annotated[int, Form(ge=0, le=500, description="0: the model's default")] = 0,
+                     pnp: Annotated[PnpMethod, Form(description="camera solver; empty: the model's default")] = "",
                      ) -> JobStatus:
         """Queue a reconstruction of `image` (with an optional `mask`). The upload is decoded and
         checked here (422 with the reason), and refused with 503 busy when the queue is full."""
@@ -130,7 +131,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
         mask_data = await mask.read() if mask is not None else None
 
         def take_in() -> Job:
-            return jobs.submit(decode_inputs(data, mask_data, mode), mode, seed, steps)
+            return jobs.submit(decode_inputs(data, mask_data, mode), mode, seed, steps, pnp=pnp or None)
 
         # off the event loop (a large photo must not stall other requests), one upload at a time
         job = await asyncio.get_running_loop().run_in_executor(intake, take_in)

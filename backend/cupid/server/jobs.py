@@ -47,6 +47,7 @@ class Job:
     seed: int
     steps: int
     number: int
+    pnp: str | None = None         # camera solver; None: the model's default
     inputs_dir: Path | None = None
     input_bytes: int = 0
     state: str = "queued"          # queued | running | done | failed | cancelled
@@ -140,13 +141,13 @@ class JobQueue:
                            f"(its limit is {self.max_queued_bytes / MB:.0f} MB); try again in "
                            f"{self.retry_after()} s", self.retry_after())
 
-    def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int) -> Job:
+    def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int, pnp: str | None = None) -> Job:
         """Admit a job (or raise Busy / TooLarge), spool its inputs to disk (or raise DiskFull), queue it."""
         nbytes = inputs.nbytes
         with self._lock:
             self.check_room(nbytes)
             job = Job(id=secrets.token_hex(8), mode=mode, seed=seed, steps=steps, number=next(self._counter),
-                      input_bytes=nbytes)
+                      pnp=pnp, input_bytes=nbytes)
             job.inputs_dir = self._dir.path / "inputs" / job.id
             self._jobs[job.id] = job
             self._queued_bytes += nbytes
@@ -277,7 +278,7 @@ class JobQueue:
 
             bundle = reconstruct_bundle(pipe, data.photo, out, mask=data.pipeline_mask(job.mode), mode=job.mode,
                                         seed=job.seed, steps=job.steps or None, progress=progress,
-                                        should_cancel=job.cancel.is_set)
+                                        should_cancel=job.cancel.is_set, pnp=job.pnp)
             del data
             if job.cancel.is_set():
                 raise Cancelled("the job was cancelled")

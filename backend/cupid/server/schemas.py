@@ -5,8 +5,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..geometry.pnp import PNP_METHODS
+
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 Mode = Literal["object", "scene"]
+PnpMethod = Literal[("", *PNP_METHODS)]  # type: ignore[valid-type]  # "": the model's default
 SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63 (torch's generator takes a signed 64-bit seed)
 
 
