@@ -1,29 +1,42 @@
 """CUPID for Blender: reconstruct posed 3D objects and their camera from one photo.
 
 Loaded by Blender as an extension (``bl_ext.<repo>.cupid``); every import inside is relative.
-The heavy lifting happens in a separate backend process (`cupid serve`), reached over HTTP on
-localhost, so Blender's Python needs nothing beyond numpy.
+The heavy lifting happens in a separate backend process (`cupid serve`), reached over HTTP, so
+Blender's Python needs nothing beyond numpy.
+
+Layout (as Blender's glTF add-on: ``io`` beside the bpy code): ``io/`` holds the pure-Python rooms
+(job, bundle reader, camera math, pixel work) and ``client``/``backend_manager`` are bpy-free too;
+the other modules touch bpy. This file imports the bpy rooms only in :func:`register`, so the pure
+rooms import without Blender.
 """
 from __future__ import annotations
 
-import bpy
 
-from . import operators, panel, preferences, properties
-from .backend_manager import MANAGER
+def _classes() -> tuple:
+    from . import operators, panel, preferences
 
-_CLASSES = (*preferences.classes, *operators.classes, *panel.classes)
+    return (*preferences.classes, *operators.classes, *panel.classes)
 
 
 def register() -> None:
+    import bpy
+
+    from . import operators, properties
+
     properties.register()
-    for cls in _CLASSES:
+    for cls in _classes():
         bpy.utils.register_class(cls)
-    operators.register_handlers()
+    operators.register()
 
 
 def unregister() -> None:
-    operators.unregister_handlers()
+    import bpy
+
+    from . import operators, properties
+    from .backend_manager import MANAGER
+
+    operators.unregister()
     MANAGER.stop()
-    for cls in reversed(_CLASSES):
+    for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)
     properties.unregister()

@@ -1,38 +1,28 @@
-"""Turn Blender image datablocks into PNG bytes for the backend.
+"""Image datablocks and files as the add-on reads them for an upload (the bpy half; the pixel math
+is ``io/imaging.py``, what to send is decided in ``io/upload.py``).
 
-Blender stores pixels bottom-to-top as float RGBA; the backend expects an ordinary top-to-bottom
-image file. When the datablock is an unmodified file on disk its bytes are sent as they are
-(keeping the original encoding and size); otherwise the pixels are flipped and written as an
-8-bit RGBA PNG with numpy + zlib (no temporary files, no render settings touched).
+Blender stores pixels bottom-to-top as float RGBA; float buffers (EXR, 16-bit PNG, float
+datablocks) hold linear values unless marked as data (Non-Color). Pixels are read back as a photo
+file would hold them: top row first, with the sRGB curve applied to linear buffers. An unmodified
+file's own bytes are kept too, so an ordinary photo is sent as it is.
 """
 from __future__ import annotations
 
 import os
-import struct
-import zlib
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
+import bpy
 import numpy as np
 
+from .io.imaging import display_pixels, png_bytes, to_uint8
+from .io.upload import Picture
 
-def png_bytes(rgba: np.ndarray) -> bytes:
-    """Encode an [H, W, 4] uint8 array (top row first) as PNG."""
-    if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.dtype != np.uint8:
-        raise ValueError(f"expected [H, W, 4] uint8, got {rgba.dtype} {rgba.shape}")
-    h, w = rgba.shape[:2]
-    raw = np.zeros((h, 1 + 4 * w), dtype=np.uint8)  # filter byte 0 (None) per row
-    raw[:, 1:] = rgba.reshape(h, 4 * w)
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b""))
+__all__ = ["image_bytes", "image_pixels", "read_picture"]
 
 
-def image_pixels_top_down(image: Any) -> np.ndarray:
-    """[H, W, 4] uint8 of a bpy image, first row at the top (Blender stores the bottom row first)."""
+def image_pixels(image: Any) -> np.ndarray:
+    """float32 [H, W, 4] of a bpy image, first row at the top, display (sRGB) values."""
     w, h = int(image.size[0]), int(image.size[1])
     if w == 0 or h == 0:
         raise ValueError(f"image {image.name!r} has no pixel data")
@@ -40,26 +30,70 @@ def image_pixels_top_down(image: Any) -> np.ndarray:
     buf = np.empty(w * h * channels, dtype=np.float32)
     image.pixels.foreach_get(buf)
     px = buf.reshape(h, w, channels)[::-1]
-    if channels == 1:
-        px = np.repeat(px, 3, axis=2)
+    if channels < 3:  # grey (and grey + alpha)
+        px = np.concatenate([np.repeat(px[..., :1], 3, axis=2), px[..., 1:]], axis=2)
     if px.shape[2] == 3:
         px = np.concatenate([px, np.ones((h, w, 1), np.float32)], axis=2)
-    if image.colorspace_settings.name not in ("sRGB",) and not image.is_data and image.is_float:
-        px = px.copy()
-        rgb = np.clip(px[..., :3], 0.0, 1.0)  # linear float buffers: encode to sRGB for the photo
-        px[..., :3] = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * np.power(rgb, 1 / 2.4) - 0.055)
-    return np.round(np.clip(px[..., :4], 0.0, 1.0) * 255.0).astype(np.uint8)
+    linear = bool(image.is_float) and not image.colorspace_settings.is_data
+    return np.ascontiguousarray(display_pixels(px[..., :4], linear), dtype=np.float32)
+
+
+def _own_bytes(image: Any) -> Optional[tuple[bytes, str]]:
+    """(bytes, file name) of an unmodified file or packed file behind the datablock, else None."""
+    path = bpy.path.abspath(image.filepath_raw or image.filepath) if image.source == "FILE" else ""
+    if image.is_dirty:
+        return None
+    if path and image.packed_file is None and os.path.isfile(path):
+        with open(path, "rb") as fh:
+            return fh.read(), os.path.basename(path)
+    if image.packed_file is not None:
+        return bytes(image.packed_file.data), os.path.basename(path) or f"{image.name}.png"
+    return None
 
 
 def image_bytes(image: Any) -> tuple[bytes, str]:
-    """(encoded bytes, file name) to upload for an image datablock."""
-    import bpy
+    """(encoded bytes, file name) of a datablock: its own file when unmodified, else a PNG of its
+    pixels (8-bit sRGB)."""
+    own = _own_bytes(image)
+    if own is not None:
+        return own
+    return png_bytes(to_uint8(image_pixels(image))), f"{bpy.path.clean_name(image.name)}.png"
 
-    path = bpy.path.abspath(image.filepath_raw or image.filepath) if image.source == "FILE" else ""
-    if path and not image.is_dirty and image.packed_file is None and os.path.isfile(path):
-        with open(path, "rb") as fh:
-            return fh.read(), os.path.basename(path)
-    if image.packed_file is not None and not image.is_dirty:
-        name = os.path.basename(path) or f"{image.name}.png"
-        return bytes(image.packed_file.data), name
-    return png_bytes(image_pixels_top_down(image)), f"{bpy.path.clean_name(image.name)}.png"
+
+def read_picture(source: str, what: str) -> Picture:
+    """A photo or mask from an image datablock's name or a file path (decoded by Blender; a file
+    Blender cannot decode keeps only its bytes, for the backend to judge). Raises ValueError with
+    a one-line reason."""
+    if source in bpy.data.images:
+        img = bpy.data.images[source]
+        own = _own_bytes(img)
+        try:
+            pixels = image_pixels(img)
+        except (ValueError, RuntimeError) as exc:
+            raise ValueError(f"cannot read the {what} image {img.name!r}: {exc}") from None
+        filename = own[1] if own else f"{bpy.path.clean_name(img.name)}.png"
+        return Picture(img.name, Path(img.name).stem, filename, pixels, own[0] if own else None)
+    path = bpy.path.abspath(source)
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} not found: {source!r} is neither a file nor an image in this file")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if not data:
+        raise ValueError(f"the {what} file {path} is empty")
+    name = os.path.basename(path)
+    return Picture(name, Path(path).stem, name, _decode_file(path), data)
+
+
+def _decode_file(path: str) -> Optional[np.ndarray]:
+    """The file's pixels through a temporary datablock (removed again), or None if Blender cannot
+    decode it."""
+    try:
+        img = bpy.data.images.load(path, check_existing=False)
+    except RuntimeError:
+        return None
+    try:
+        return image_pixels(img) if img.size[0] and img.size[1] else None
+    except (ValueError, RuntimeError):
+        return None
+    finally:
+        bpy.data.images.remove(img)

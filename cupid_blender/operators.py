@@ -1,18 +1,18 @@
-"""Operators: reconstruct a photo, cancel, start/stop the backend, switch CUPID cameras, import a
-bundle directory.
+"""Operators: reconstruct a photo or a folder of photos, cancel, start/stop the backend, switch
+CUPID cameras, import a result (the bpy room around :class:`cupid_blender.io.job.ReconstructJob`).
 
-Threading rule: the worker thread (:class:`ReconstructJob`) only talks HTTP and touches files;
-everything involving bpy runs on the main thread (operator execute/modal). In background mode
-(``bpy.app.background``) the job runs synchronously inside execute.
+The job always runs in a worker thread; this module reads inputs and preferences on the main
+thread, drains the job's news (a modal 0.1 s timer in the UI; a plain loop with ``-b``, without a
+window, or for a batch, which prints stage and percent lines and turns Ctrl-C into a clean
+cancel), then moves the result into the results folder and builds the scene from it.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import signal
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,19 +21,28 @@ from bpy.app.handlers import persistent
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import scene_builder
-from .backend_manager import MANAGER, BackendConfig, BackendStartError
-from .imaging import image_bytes
-from .preferences import get_prefs
+from .backend_manager import MANAGER, BackendConfig
+from .imaging import read_picture
+from .io.bundle import object_names
+from .io.job import JobRequest, Outcome, ReconstructJob, UserError, describe_error
+from .io.settings import (UNSET, batch_inputs, effective_model, expected_cpu_seconds, folder_name, hub_caches,
+                          is_tiny, resolve_sampling, results_root)
+from .io.upload import InputProblem, Upload, prepare_upload
+from .preferences import build_defaults, get_prefs
 from .properties import MODES
 
-DONE_STATES = {"done", "succeeded", "success", "finished", "completed", "complete"}
-FAILED_STATES = {"failed", "error"}
-CANCELLED_STATES = {"cancelled", "canceled"}
-POLL_S = 0.25
+_ACTIVE: dict = {"job": None}
+_BACKEND: dict = {"stopped_by_artist": False}
 
 
-class UserError(Exception):
-    """A problem with the user's input or setup; reported as is."""
+# ---------------------------------------------------------------------------------------------
+# settings read on the main thread
+# ---------------------------------------------------------------------------------------------
+
+def active_model(prefs: Any) -> str:
+    """The model the local backend runs (the downloaded weights replace the offline test model)."""
+    weights = bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else ""
+    return effective_model(prefs.model, build_defaults().get("model", ""), hub_caches(os.environ, Path.home(), weights))
 
 
 def backend_config(context: Any) -> BackendConfig:
@@ -41,117 +50,42 @@ def backend_config(context: Any) -> BackendConfig:
     if prefs is None:
         return BackendConfig()
     return BackendConfig(kind=prefs.backend_kind, python=bpy.path.abspath(prefs.python_path),
-                         model=prefs.model, device=prefs.device,
+                         model=active_model(prefs), device=prefs.device,
                          weights_dir=bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else "",
                          url=prefs.remote_url, token=prefs.remote_token)
 
 
-def _describe(exc: BaseException) -> str:
-    """One clear line for any error a job can meet (client errors are duck-typed: the client
-    module ships separately and may be absent)."""
-    kind = type(exc).__name__
-    if kind == "BackendError":
-        code = getattr(exc, "code", "") or "error"
-        msg = getattr(exc, "message", "") or str(exc)
-        return f"CUPID backend error ({code}): {msg}"
-    if kind == "BackendUnavailable":
-        return f"CUPID backend unavailable: {exc}"
-    if isinstance(exc, (UserError, BackendStartError, scene_builder.SceneBuildError)):
-        return str(exc)
-    return f"CUPID reconstruction failed: {kind}: {exc}"
+def results_folder(context: Any) -> Path:
+    """Where this file's results are kept (see io.settings.results_root)."""
+    prefs = get_prefs(context)
+    beside = prefs.results_beside_blend if prefs is not None else True
+    folder = bpy.path.abspath(prefs.results_dir) if prefs is not None and prefs.results_dir else ""
+    return results_root(bpy.data.filepath, beside, folder, Path.home())
 
 
-class JobCancelled(Exception):
-    pass
+def cpu_warning(context: Any, steps: int) -> Optional[str]:
+    """A warning when a full-size model is about to run on the CPU, with the time to expect."""
+    prefs = get_prefs(context)
+    if prefs is None or prefs.backend_kind != "LOCAL" or is_tiny(active_model(prefs)):
+        return None
+    device = context.window_manager.cupid_device or prefs.device
+    if device != "cpu":
+        return None
+    minutes = expected_cpu_seconds(steps) / 60.0
+    return f"Full-size model on the CPU: about {minutes:.0f} min per photo (a GPU takes a minute or two)"
 
 
-class ReconstructJob:
-    """One reconstruction on the backend: submit, poll, download. Runs in a worker thread."""
-
-    def __init__(self, config: BackendConfig, image: bytes, filename: str, mask: Optional[bytes],
-                 mode: str, seed: int, steps: int) -> None:
-        self.config, self.image, self.filename, self.mask = config, image, filename, mask
-        self.mode, self.seed, self.steps = mode, seed, steps
-        self.stage = "starting backend"
-        self.progress = 0.0
-        self.cancel_requested = False
-        self.done = False
-        self.error: Optional[str] = None
-        self.cancelled = False
-        self.bundle: Optional[Path] = None
-        self.workdir = Path(tempfile.mkdtemp(prefix="cupid-result-"))
-        self.job_id: Optional[str] = None
-
-    def run(self) -> None:
-        try:
-            client = MANAGER.client(self.config, should_cancel=lambda: self.cancel_requested)
-            self._check_cancel(client)
-            self.stage = "uploading"
-            self.job_id = client.submit(self.image, self.filename, mask_bytes=self.mask, mode=self.mode,
-                                        seed=self.seed, steps=self.steps)
-            while True:
-                self._check_cancel(client)
-                st = client.status(self.job_id)
-                state = str(st.get("state", "")).lower()
-                self.stage = st.get("stage") or state or "working"
-                try:
-                    self.progress = min(1.0, max(0.0, float(st.get("progress") or 0.0)))
-                except (TypeError, ValueError):
-                    pass
-                if state in DONE_STATES:
-                    break
-                if state in FAILED_STATES:
-                    raise UserError(f"CUPID reconstruction failed: {st.get('message') or 'unknown error'}")
-                if state in CANCELLED_STATES:
-                    raise JobCancelled()
-                time.sleep(POLL_S)
-            self.stage = "downloading result"
-            self.bundle = find_bundle(Path(client.result(self.job_id, self.workdir / "bundle")))
-        except JobCancelled:
-            self.cancelled = True
-        except BaseException as exc:  # reported to the user on the main thread
-            if self.cancel_requested:
-                self.cancelled = True
-            else:
-                self.error = _describe(exc)
-        finally:
-            self.done = True
-
-    def _check_cancel(self, client: Any) -> None:
-        if not self.cancel_requested:
-            return
-        self.stage = "cancelling"
-        if self.job_id is not None:
-            try:
-                client.cancel(self.job_id)
-            except Exception:
-                pass  # the job may have finished meanwhile; nothing is built either way
-        raise JobCancelled()
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+def backend_status() -> str:
+    """The local backend's state in words ("stopped" after Stop Backend, not an exit code; a crash
+    keeps its exit code)."""
+    if _BACKEND["stopped_by_artist"] and not MANAGER.running():
+        return "stopped"
+    return MANAGER.status_text()
 
 
-def find_bundle(path: Path) -> Path:
-    """The directory holding scene.json in a downloaded result (a directory or a zip file)."""
-    if path.is_file() and zipfile.is_zipfile(path):
-        dest = path.with_suffix("")
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                target = (dest / info.filename).resolve()
-                if not str(target).startswith(str(dest.resolve())):
-                    raise UserError("the backend sent a result archive with unsafe paths")
-            zf.extractall(dest)
-        path = dest
-    if (path / "scene.json").is_file():
-        return path
-    for sub in sorted(path.rglob("scene.json")):
-        return sub.parent
-    raise UserError(f"the backend result has no scene.json ({path})")
-
-
-_ACTIVE: dict = {"job": None}
-
+# ---------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------
 
 def _find_image_editor_image(context: Any) -> Any:
     screen = getattr(context, "screen", None)
@@ -161,23 +95,297 @@ def _find_image_editor_image(context: Any) -> Any:
     return None
 
 
-def _read_input(path_or_name: str, what: str) -> tuple[bytes, str, str]:
-    """(bytes, file name, display stem) from a file path or an image datablock name."""
-    if path_or_name in bpy.data.images:
-        img = bpy.data.images[path_or_name]
+def _read(source: str, what: str) -> Any:
+    try:
+        return read_picture(source, what)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def prepare_inputs(context: Any, filepath: str = "", image: str = "", mask: str = "",
+                   mode: str = "OBJECT") -> tuple[Upload, str]:
+    """(upload, name of the result) from the operator's arguments, else the panel's inputs.
+    Raises UserError or InputProblem with the one-line report."""
+    settings = getattr(context.scene, "cupid", None)
+    if filepath:
+        source = filepath
+    elif image:
+        if image not in bpy.data.images:
+            raise UserError(f"no image named {image!r} in this file")
+        source = image
+    elif settings is not None and settings.image is not None:
+        source = settings.image.name
+    elif settings is not None and settings.filepath:
+        source = settings.filepath
+    else:
+        img = _find_image_editor_image(context)
+        if img is None:
+            raise UserError("no photo given: pick an image in the CUPID panel, a file path, "
+                            "or show one in an Image Editor")
+        source = img.name
+    mask_source = mask
+    if not mask and not (filepath or image) and settings is not None:
+        mask_source = settings.mask.name if settings.mask is not None else settings.mask_path
+    photo = _read(source, "photo")
+    mask_picture = _read(mask_source, "mask") if mask_source else None
+    return prepare_upload(photo, mask_picture, mode.lower()), photo.stem
+
+
+# ---------------------------------------------------------------------------------------------
+# one reconstruction, from prepared inputs to a built collection
+# ---------------------------------------------------------------------------------------------
+
+class _CtrlC:
+    """While a job is waited for in the foreground, Ctrl-C cancels it (a second one stops waiting)
+    instead of killing Blender; the previous handler comes back afterwards."""
+
+    def __init__(self, job: ReconstructJob) -> None:
+        self.job, self.pressed, self.abandoned = job, False, False
+        self._installed, self._previous = False, None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            self.abandoned = True
+            return
+        self.pressed = True
+        self.job.cancel()
+        print("CUPID: Ctrl-C: cancelling the reconstruction (Ctrl-C again to stop waiting)", flush=True)
+
+    def __enter__(self) -> "_CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+            except (ValueError, OSError):
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:  # a handler set from C (Blender's own) cannot be put back: the default then
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+
+
+class _Run:
+    """One job and what it becomes: the worker thread, the progress shown, the result kept."""
+
+    def __init__(self, context: Any, upload: Upload, name: str, mode: str, seed: int, steps: int) -> None:
+        config = backend_config(context)
+        self.name = name
+        self.job = ReconstructJob(lambda should_cancel: MANAGER.client(config, should_cancel=should_cancel),
+                                  JobRequest(upload, mode, seed, steps, results_folder(context)))
+        self.interrupted = False
+        _ACTIVE["job"] = self.job
+        _BACKEND["stopped_by_artist"] = False  # the job starts the backend again if needed
+        self.show(context)
+        threading.Thread(target=self.job.run, name="cupid-job", daemon=True).start()
+
+    def show(self, context: Any) -> Optional[Outcome]:
+        """Take the job's news into the window manager's progress properties; its outcome once ended."""
+        progress, outcome = self.job.poll()
+        wm = context.window_manager
+        stage = "cancelling" if self.job.cancel_requested and outcome is None else progress.stage
+        wm.cupid_running, wm.cupid_stage, wm.cupid_progress = True, stage, progress.fraction
+        if progress.device:
+            wm.cupid_device = progress.device
+        return outcome
+
+    def wait_here(self, context: Any) -> Outcome:
+        """Wait on this thread, printing a line per stage and every 5 percent; Ctrl-C cancels."""
+        wm, last = context.window_manager, None
+        with _CtrlC(self.job) as ctrl_c:
+            while True:
+                outcome = self.show(context)
+                line = (wm.cupid_stage, int(100 * wm.cupid_progress) // 5)
+                if line != last:
+                    print(f"CUPID: {wm.cupid_stage} {100 * wm.cupid_progress:.0f}%", flush=True)
+                    last = line
+                if outcome is None and ctrl_c.abandoned:
+                    outcome = Outcome("cancelled")
+                if outcome is not None:
+                    self.interrupted = ctrl_c.pressed
+                    return outcome
+                time.sleep(0.1)
+
+    def finish(self, context: Any, outcome: Outcome) -> tuple[str, str]:
+        """Keep and build a finished result; (report level, message). Cleans up in every case."""
+        wm = context.window_manager
         try:
-            data, fname = image_bytes(img)
-        except (ValueError, RuntimeError) as exc:
-            raise UserError(f"cannot read the {what} image {img.name!r}: {exc}") from exc
-        return data, fname, Path(img.name).stem
-    path = bpy.path.abspath(path_or_name)
-    if not os.path.isfile(path):
-        raise UserError(f"{what} not found: {path_or_name!r} is neither a file nor an image in this file")
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if not data:
-        raise UserError(f"the {what} file {path} is empty")
-    return data, os.path.basename(path), Path(path).stem
+            if outcome.state == "cancelled":
+                wm.cupid_last_message = "Reconstruction cancelled"
+                return "WARNING", "CUPID reconstruction cancelled; the scene is unchanged"
+            if outcome.state == "failed":
+                wm.cupid_last_message = outcome.message
+                return "ERROR", outcome.message
+            try:
+                res = self._keep_and_build(context, outcome.bundle)
+            except scene_builder.SceneBuildError as exc:
+                wm.cupid_last_message = str(exc)
+                return "ERROR", f"CUPID: {exc}"
+            msg = f"CUPID: added {len(res.objects)} object(s) and a camera in {res.collection.name!r}"
+            wm.cupid_last_message = msg
+            return "INFO", msg
+        finally:
+            self.job.cleanup()
+            _ACTIVE["job"] = None
+            wm.cupid_running, wm.cupid_stage, wm.cupid_progress = False, "", 0.0
+
+    def _keep_and_build(self, context: Any, bundle: Path) -> Any:
+        """Move the downloaded bundle to RESULTS/NAME (with the suffix its collection, camera and
+        photo get too), then build it; a failed build leaves no folder behind."""
+        root, folder = self.job.request.results_root, folder_name(self.name)
+        sfx = scene_builder.result_suffix(self.name, object_names(bundle), lambda s: (root / f"{folder}{s}").exists())
+        kept = root / f"{folder}{sfx}"
+        try:
+            os.replace(bundle, kept)
+        except OSError as exc:
+            raise scene_builder.SceneBuildError(f"cannot keep the result in {kept}: {exc.strerror or exc}") from exc
+        try:
+            return scene_builder.build_from_bundle(kept, context.scene, name=self.name, suffix=sfx)
+        except BaseException:
+            shutil.rmtree(kept, ignore_errors=True)
+            raise
+
+
+def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: str) -> Optional[_Run]:
+    """Read the inputs and start a run, or report why not (None)."""
+    try:
+        upload, name = prepare_inputs(context, mode=mode, **inputs)
+    except (UserError, InputProblem) as exc:
+        context.window_manager.cupid_last_message = str(exc)
+        op.report({"ERROR"}, str(exc))
+        return None
+    prefs = get_prefs(context)
+    seed, steps = resolve_sampling(seed, steps, prefs.default_seed if prefs else 0,
+                                   prefs.default_steps if prefs else 0)
+    warning = cpu_warning(context, steps)
+    if warning:
+        op.report({"WARNING"}, f"CUPID: {warning}")
+        print(f"CUPID: {warning}", flush=True)
+    return _Run(context, upload, name, mode.lower(), seed, steps)
+
+
+_SEED_HELP = "Random seed (-1: the preferences' default; 0 is a seed like any other)"
+_STEPS_HELP = "Sampler steps per stage (-1: the preferences' default; 0: the model's default)"
+
+
+class CUPID_OT_reconstruct(bpy.types.Operator):
+    """Reconstruct the photo's objects and camera with CUPID and add them to the scene"""
+
+    bl_idname = "cupid.reconstruct"
+    bl_label = "Reconstruct"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="Photo file", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
+                             description="Photo file (else the panel's photo)")
+    image: StringProperty(name="Image", description="Image datablock name (else the panel's photo)", default="",
+                          options={"SKIP_SAVE"})
+    mask: StringProperty(name="Mask", description="Mask file or image datablock name", default="",
+                         options={"SKIP_SAVE"})
+    mode: EnumProperty(name="Mode", items=MODES, default="OBJECT")
+    seed: IntProperty(name="Seed", default=UNSET, min=UNSET, description=_SEED_HELP)
+    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=_STEPS_HELP)
+
+    _timer = None
+    _run: Optional[_Run] = None
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return _ACTIVE["job"] is None
+
+    def execute(self, context: Any) -> set:
+        if _ACTIVE["job"] is not None:
+            self.report({"ERROR"}, "a CUPID reconstruction is already running")
+            return {"CANCELLED"}
+        run = _start(self, context, self.mode, self.seed, self.steps, filepath=self.filepath, image=self.image,
+                     mask=self.mask)
+        if run is None:
+            return {"CANCELLED"}
+        self._run = run
+        if bpy.app.background or context.window is None:
+            return self._end(context, run.wait_here(context))  # no event loop to come back to
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: Any, event: Any) -> set:
+        if event.type == "ESC" and event.value == "PRESS":
+            self._run.job.cancel()
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        outcome = self._run.show(context)
+        wm = context.window_manager
+        _status(context, f"CUPID: {wm.cupid_stage} {100 * wm.cupid_progress:.0f}%   (Esc to cancel)")
+        _redraw(context)
+        if outcome is None:
+            return {"RUNNING_MODAL"}
+        wm.event_timer_remove(self._timer)
+        self._timer = None
+        _status(context, None)
+        return self._end(context, outcome)
+
+    def _end(self, context: Any, outcome: Outcome) -> set:
+        level, message = self._run.finish(context, outcome)
+        self.report({level}, message)
+        return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
+
+    def cancel(self, context: Any) -> None:
+        """Blender ends the modal operator (file load, window close): stop the job too."""
+        if self._run is not None:
+            self._run.job.cancel()
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+        _ACTIVE["job"] = None
+
+
+class CUPID_OT_reconstruct_batch(bpy.types.Operator):
+    """Reconstruct every photo of a folder, one collection each (NAME_mask.png is the mask of NAME.jpg); \
+waits until all are done, printing progress; Ctrl-C stops"""
+
+    bl_idname = "cupid.reconstruct_batch"
+    bl_label = "Reconstruct Folder"
+    bl_options = {"REGISTER", "UNDO"}
+
+    directory: StringProperty(name="Folder", subtype="DIR_PATH", description="Folder of photos")
+    mode: EnumProperty(name="Mode", items=MODES, default="OBJECT")
+    seed: IntProperty(name="Seed", default=UNSET, min=UNSET, description=_SEED_HELP)
+    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=_STEPS_HELP)
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return _ACTIVE["job"] is None
+
+    def execute(self, context: Any) -> set:
+        folder = bpy.path.abspath(self.directory)
+        try:
+            items = batch_inputs(folder)
+        except OSError as exc:
+            self.report({"ERROR"}, f"CUPID: cannot read the folder {folder!r}: {exc.strerror or exc}")
+            return {"CANCELLED"}
+        if not items:
+            self.report({"ERROR"}, f"CUPID: no photos in {folder!r}")
+            return {"CANCELLED"}
+        built, failed = [], []
+        for k, (photo, mask) in enumerate(items):
+            print(f"CUPID: [{k + 1}/{len(items)}] {photo.name}", flush=True)
+            run = _start(self, context, self.mode, self.seed, self.steps, filepath=str(photo),
+                         mask=str(mask) if mask else "")
+            if run is None:
+                failed.append(photo.name)
+                continue
+            level, message = run.finish(context, run.wait_here(context))
+            print(message, flush=True)
+            (built if level == "INFO" else failed).append(photo.name)
+            if run.interrupted:
+                self.report({"WARNING"}, f"CUPID: stopped by Ctrl-C after {len(built)} of {len(items)} photos")
+                return {"FINISHED"} if built else {"CANCELLED"}
+        summary = f"CUPID: reconstructed {len(built)} of {len(items)} photos"
+        if failed:
+            self.report({"WARNING"} if built else {"ERROR"}, f"{summary}; failed: {', '.join(failed)}")
+        else:
+            self.report({"INFO"}, summary)
+        return {"FINISHED"} if built else {"CANCELLED"}
 
 
 def _status(context: Any, text: Optional[str]) -> None:
@@ -197,142 +405,8 @@ def _redraw(context: Any) -> None:
                 area.tag_redraw()
 
 
-class CUPID_OT_reconstruct(bpy.types.Operator):
-    """Reconstruct the photo's objects and camera with CUPID and add them to the scene"""
-
-    bl_idname = "cupid.reconstruct"
-    bl_label = "Reconstruct"
-    bl_options = {"REGISTER", "UNDO"}
-
-    filepath: StringProperty(name="Photo file", subtype="FILE_PATH", default="", options={"SKIP_SAVE"})
-    image: StringProperty(name="Image", description="Image datablock name", default="", options={"SKIP_SAVE"})
-    mask: StringProperty(name="Mask", description="Mask file or image datablock name", default="",
-                         options={"SKIP_SAVE"})
-    mode: EnumProperty(name="Mode", items=MODES, default="OBJECT")
-    seed: IntProperty(name="Seed", default=0, min=0)
-    steps: IntProperty(name="Steps", default=0, min=0, max=500)
-
-    _timer = None
-    _job: Optional[ReconstructJob] = None
-    _thread: Optional[threading.Thread] = None
-    _name = ""
-
-    @classmethod
-    def poll(cls, context: Any) -> bool:
-        return _ACTIVE["job"] is None
-
-    # -- inputs (main thread) ----------------------------------------------------------------
-    def _inputs(self, context: Any) -> tuple[bytes, str, str, Optional[bytes]]:
-        settings = getattr(context.scene, "cupid", None)
-        if self.filepath:
-            photo = _read_input(self.filepath, "photo")
-        elif self.image:
-            if self.image not in bpy.data.images:
-                raise UserError(f"no image named {self.image!r} in this file")
-            photo = _read_input(self.image, "photo")
-        elif settings is not None and settings.image is not None:
-            photo = _read_input(settings.image.name, "photo")
-        elif settings is not None and settings.filepath:
-            photo = _read_input(settings.filepath, "photo")
-        else:
-            img = _find_image_editor_image(context)
-            if img is None:
-                raise UserError("no photo given: pick an image in the CUPID panel, a file path, "
-                                "or show one in an Image Editor")
-            photo = _read_input(img.name, "photo")
-        mask = None
-        if self.mask:
-            mask = _read_input(self.mask, "mask")[0]
-        elif not (self.filepath or self.image) and settings is not None:
-            if settings.mask is not None:
-                mask = _read_input(settings.mask.name, "mask")[0]
-            elif settings.mask_path:
-                mask = _read_input(settings.mask_path, "mask")[0]
-        return photo[0], photo[1], photo[2], mask
-
-    def execute(self, context: Any) -> set:
-        if _ACTIVE["job"] is not None:
-            self.report({"ERROR"}, "a CUPID reconstruction is already running")
-            return {"CANCELLED"}
-        try:
-            data, fname, stem, mask = self._inputs(context)
-        except UserError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        prefs = get_prefs(context)
-        seed = self.seed if self.seed or prefs is None else prefs.default_seed
-        steps = self.steps if self.steps or prefs is None else prefs.default_steps
-        job = ReconstructJob(backend_config(context), data, fname, mask, self.mode.lower(), seed, steps)
-        self._job, self._name = job, stem
-        _ACTIVE["job"] = job
-        wm = context.window_manager
-        wm.cupid_running, wm.cupid_stage, wm.cupid_progress = True, job.stage, 0.0
-        if bpy.app.background or context.window is None:
-            job.run()
-            return self._finish(context)
-        self._thread = threading.Thread(target=job.run, name="cupid-job", daemon=True)
-        self._thread.start()
-        self._timer = wm.event_timer_add(0.1, window=context.window)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context: Any, event: Any) -> set:
-        job = self._job
-        if event.type == "ESC" and event.value == "PRESS":
-            job.cancel_requested = True
-            return {"RUNNING_MODAL"}
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        wm = context.window_manager
-        wm.cupid_stage = "cancelling" if job.cancel_requested and not job.done else job.stage
-        wm.cupid_progress = job.progress
-        _status(context, f"CUPID: {wm.cupid_stage} {100 * job.progress:.0f}%   (Esc to cancel)")
-        _redraw(context)
-        if not job.done:
-            return {"RUNNING_MODAL"}
-        wm.event_timer_remove(self._timer)
-        self._timer = None
-        _status(context, None)
-        return self._finish(context)
-
-    def _finish(self, context: Any) -> set:
-        job = self._job
-        wm = context.window_manager
-        try:
-            if job.cancelled or (job.cancel_requested and job.bundle is None):
-                wm.cupid_last_message = "Reconstruction cancelled"
-                self.report({"WARNING"}, "CUPID reconstruction cancelled; the scene is unchanged")
-                return {"CANCELLED"}
-            if job.error is not None:
-                wm.cupid_last_message = job.error
-                self.report({"ERROR"}, job.error)
-                return {"CANCELLED"}
-            try:
-                res = scene_builder.build_from_bundle(job.bundle, context.scene, name=self._name)
-            except scene_builder.SceneBuildError as exc:
-                wm.cupid_last_message = str(exc)
-                self.report({"ERROR"}, f"CUPID: {exc}")
-                return {"CANCELLED"}
-            msg = f"CUPID: added {len(res.objects)} object(s) and a camera in {res.collection.name!r}"
-            wm.cupid_last_message = msg
-            self.report({"INFO"}, msg)
-            return {"FINISHED"}
-        finally:
-            job.cleanup()
-            _ACTIVE["job"] = None
-            wm.cupid_running, wm.cupid_stage, wm.cupid_progress = False, "", 0.0
-
-    def cancel(self, context: Any) -> None:
-        """Blender ends the modal operator (file load, window close): stop the job too."""
-        if self._job is not None:
-            self._job.cancel_requested = True
-        if self._timer is not None:
-            context.window_manager.event_timer_remove(self._timer)
-        _ACTIVE["job"] = None
-
-
 class CUPID_OT_cancel(bpy.types.Operator):
-    """Cancel the running CUPID reconstruction"""
+    """Cancel the running CUPID reconstruction (the scene stays as it was)"""
 
     bl_idname = "cupid.cancel"
     bl_label = "Cancel"
@@ -342,12 +416,12 @@ class CUPID_OT_cancel(bpy.types.Operator):
         return _ACTIVE["job"] is not None
 
     def execute(self, context: Any) -> set:
-        _ACTIVE["job"].cancel_requested = True
+        _ACTIVE["job"].cancel()
         return {"FINISHED"}
 
 
 class CUPID_OT_start_backend(bpy.types.Operator):
-    """Start the local CUPID backend now (it also starts on the first reconstruction)"""
+    """Start the local CUPID backend now and load nothing yet (it also starts by itself on the first reconstruction)"""
 
     bl_idname = "cupid.start_backend"
     bl_label = "Start Backend"
@@ -355,30 +429,41 @@ class CUPID_OT_start_backend(bpy.types.Operator):
     def execute(self, context: Any) -> set:
         config = backend_config(context)
         try:
-            MANAGER.client(config, timeout=120.0)
+            client = MANAGER.client(config, timeout=120.0)
+            context.window_manager.cupid_device = str(client.health().get("device") or "")
         except BaseException as exc:
-            self.report({"ERROR"}, _describe(exc))
+            self.report({"ERROR"}, describe_error(exc))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"CUPID backend: {MANAGER.status_text()}")
+        _BACKEND["stopped_by_artist"] = False
+        self.report({"INFO"}, f"CUPID backend: {backend_status()}")
         return {"FINISHED"}
 
 
 class CUPID_OT_stop_backend(bpy.types.Operator):
-    """Stop the local CUPID backend process"""
+    """Stop the local CUPID backend process and free its memory (GPU memory included)"""
 
     bl_idname = "cupid.stop_backend"
     bl_label = "Stop Backend"
 
     def execute(self, context: Any) -> set:
+        prefs = get_prefs(context)
+        wm = context.window_manager
+        if prefs is not None and prefs.backend_kind == "REMOTE":
+            wm.cupid_last_message = (f"CUPID cannot stop a remote service ({prefs.remote_url}): stop `cupid serve` "
+                                     f"on that machine")
+            self.report({"WARNING"}, wm.cupid_last_message)
+            return {"CANCELLED"}
         if _ACTIVE["job"] is not None:
-            _ACTIVE["job"].cancel_requested = True
+            _ACTIVE["job"].cancel()
         MANAGER.stop()
-        self.report({"INFO"}, "CUPID backend stopped")
+        _BACKEND["stopped_by_artist"] = True
+        wm.cupid_last_message = "CUPID backend stopped"
+        self.report({"INFO"}, wm.cupid_last_message)
         return {"FINISHED"}
 
 
 class CUPID_OT_set_active_camera(bpy.types.Operator):
-    """Make the selected CUPID camera the scene camera and switch the render size to its photo"""
+    """Make the selected CUPID camera the scene camera and give the render its photo's size (the percentage stays)"""
 
     bl_idname = "cupid.set_active_camera"
     bl_label = "Set Active CUPID Camera"
@@ -391,28 +476,33 @@ class CUPID_OT_set_active_camera(bpy.types.Operator):
 
     def execute(self, context: Any) -> set:
         context.scene.camera = context.active_object
-        scene_builder.sync_render_resolution(context.scene)
+        scene_builder.sync_render_resolution(context.scene, force=True)
         r = context.scene.render
-        self.report({"INFO"}, f"Render size {r.resolution_x}x{r.resolution_y}")
+        self.report({"INFO"}, f"Render size {r.resolution_x}x{r.resolution_y} at {r.resolution_percentage}%")
         return {"FINISHED"}
 
 
 class CUPID_OT_import_bundle(bpy.types.Operator):
-    """Add a CUPID result bundle (a directory with scene.json) to the scene"""
+    """Add a CUPID result (a scene.json with its files, from the add-on or `cupid reconstruct`) to the scene"""
 
     bl_idname = "cupid.import_bundle"
-    bl_label = "Import CUPID Result"
+    bl_label = "Import CUPID Result (scene.json)"
     bl_options = {"REGISTER", "UNDO"}
 
-    directory: StringProperty(subtype="DIR_PATH")
+    filepath: StringProperty(name="scene.json", subtype="FILE_PATH", default="",
+                             description="The result's scene.json (or its folder)")
+    directory: StringProperty(subtype="DIR_PATH", default="", options={"SKIP_SAVE"},
+                              description="The result's folder (when no scene.json is given)")
+    filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
 
     def invoke(self, context: Any, event: Any) -> set:
         context.window_manager.fileselect_add(self)
         return {"RUNNING_MODAL"}
 
     def execute(self, context: Any) -> set:
+        path = bpy.path.abspath(self.filepath or self.directory)
         try:
-            res = scene_builder.build_from_bundle(bpy.path.abspath(self.directory), context.scene)
+            res = scene_builder.build_from_bundle(path, context.scene)
         except scene_builder.SceneBuildError as exc:
             self.report({"ERROR"}, f"CUPID: {exc}")
             return {"CANCELLED"}
@@ -420,9 +510,14 @@ class CUPID_OT_import_bundle(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def menu_import(self: Any, context: Any) -> None:
+    """File › Import entry."""
+    self.layout.operator(CUPID_OT_import_bundle.bl_idname, text="Import CUPID Result (scene.json)")
+
+
 @persistent
 def _sync_resolution_handler(scene: Any, *args: Any) -> None:
-    """Keep the render size equal to the active CUPID camera's photo (see scene_builder)."""
+    """Give the render the photo's size when a CUPID camera becomes active (see scene_builder)."""
     try:
         scene_builder.sync_render_resolution(scene)
     except (ReferenceError, AttributeError, TypeError, ValueError):
@@ -432,21 +527,24 @@ def _sync_resolution_handler(scene: Any, *args: Any) -> None:
 HANDLERS = ((bpy.app.handlers.depsgraph_update_post, _sync_resolution_handler),
             (bpy.app.handlers.frame_change_post, _sync_resolution_handler))
 
-classes = (CUPID_OT_reconstruct, CUPID_OT_cancel, CUPID_OT_start_backend, CUPID_OT_stop_backend,
-           CUPID_OT_set_active_camera, CUPID_OT_import_bundle)
+classes = (CUPID_OT_reconstruct, CUPID_OT_reconstruct_batch, CUPID_OT_cancel, CUPID_OT_start_backend,
+           CUPID_OT_stop_backend, CUPID_OT_set_active_camera, CUPID_OT_import_bundle)
 
 
-def register_handlers() -> None:
+def register() -> None:
+    """Handlers and the File › Import entry (the classes are registered by the package)."""
     for lst, fn in HANDLERS:
         if fn not in lst:
             lst.append(fn)
+    bpy.types.TOPBAR_MT_file_import.append(menu_import)
 
 
-def unregister_handlers() -> None:
+def unregister() -> None:
+    bpy.types.TOPBAR_MT_file_import.remove(menu_import)
     for lst, fn in HANDLERS:
         while fn in lst:
             lst.remove(fn)
     job = _ACTIVE["job"]
     if job is not None:
-        job.cancel_requested = True
+        job.cancel()
     _ACTIVE["job"] = None

@@ -5,8 +5,19 @@ from typing import Any
 
 import bpy
 
-from .backend_manager import MANAGER
+from .io.settings import model_label, resolve_sampling
+from .operators import active_model, backend_status, cpu_warning, results_folder
 from .preferences import get_prefs
+
+
+def _model_line(context: Any, prefs: Any) -> str:
+    """The model and device line, as the backend will run them."""
+    if prefs is None:
+        return "Model: (add-on preferences unavailable)"
+    device = context.window_manager.cupid_device or prefs.device
+    if prefs.backend_kind == "REMOTE":
+        return f"Model: set on the remote service · Device: {context.window_manager.cupid_device or 'not asked yet'}"
+    return f"Model: {model_label(active_model(prefs))} · Device: {device}"
 
 
 class CUPID_PT_reconstruct(bpy.types.Panel):
@@ -20,6 +31,7 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
         layout = self.layout
         s = context.scene.cupid
         wm = context.window_manager
+        prefs = get_prefs(context)
 
         col = layout.column(align=True)
         col.label(text="Photo")
@@ -36,6 +48,12 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
         row.prop(s, "seed")
         row.prop(s, "steps")
 
+        layout.label(text=_model_line(context, prefs), icon="INFO")
+        _, steps = resolve_sampling(s.seed, s.steps, 0, prefs.default_steps if prefs else 0)
+        warning = cpu_warning(context, steps)
+        if warning:
+            layout.label(text=warning, icon="ERROR")
+
         if wm.cupid_running:
             text = f"{wm.cupid_stage or 'working'} {100 * wm.cupid_progress:.0f}%"
             if hasattr(layout, "progress"):
@@ -45,21 +63,18 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
             layout.operator("cupid.cancel", icon="CANCEL")
         else:
             op = layout.operator("cupid.reconstruct", icon="PLAY")
-            op.mode = s.mode
-            prefs = get_prefs(context)
-            op.seed = s.seed if s.seed >= 0 else (prefs.default_seed if prefs else 0)
-            op.steps = s.steps
+            op.mode, op.seed, op.steps = s.mode, s.seed, s.steps
             if wm.cupid_last_message:
                 layout.label(text=wm.cupid_last_message)
         layout.operator("cupid.set_active_camera", icon="CAMERA_DATA")
+        layout.label(text=f"Results: {results_folder(context)}", icon="FILE_FOLDER")
 
         box = layout.box()
-        prefs = get_prefs(context)
         if prefs is not None and prefs.backend_kind == "REMOTE":
             box.label(text=f"Backend: remote {prefs.remote_url}", icon="WORLD")
         else:
-            box.label(text=f"Backend: {MANAGER.status_text()}",
-                      icon="CHECKMARK" if MANAGER.running() else "RADIOBUT_OFF")
+            status = backend_status()
+            box.label(text=f"Backend: {status}", icon="CHECKMARK" if status.startswith("running") else "RADIOBUT_OFF")
             row = box.row(align=True)
             row.operator("cupid.start_backend", icon="PLAY")
             row.operator("cupid.stop_backend", icon="PAUSE")

@@ -1,9 +1,9 @@
 """Add-on preferences: how to reach the backend (a local process or a remote URL + token),
-device, model, weights cache, and default sampler settings.
+device, model, weights cache, where results are kept, and default sampler settings.
 
 Defaults for the local backend come from ``defaults.json`` next to this file when the extension
-was built from a checkout (install/build_extension.py writes the checkout's venv python and
-weights directory there), so a fresh install works without typing paths.
+was built from a checkout (install/build_extension.py writes the checkout's venv python, weights
+directory and model there), so a fresh install works without typing paths.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 from typing import Any, Dict
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 _DEFAULTS_FILE = os.path.join(os.path.dirname(__file__), "defaults.json")
 
@@ -35,28 +35,52 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
 
     backend_kind: EnumProperty(
         name="Backend",
-        items=[("LOCAL", "Local process", "Start `cupid serve` with the python below"),
-               ("REMOTE", "Remote service", "Use an already running `cupid serve` (URL + token)")],
-        default="LOCAL")
+        items=[("LOCAL", "Local process", "Start `cupid serve` on this computer with the Python below"),
+               ("REMOTE", "Remote service", "Use a `cupid serve` already running elsewhere, e.g. on a GPU box "
+                                            "(its URL and token)")],
+        default="LOCAL", description="Where reconstructions run")
     python_path: StringProperty(
         name="Backend Python", subtype="FILE_PATH", default=_D.get("python", "python3"),
-        description="Python of the environment where the `cupid` backend is installed")
-    remote_url: StringProperty(name="URL", default="http://127.0.0.1:8765",
-                               description="Base URL of a running `cupid serve`")
-    remote_token: StringProperty(name="Token", subtype="PASSWORD", default="",
-                                 description="Bearer token printed by `cupid serve`")
+        description="Python of the environment where the `cupid` backend is installed (install/setup.sh "
+                    "makes .venv/bin/python)")
+    remote_url: StringProperty(
+        name="URL", default="http://127.0.0.1:8765",
+        description="Address of the remote `cupid serve`, as it prints it on start "
+                    "('reachable from other machines at http://…:8765'); through an SSH tunnel: "
+                    "http://127.0.0.1:8765")
+    remote_token: StringProperty(
+        name="Token", subtype="PASSWORD", default="",
+        description="The \"token\" value of the remote server's token file (`cupid serve` prints the file's "
+                    "path on start; default ~/.cupid/server.json on that machine). It stays the same "
+                    "across restarts of the server")
     device: EnumProperty(
         name="Device",
-        items=[("auto", "Auto", "CUDA when available, else CPU"), ("cuda", "CUDA", ""),
-               ("mps", "Apple MPS", ""), ("cpu", "CPU", "")],
-        default="auto")
-    model: StringProperty(name="Model", default=_D.get("model", "hbb1/Cupid"),
-                          description="Model id or local checkpoint directory")
-    weights_dir: StringProperty(name="Weights cache", subtype="DIR_PATH", default=_D.get("weights_dir", ""),
-                                description="Where downloaded weights are kept (empty: backend default)")
+        items=[("auto", "Auto", "CUDA when available, else Apple MPS, else CPU"),
+               ("cuda", "CUDA", "An NVIDIA GPU"), ("mps", "Apple MPS", "The GPU of an Apple Silicon Mac"),
+               ("cpu", "CPU", "The processor: about half an hour per photo with the full model")],
+        default="auto", description="What the local backend computes on")
+    model: StringProperty(
+        name="Model", default=_D.get("model", "hbb1/Cupid"),
+        description="Model id or local model directory. The default is what install/setup.sh set up; when "
+                    "that was the tiny offline test model, the official weights replace it as soon as "
+                    "`cupid download` has fetched them into the weights cache")
+    weights_dir: StringProperty(
+        name="Weights cache", subtype="DIR_PATH", default=_D.get("weights_dir", ""),
+        description="Where the local backend keeps and finds downloaded weights (CUPID_WEIGHTS_DIR); empty: "
+                    "the Hugging Face cache, where `cupid download` puts them by default")
+    results_beside_blend: BoolProperty(
+        name="Keep results beside the .blend file", default=True,
+        description="Keep each result (scene.json, GLB, Gaussian PLY, overlay) in a 'cupid_results' folder "
+                    "beside the saved .blend file; off, or while the file is not saved: the Results folder")
+    results_dir: StringProperty(
+        name="Results folder", subtype="DIR_PATH", default="",
+        description="Where results are kept when not beside the .blend file (empty: 'cupid_results' in your "
+                    "home folder)")
     default_steps: IntProperty(name="Steps", default=0, min=0, max=500,
-                               description="Sampler steps per stage (0: the model's default)")
-    default_seed: IntProperty(name="Seed", default=0, min=0)
+                               description="Sampler steps when the panel's Steps is -1 (0: the model's "
+                                           "default, 25)")
+    default_seed: IntProperty(name="Seed", default=0, min=0,
+                              description="Seed when the panel's Seed is -1")
 
     def draw(self, context: Any) -> None:
         layout = self.layout
@@ -70,6 +94,9 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
         else:
             col.prop(self, "remote_url")
             col.prop(self, "remote_token")
+        col = layout.column()
+        col.prop(self, "results_beside_blend")
+        col.prop(self, "results_dir")
         row = layout.row()
         row.prop(self, "default_steps")
         row.prop(self, "default_seed")

@@ -1,66 +1,47 @@
-"""Build a Blender scene from a CUPID result bundle (scene.json, schema ``cupid.scene/1``).
+"""Build a Blender scene from a CUPID result bundle (read by :mod:`cupid_blender.io.bundle`).
 
-All or nothing: the bundle is read and checked completely before any datablock is created, and
-every datablock made while building is recorded so that a failure midway removes them all and
-restores the scene camera and render settings. The caller (an operator with the UNDO flag)
-turns a successful build into one undo step.
+All or nothing: the bundle is read and checked completely (``io/bundle.py``) before any
+datablock is created, and every datablock made while building is recorded so that a failure
+midway removes them all and restores the scene camera and render settings. The caller (an
+operator with the UNDO flag) turns a successful build into one undo step.
 
 Render resolution is scene-wide in Blender while every CUPID camera belongs to one photo. The
 remedy used here: each camera stores its photo size and pixel aspect as custom properties
 (``cupid_resolution``, ``cupid_pixel_aspect``) and :func:`sync_render_resolution` copies them
-onto the scene whenever the scene camera changes (a depsgraph / frame handler installed by the
-add-on, plus the "Set active CUPID camera" operator). Building a second reconstruction thus
-never alters the first camera, and switching back restores the first photo's resolution.
+onto the scene when a CUPID camera becomes the scene camera (a depsgraph / frame handler
+installed by the add-on, plus the "Set Active CUPID Camera" operator), once: what the artist
+sets afterwards stays. Building a second reconstruction never alters the first camera, and
+switching back restores the first photo's resolution.
 
 Meshes are written with ``foreach_set`` on flat numpy buffers (``from_pydata`` goes through
 Python lists and is several times slower on million-triangle meshes).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
+import bpy
 import numpy as np
+from mathutils import Matrix
 
-SCHEMA_ID = "cupid.scene/1"
+from .camera import add_camera
+from .io.clipping import clip_range
+from .io.bundle import SceneBuildError, bundle_name, read_bundle
+from .io.gaussians import GaussianFileError, read_gaussians
+from .io.settings import free_suffix
+
 RESOLUTION_PROP = "cupid_resolution"
 PIXEL_ASPECT_PROP = "cupid_pixel_aspect"
 BUNDLE_PROP = "cupid_bundle"
+SYNCED_PROP = "cupid_synced_camera"   # on the scene: the name of the camera whose photo size it last took
+# (a name, not an ID pointer: a pointer would count as a user and keep a deleted camera in the file)
 
-
-class SceneBuildError(Exception):
-    """The bundle cannot be turned into a scene; the message is meant for the user."""
-
-
-@dataclass
-class ObjectData:
-    """One object of the bundle, read and checked (nothing created in Blender yet)."""
-
-    name: str
-    vertices: np.ndarray            # float32 [V, 3], object frame
-    faces: np.ndarray               # int32 [F, 3]
-    uv: Optional[np.ndarray]        # float32 [V, 2], v up
-    colors: Optional[np.ndarray]    # float32 [V, 3] in [0, 1]
-    texture: Optional[Path]
-    matrix_world: np.ndarray        # float64 [4, 4]
-
-
-@dataclass
-class BundleData:
-    """A bundle read into memory: camera, photo and objects."""
-
-    root: Path
-    photo: Path
-    width: int
-    height: int
-    K: np.ndarray
-    R: np.ndarray
-    t: np.ndarray
-    objects: List[ObjectData]
+__all__ = ["SceneBuildError", "read_bundle", "BuildResult", "build_from_bundle", "result_suffix",
+           "create_mesh", "camera_resolution", "sync_render_resolution"]
 
 
 @dataclass
@@ -70,111 +51,8 @@ class BuildResult:
     collection: Any
     camera: Any
     objects: List[Any] = field(default_factory=list)
+    gaussians: List[Any] = field(default_factory=list)
 
-
-# ---------------------------------------------------------------------------------------------
-# reading (no bpy)
-# ---------------------------------------------------------------------------------------------
-
-def _matrix(value: Any, shape: tuple, what: str) -> np.ndarray:
-    try:
-        a = np.asarray(value, dtype=np.float64).reshape(shape)
-    except (TypeError, ValueError) as exc:
-        raise SceneBuildError(f"scene.json: {what} must be a {shape} array of numbers") from exc
-    if not np.all(np.isfinite(a)):
-        raise SceneBuildError(f"scene.json: {what} contains NaN or infinite values")
-    return a
-
-
-def _file(root: Path, name: Any, what: str) -> Path:
-    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in Path(name).parts:
-        raise SceneBuildError(f"scene.json: {what} must be a file name inside the bundle, got {name!r}")
-    path = root / name
-    if not path.is_file():
-        raise SceneBuildError(f"bundle {root} is incomplete: the {what} file {name!r} is missing")
-    return path
-
-
-def _read_mesh(path: Path, name: str) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:  # zip, format and OS errors alike mean an unusable file
-        raise SceneBuildError(f"object {name!r}: mesh file {path.name} is unreadable ({exc})") from exc
-    v, f = arrays.get("vertices"), arrays.get("faces")
-    if v is None or f is None:
-        raise SceneBuildError(f"object {name!r}: mesh file {path.name} needs `vertices` and `faces`")
-    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
-        raise SceneBuildError(f"object {name!r}: vertices must be [V, 3] and faces [F, 3], "
-                              f"got {v.shape} and {f.shape}")
-    if v.shape[0] == 0 or f.shape[0] == 0:
-        raise SceneBuildError(f"object {name!r}: the mesh is empty")
-    if not np.all(np.isfinite(v)):
-        raise SceneBuildError(f"object {name!r}: vertices contain NaN or infinite values")
-    if f.min() < 0 or f.max() >= v.shape[0]:
-        raise SceneBuildError(f"object {name!r}: faces reference vertices that do not exist")
-    out = {"vertices": np.ascontiguousarray(v, dtype=np.float32),
-           "faces": np.ascontiguousarray(f, dtype=np.int32)}
-    for key, width in (("uv", 2), ("colors", 3)):
-        a = arrays.get(key)
-        if a is not None:
-            if a.shape != (v.shape[0], width):
-                raise SceneBuildError(f"object {name!r}: {key} must be [{v.shape[0]}, {width}], got {a.shape}")
-            out[key] = np.ascontiguousarray(a, dtype=np.float32)
-    return out
-
-
-def read_bundle(directory: str | os.PathLike) -> BundleData:
-    """Read and check a bundle directory (or its scene.json) completely; raises SceneBuildError."""
-    root = Path(directory)
-    if root.is_file() and root.name == "scene.json":
-        root = root.parent
-    scene_path = root / "scene.json"
-    if not scene_path.is_file():
-        raise SceneBuildError(f"{root} is not a CUPID result: scene.json not found")
-    try:
-        scene = json.loads(scene_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SceneBuildError(f"{scene_path} is not valid JSON: {exc}") from exc
-    if not isinstance(scene, dict) or scene.get("schema") != SCHEMA_ID:
-        raise SceneBuildError(f"{scene_path} is not a {SCHEMA_ID} file "
-                              f"(schema {scene.get('schema') if isinstance(scene, dict) else None!r})")
-    try:
-        image, camera, objects = scene["image"], scene["camera"], scene["objects"]
-        width, height = int(image["width"]), int(image["height"])
-        photo = _file(root, image["file"], "photo")
-        if camera.get("convention", "opencv") != "opencv":
-            raise SceneBuildError(f"unsupported camera convention {camera.get('convention')!r}")
-        K = _matrix(camera["K"], (3, 3), "camera K")
-        R = _matrix(camera["R"], (3, 3), "camera R")
-        t = _matrix(camera["t"], (3,), "camera t")
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, SceneBuildError):
-            raise
-        raise SceneBuildError(f"{scene_path} lacks a valid image/camera entry ({exc!r})") from exc
-    if width < 1 or height < 1:
-        raise SceneBuildError(f"scene.json: image size must be positive, got {width}x{height}")
-    if not isinstance(objects, list) or not objects:
-        raise SceneBuildError(f"{scene_path} holds no objects: nothing was reconstructed")
-    data: List[ObjectData] = []
-    for k, obj in enumerate(objects):
-        try:
-            name = str(obj["name"])
-            mesh = _read_mesh(_file(root, obj["mesh"], f"object {name!r} mesh"), name)
-            tex = _file(root, obj["texture"], f"object {name!r} texture") if obj.get("texture") else None
-            mw = _matrix(obj["matrix_world"], (4, 4), f"object {name!r} matrix_world")
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise SceneBuildError(f"scene.json: object #{k} is incomplete ({exc!r})") from exc
-        if tex is not None and mesh.get("uv") is None:
-            tex = None  # a texture without uv cannot be mapped; vertex colours take over
-        data.append(ObjectData(name, mesh["vertices"], mesh["faces"], mesh.get("uv"),
-                               mesh.get("colors"), tex, mw))
-    return BundleData(root, photo, width, height, K, R, t, data)
-
-
-# ---------------------------------------------------------------------------------------------
-# building (bpy)
-# ---------------------------------------------------------------------------------------------
 
 class _Created:
     """Datablocks made during one build, removed in reverse order if the build fails."""
@@ -187,8 +65,6 @@ class _Created:
         return block
 
     def remove_all(self) -> None:
-        import bpy
-
         for kind, block in reversed(self.items):
             coll = getattr(bpy.data, kind)
             try:
@@ -202,8 +78,6 @@ class _Created:
 def create_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: Optional[np.ndarray] = None,
                 colors: Optional[np.ndarray] = None) -> Any:
     """A triangle mesh datablock from flat arrays, with a per-corner UV map and point colours."""
-    import bpy
-
     V, F = int(vertices.shape[0]), int(faces.shape[0])
     mesh = bpy.data.meshes.new(name)
     try:
@@ -244,8 +118,6 @@ def create_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: Optional
 
 
 def _material(name: str, image: Any, use_colors: bool, created: _Created) -> Any:
-    import bpy
-
     mat = created.add("materials", bpy.data.materials.new(name))
     mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
@@ -271,8 +143,6 @@ def _material(name: str, image: Any, use_colors: bool, created: _Created) -> Any
 
 def _load_image(path: Path, name: str, created: _Created, colorspace: str = "sRGB") -> Any:
     """Load and pack an image (the bundle may live in a temporary directory)."""
-    import bpy
-
     try:
         img = created.add("images", bpy.data.images.load(str(path), check_existing=False))
     except RuntimeError as exc:
@@ -285,43 +155,91 @@ def _load_image(path: Path, name: str, created: _Created, colorspace: str = "sRG
     return img
 
 
-def _unique_collection_name(base: str) -> str:
-    import bpy
+def _gaussians(label: str, path: Path, coll: Any, created: _Created) -> Any:
+    """A point cloud object of the object's 3D Gaussians (object frame, placed like the mesh) with
+    named point attributes: opacity, scale (vector), rotation (quaternion w, x, y, z), color (RGBA,
+    alpha = opacity) and radius (Blender's point size: the mean standard deviation). Hidden in the
+    viewport and in renders: it is there to show or to hand to a Gaussian-splat viewer."""
+    try:
+        g = read_gaussians(path)
+    except GaussianFileError as exc:
+        raise SceneBuildError(f"object {label!r}: {exc}") from exc
+    n = len(g)
+    # Python cannot size a point cloud in Blender 4.5: build a vertex-only mesh with the
+    # attributes, then convert it (the mesh stays if conversion is impossible, e.g. in Edit Mode)
+    mesh = created.add("meshes", bpy.data.meshes.new(label))
+    mesh.vertices.add(n)
+    mesh.attributes["position"].data.foreach_set("vector", g.xyz.ravel())
+    for name, kind, key, values in (("opacity", "FLOAT", "value", g.opacity),
+                                    ("scale", "FLOAT_VECTOR", "vector", g.scale),
+                                    ("rotation", "QUATERNION", "value", g.rotation),
+                                    ("radius", "FLOAT", "value", g.scale.mean(axis=1))):
+        mesh.attributes.new(name, kind, "POINT").data.foreach_set(key, np.ascontiguousarray(values, np.float32).ravel())
+    rgba = np.concatenate([g.color, g.opacity[:, None]], axis=1).astype(np.float32)
+    mesh.color_attributes.new("color", "FLOAT_COLOR", "POINT").data.foreach_set("color", rgba.ravel())
+    obj = created.add("objects", bpy.data.objects.new(label, mesh))
+    coll.objects.link(obj)
+    try:
+        with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                                       selected_editable_objects=[obj]):
+            bpy.ops.object.convert(target="POINTCLOUD")
+    except (RuntimeError, TypeError):  # poll failed (e.g. Edit Mode), or a Blender without this target
+        pass
+    if obj.type == "POINTCLOUD":
+        created.add("pointclouds", obj.data)
+        created.items.remove(("meshes", mesh))
+        bpy.data.meshes.remove(mesh)
+    obj.hide_render = True
+    try:
+        obj.hide_set(True)
+    except RuntimeError:  # not in the active view layer
+        obj.hide_viewport = True
+    return obj
 
-    name, k = base, 1
-    while name in bpy.data.collections:
-        k += 1
-        name = f"{base}.{k:03d}"
-    return name
+
+def _names_taken(base: str, objects: list, extra: Optional[Callable[[str], bool]]) -> Callable[[str], bool]:
+    """Is suffix `sfx` taken by any name a result called `base` would give its datablocks?"""
+    def taken(sfx: str) -> bool:
+        d = bpy.data
+        labels = [f"{base} {o}{sfx}" for o in objects]
+        return (f"CUPID {base}{sfx}" in d.collections or f"{base} camera{sfx}" in d.objects
+                or f"{base} camera{sfx}" in d.cameras or f"{base} photo{sfx}" in d.images
+                or any(lb in d.objects or lb in d.meshes or lb in d.materials for lb in labels)
+                or (extra is not None and extra(sfx)))
+    return taken
+
+
+def result_suffix(base: str, object_names: list, extra: Optional[Callable[[str], bool]] = None) -> str:
+    """The one suffix ("", ".001", ...) that keeps every name of a new result called `base` free:
+    its collection, camera, photo and objects (and whatever `extra` says, e.g. a result folder)."""
+    return free_suffix(_names_taken(base, object_names, extra))
 
 
 def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Optional[str] = None,
-                      progress: Optional[Callable[[str, float], None]] = None) -> BuildResult:
+                      progress: Optional[Callable[[str, float], None]] = None,
+                      suffix: Optional[str] = None) -> BuildResult:
     """Build one collection (objects + camera with the photo as background) from a bundle.
 
-    `name` names the collection (default: the photo's stem). Raises SceneBuildError with a
-    user-facing message; in that case nothing stays behind in bpy.data and the scene's camera
-    and render size are as before.
+    `name` names the result (default: the bundle's folder, named after the photo): collection
+    "CUPID name", "name camera", "name photo", "name object_0" ..., all with the same `suffix`
+    (default: the first free one). Raises SceneBuildError with a user-facing message; in that
+    case nothing stays behind in bpy.data and the scene's camera and render size are as before.
     """
-    import bpy
-    from mathutils import Matrix
-
-    from .camera import add_camera
-
     data = read_bundle(directory)
     scene = scene if scene is not None else bpy.context.scene
     render = scene.render
-    saved = (scene.camera, render.resolution_x, render.resolution_y, render.resolution_percentage,
+    saved = (scene.camera, scene.get(SYNCED_PROP), render.resolution_x, render.resolution_y,
              render.pixel_aspect_x, render.pixel_aspect_y)
-    base = name or data.photo.stem
+    base = name or bundle_name(data.root)
+    sfx = suffix if suffix is not None else result_suffix(base, [od.name for od in data.objects])
     created = _Created()
     try:
-        coll = created.add("collections", bpy.data.collections.new(_unique_collection_name(f"CUPID {base}")))
-        coll[BUNDLE_PROP] = str(data.root)
+        coll = created.add("collections", bpy.data.collections.new(f"CUPID {base}{sfx}"))
+        coll[BUNDLE_PROP] = bpy.path.relpath(str(data.root)) if bpy.data.filepath else str(data.root)
         scene.collection.children.link(coll)
-        photo = _load_image(data.photo, f"{base} photo", created)
+        photo = _load_image(data.photo, f"{base} photo{sfx}", created)
 
-        cam = add_camera(scene, data.K, data.R, data.t, data.width, data.height, name=f"{base} camera")
+        cam = add_camera(scene, data.K, data.R, data.t, data.width, data.height, name=f"{base} camera{sfx}")
         created.add("cameras", cam.data)
         created.add("objects", cam)
         if cam.name in scene.collection.objects:
@@ -329,6 +247,7 @@ def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Opt
         coll.objects.link(cam)
         cam[RESOLUTION_PROP] = [int(data.width), int(data.height)]
         cam[PIXEL_ASPECT_PROP] = [float(render.pixel_aspect_x), float(render.pixel_aspect_y)]
+        scene[SYNCED_PROP] = cam.name  # add_camera gave the scene this photo's size
         cam.data.show_background_images = True
         bg = cam.data.background_images.new()
         bg.image = photo
@@ -342,21 +261,32 @@ def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Opt
             if progress is not None:
                 progress("building scene", k / n)
             label = f"{base} {od.name}"
-            mesh = created.add("meshes", create_mesh(label, od.vertices, od.faces, od.uv, od.colors))
-            image = _load_image(od.texture, f"{label} texture", created) if od.texture else None
-            mesh.materials.append(_material(label, image, od.colors is not None, created))
-            obj = created.add("objects", bpy.data.objects.new(label, mesh))
+            mesh = created.add("meshes", create_mesh(label + sfx, od.vertices, od.faces, od.uv, od.colors))
+            image = _load_image(od.texture, f"{label} texture{sfx}", created) if od.texture else None
+            mesh.materials.append(_material(label + sfx, image, od.colors is not None, created))
+            obj = created.add("objects", bpy.data.objects.new(label + sfx, mesh))
             coll.objects.link(obj)
             obj.matrix_world = Matrix(od.matrix_world.tolist())
             result.objects.append(obj)
+            if od.gaussians is not None:
+                splats = _gaussians(f"{label} gaussians{sfx}", od.gaussians, coll, created)
+                splats.matrix_world = obj.matrix_world
+                result.gaussians.append(splats)
+        clip = clip_range(data.R, data.t, [(od.vertices.min(0), od.vertices.max(0), od.matrix_world)
+                                            for od in data.objects if len(od.vertices)])
+        if clip is not None:  # the camera sees every object, however near or far the point map put it
+            cam.data.clip_start, cam.data.clip_end = clip
         if progress is not None:
             progress("building scene", 1.0)
         return result
     except BaseException as exc:
         created.remove_all()
         scene.camera = saved[0]
-        (render.resolution_x, render.resolution_y, render.resolution_percentage,
-         render.pixel_aspect_x, render.pixel_aspect_y) = saved[1:]
+        if saved[1] is None:
+            scene.pop(SYNCED_PROP, None)
+        else:
+            scene[SYNCED_PROP] = saved[1]
+        (render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y) = saved[2:]
         if isinstance(exc, SceneBuildError):
             raise
         if isinstance(exc, Exception):
@@ -377,19 +307,27 @@ def camera_resolution(cam: Any) -> Optional[tuple]:
     return w, h, ax, ay
 
 
-def sync_render_resolution(scene: Any) -> bool:
-    """Give the scene the render size of its camera if that is a CUPID camera.
-
-    Writes only when something differs (so it is safe inside a depsgraph handler); returns
-    whether anything changed."""
-    res = camera_resolution(scene.camera)
+def sync_render_resolution(scene: Any, force: bool = False) -> bool:
+    """When a CUPID camera has just become the scene camera, give the scene its photo's size and
+    pixel aspect (the percentage stays the artist's). The scene remembers which camera it last did
+    this for (``cupid_synced_camera``, by name), so a size the artist sets afterwards is never undone; `force`
+    applies it again (the "Set Active CUPID Camera" button). Safe inside a depsgraph handler: it
+    writes only when the camera changed. Returns whether the render size changed."""
+    cam = scene.camera
+    if not force and scene.get(SYNCED_PROP) == (cam.name if cam is not None else None):
+        return False
+    if cam is None:
+        scene.pop(SYNCED_PROP, None)
+        return False
+    scene[SYNCED_PROP] = cam.name
+    res = camera_resolution(cam)
     if res is None:
         return False
     w, h, ax, ay = res
     r = scene.render
-    if (r.resolution_x, r.resolution_y, r.resolution_percentage) == (w, h, 100) and \
+    if (r.resolution_x, r.resolution_y) == (w, h) and \
             math.isclose(r.pixel_aspect_x, ax) and math.isclose(r.pixel_aspect_y, ay):
         return False
-    r.resolution_x, r.resolution_y, r.resolution_percentage = w, h, 100
+    r.resolution_x, r.resolution_y = w, h
     r.pixel_aspect_x, r.pixel_aspect_y = ax, ay
     return True

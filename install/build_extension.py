@@ -1,6 +1,6 @@
 """Build the installable CUPID extension zip with Blender's own extension tool.
 
-Stages blender_manifest.toml + cupid_blender/* into a temporary source directory (optionally with
+Stages blender_manifest.toml + cupid_blender/**/*.py into a temporary source directory (optionally with
 a defaults.json naming this checkout's backend python and weights directory), runs
 ``blender_ext.py build`` and then ``blender_ext.py validate`` on the result.
 
@@ -78,9 +78,10 @@ def stamped_manifest() -> str:
 def stage(dest: Path, defaults: dict | None) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "blender_manifest.toml").write_text(stamped_manifest(), encoding="utf-8")
-    for path in sorted(PACKAGE.iterdir()):
-        if path.suffix == ".py" and path.is_file():
-            shutil.copy2(path, dest / path.name)
+    for path in sorted(PACKAGE.rglob("*.py")):  # the package and its subpackages (io/)
+        target = dest / path.relative_to(PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
     if defaults:
         (dest / "defaults.json").write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
 

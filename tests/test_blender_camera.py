@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cupid_blender.camera import BlenderCameraSettings, blender_camera_settings, opencv_from_blender
+from cupid_blender.io.camera import BlenderCameraSettings, blender_camera_settings
 from tests.blender_scripts.silhouette import setup_silhouette_render
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -27,6 +27,21 @@ def _camera(rng, W, H, fy_over_fx=1.0, pp_off=0.08):
     half = math.atan(min(W / K[0, 0], H / K[1, 1]) / 2.0)
     t = np.array([0.02, -0.03, 0.45 / math.tan(half) + 0.5])
     return K, R, t
+
+
+def opencv_from_blender(s: BlenderCameraSettings) -> tuple:
+    """The test's oracle: Blender's view-plane rules (see cupid_blender/io/camera.py) read backwards,
+    from the settings to (K, R, t, W, H)."""
+    W, H = s.resolution_x, s.resolution_y
+    ycor = s.pixel_aspect_y / s.pixel_aspect_x
+    viewfac = float(W) if s.sensor_fit == "HORIZONTAL" else ycor * H
+    sensor = s.sensor_width if s.sensor_fit == "HORIZONTAL" else s.sensor_height
+    fx = s.lens * viewfac / sensor
+    K = np.array([[fx, 0.0, W / 2.0 - s.shift_x * viewfac], [0.0, fx / ycor, H / 2.0 + s.shift_y * viewfac / ycor],
+                  [0.0, 0.0, 1.0]])
+    M = np.array(s.matrix_world)
+    R = np.diag([1.0, -1.0, -1.0]) @ M[:3, :3].T    # M[:3,:3] = Rᵀ·F, F = diag(1, -1, -1)
+    return K, R, -R @ M[:3, 3], W, H                  # M[:3,3] = −Rᵀ·t
 
 
 CASES = [(160, 120, 1.0), (120, 160, 1.0), (128, 128, 1.0), (160, 120, 1.15), (120, 160, 0.9)]
@@ -56,16 +71,6 @@ def test_settings_reject_skew_and_bad_k():
         blender_camera_settings(K, np.eye(3), [0, 0, 2], 100, 80)
     with pytest.raises(ValueError):
         blender_camera_settings(np.diag([-1.0, 1, 1]), np.eye(3), [0, 0, 2], 100, 80)
-
-
-def test_opencv_from_blender_auto_fit():
-    s = BlenderCameraSettings(lens=50, sensor_width=36, sensor_height=24, sensor_fit="AUTO",
-                              shift_x=0, shift_y=0, resolution_x=100, resolution_y=200,
-                              pixel_aspect_x=1, pixel_aspect_y=1,
-                              matrix_world=[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    K, *_ = opencv_from_blender(s)
-    # AUTO: the 36 mm sensor width spans the longer (vertical) side
-    assert np.isclose(K[0][0], 50 / 36 * 200)
 
 
 # ------------------------------------------------------------------ render check

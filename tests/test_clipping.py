@@ -1,4 +1,4 @@
-"""The clip range of a scene's camera holds every object (cupid_blender/clipping.py, no Blender needed)."""
+"""The clip range of a scene's camera holds every object (cupid_blender/io/clipping.py, no Blender needed)."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 _SPEC = importlib.util.spec_from_file_location(
-    "cupid_clipping", Path(__file__).resolve().parents[1] / "cupid_blender" / "clipping.py")
+    "cupid_clipping", Path(__file__).resolve().parents[1] / "cupid_blender" / "io" / "clipping.py")
 clipping = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(clipping)
 

@@ -11,7 +11,8 @@ from PIL import Image
 bpy = pytest.importorskip("bpy", reason="needs Blender as a Python module (bpy 4.5)")
 pytestmark = pytest.mark.blender
 
-from cupid_blender.imaging import image_bytes, png_bytes  # noqa: E402
+from cupid_blender.imaging import image_bytes  # noqa: E402
+from cupid_blender.io.imaging import png_bytes  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +28,14 @@ def _decode(data: bytes) -> np.ndarray:
 def test_png_bytes_round_trips():
     rgba = np.random.default_rng(0).integers(0, 256, (7, 5, 4), dtype=np.uint8)
     np.testing.assert_array_equal(_decode(png_bytes(rgba)), rgba)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(rgba[..., :3])))), rgba[..., :3])
+    grey = Image.open(io.BytesIO(png_bytes(rgba[..., 0])))
+    assert grey.mode == "L"
+    np.testing.assert_array_equal(np.asarray(grey), rgba[..., 0])
     with pytest.raises(ValueError, match="expected"):
-        png_bytes(rgba[..., :3])
+        png_bytes(rgba[..., :2])
+    with pytest.raises(ValueError, match="expected"):
+        png_bytes(rgba.astype(np.float32))
 
 
 def test_generated_image_is_sent_top_row_first():

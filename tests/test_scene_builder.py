@@ -179,3 +179,93 @@ def test_two_photos_of_different_aspect(tmp_path):
     px = (data.K @ xc)[:2] / xc[2]
     ndc = world_to_camera_view(scene, a.camera, Vector(p))
     np.testing.assert_allclose([ndc.x * 320, (1 - ndc.y) * 240], px, atol=1e-3)
+
+
+def _gaussian_bundle(tmp: Path, n: int = 300) -> Path:
+    from cupid.export.ply import GaussianArrays
+
+    rng = np.random.default_rng(1)
+    v, f = _icosphere(1)
+    q = rng.normal(size=(n, 4))
+    g = GaussianArrays(rng.uniform(-0.3, 0.3, (n, 3)).astype(np.float32),
+                       rng.uniform(0.01, 0.05, (n, 3)).astype(np.float32),
+                       rng.uniform(0.1, 0.9, (n, 1)).astype(np.float32),
+                       (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32),
+                       rng.normal(size=(n, 1, 3)).astype(np.float32))
+    photo = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    spec = ObjectSpec("object_0", v, f, np.full_like(v, 0.5), transform=(0.7, np.eye(3), [0.1, 0, 0]), gaussians=g)
+    return write_bundle(reconstruction(photo, _camera(64, 48), [spec]), tmp,
+                        ExportOptions(target_faces=None, texture=False, glb=False, gaussians=True, overlay=False))
+
+
+def test_gaussians_become_a_point_cloud_with_named_attributes(tmp_path):
+    from cupid.export.ply import read_gaussians_ply
+
+    root = _gaussian_bundle(tmp_path / "g")
+    res = sb.build_from_bundle(root, bpy.context.scene, name="splats")
+    assert [o.name for o in res.gaussians] == ["splats object_0 gaussians"]
+    pc = res.gaussians[0]
+    g = read_gaussians_ply(root / "object_0.ply")
+    assert pc.type == "POINTCLOUD" and len(pc.data.points) == len(g) and pc.users_collection[0] == res.collection
+    assert pc.hide_render and pc.hide_get()
+    np.testing.assert_allclose(np.array(pc.matrix_world), np.array(res.objects[0].matrix_world), atol=1e-6)
+    for name, key, want in (("opacity", "value", g.opacity[:, 0]), ("scale", "vector", g.scaling),
+                            ("rotation", "value", g.rotation)):
+        buf = np.empty(want.size, np.float32)
+        pc.data.attributes[name].data.foreach_get(key, buf)
+        np.testing.assert_allclose(buf.reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+    assert pc.data.attributes["color"].data_type == "FLOAT_COLOR"
+    assert not bpy.data.meshes.get("splats object_0 gaussians")   # the conversion left no mesh behind
+
+
+def test_a_broken_gaussian_file_changes_nothing(tmp_path):
+    root = _gaussian_bundle(tmp_path / "g")
+    (root / "object_0.ply").write_bytes((root / "object_0.ply").read_bytes()[:-500])
+    before = {**_counts(), "pointclouds": len(bpy.data.pointclouds)}
+    with pytest.raises(sb.SceneBuildError, match="gaussians.*truncated"):
+        sb.build_from_bundle(root, bpy.context.scene)
+    assert {**_counts(), "pointclouds": len(bpy.data.pointclouds)} == before
+
+
+def test_render_size_is_set_when_the_camera_changes_and_then_left_alone(tmp_path):
+    scene = bpy.context.scene
+    r = scene.render
+    a = sb.build_from_bundle(_bundle(tmp_path / "a", 320, 240, n_objects=1), scene, name="wide")
+    r.resolution_x, r.resolution_y, r.resolution_percentage = 1000, 700, 50   # the artist's choice
+    assert sb.sync_render_resolution(scene) is False
+    assert (r.resolution_x, r.resolution_y, r.resolution_percentage) == (1000, 700, 50)
+    sb.build_from_bundle(_bundle(tmp_path / "b", 150, 300, n_objects=1), scene, name="tall")
+    assert (r.resolution_x, r.resolution_y, r.resolution_percentage) == (150, 300, 50)
+    scene.camera = a.camera
+    assert sb.sync_render_resolution(scene) is True
+    assert (r.resolution_x, r.resolution_y, r.resolution_percentage) == (320, 240, 50)
+    r.resolution_x = 111
+    assert sb.sync_render_resolution(scene) is False and r.resolution_x == 111
+    assert sb.sync_render_resolution(scene, force=True) is True and r.resolution_x == 320
+
+
+def test_a_rerun_gets_one_suffix_for_every_name(tmp_path):
+    root = _bundle(tmp_path / "b", 64, 48, n_objects=1)
+    sb.build_from_bundle(root, bpy.context.scene, name="kitchen")
+    again = sb.build_from_bundle(root, bpy.context.scene, name="kitchen")
+    assert again.collection.name == "CUPID kitchen.001" and again.camera.name == "kitchen camera.001"
+    assert again.camera.data.background_images[0].image.name == "kitchen photo.001"
+    assert [o.name for o in again.objects] == ["kitchen object_0.001"]
+    assert sb.build_from_bundle(root, bpy.context.scene).collection.name == "CUPID b"   # named after its folder
+
+
+def test_the_camera_clips_to_its_objects_near_and_far(tmp_path):
+    """A point map can put objects 10⁸ m away or 5 cm from the camera: the camera's clip range holds
+    every object (Blender's default 0.1-1000 m would render nothing)."""
+    v, f = _icosphere(1)
+    photo = np.zeros((60, 80, 3), np.uint8)
+    K = np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]])
+    cam = (K, np.eye(3), np.zeros(3), 80, 60)
+    for depth, radius in ((9e7, 1e6), (0.05, 0.01)):
+        far = ObjectSpec("object_0", v, f, transform=(radius / 0.4, np.eye(3), [0.0, 0.0, depth]))
+        d = write_bundle(reconstruction(photo, cam, [far]), tmp_path / f"b{depth}",
+                         ExportOptions(target_faces=None, texture=False, glb=False, gaussians=False, overlay=False))
+        res = sb.build_from_bundle(d, bpy.context.scene)
+        cd = res.camera.data
+        assert cd.clip_start < depth - radius and cd.clip_end > depth + radius, (depth, cd.clip_start, cd.clip_end)
+        assert cd.clip_start > 0 and cd.clip_end / cd.clip_start < 1e7   # depth precision kept

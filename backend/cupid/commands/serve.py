@@ -10,24 +10,25 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import config
 from ..errors import CliError
 
-if TYPE_CHECKING:
-    from ..server import ServerSettings
-
 MB = 1024 * 1024
 NAME = "serve"
 HELP = "run the CUPID service the Blender extension talks to (loopback only by default)"
+DEFAULT_PORT = 8765  # the add-on's default remote URL
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=0, help="port (0: pick a free one)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"port (default {DEFAULT_PORT}, the Blender add-on's default; 0: pick a free one)")
     p.add_argument("--token-file", default=str(Path.home() / ".cupid" / "server.json"),
-                   help="where to write {url, token} (mode 0600)")
+                   help="where {url, token} is kept (mode 0600); the token of an existing file is reused, so "
+                        "clients stay set up across restarts (with --port 0 the file is removed at exit)")
     p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--max-upload-mb", type=int, default=64, help="largest accepted upload")
@@ -78,13 +79,31 @@ def write_token_file(path: Path, url: str, token: str, *, posix: bool = os.name 
     os.replace(tmp, path)
 
 
-def exposure_warning(settings: "ServerSettings") -> str | None:
-    """What to tell the user when the service is reachable from other machines."""
-    if settings.loopback_only:
+def existing_token(path: Path) -> str | None:
+    """The token of a token file this user alone can read (a stable token across restarts)."""
+    try:
+        st = path.stat()
+        if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o077):
+            return None
+        token = json.loads(path.read_text()).get("token")
+    except (OSError, ValueError, AttributeError):
         return None
-    return (f"warning: listening on {settings.host}, reachable from other machines: anyone who has the token "
-            f"can run jobs, and the token and photos travel unencrypted (plain HTTP); bind to 127.0.0.1 "
-            f"unless you mean it")
+    return token if isinstance(token, str) and len(token) >= 32 else None
+
+
+def reachable_address() -> str:
+    """This machine's address on its network: the source address of the route out (a UDP
+    "connect" sends nothing), else what its host name resolves to."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never contacted
+            return probe.getsockname()[0]
+        except OSError:
+            pass
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -140,17 +159,25 @@ def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))
     sock = bind(args.host, args.port)
     port = sock.getsockname()[1]
-    settings = ServerSettings(host=args.host, port=port, token=secrets.token_urlsafe(32), device=device,
+    token_file = Path(args.token_file).expanduser()
+    token = existing_token(token_file)
+    keep_token_file = token is not None or args.port != 0  # a fixed address keeps its token for the next start
+    settings = ServerSettings(host=args.host, port=port, token=token or secrets.token_urlsafe(32), device=device,
                               max_upload_bytes=args.max_upload_mb * MB, result_ttl=args.result_ttl,
                               preload=args.preload, max_queue=args.max_queue,
                               max_queued_bytes=args.max_queued_mb * MB, max_result_bytes=args.max_results_mb * MB)
     app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device))
-    token_file = Path(args.token_file).expanduser()
-    write_token_file(token_file, settings.url, settings.token)
-    warning = exposure_warning(settings)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    print(f"CUPID backend listening on {settings.url} (token in {token_file})", flush=True)
+    wildcard = args.host in WILDCARD_HOSTS
+    local_url = f"http://{'[::1]' if args.host == '::' else '127.0.0.1'}:{port}" if wildcard else settings.url
+    write_token_file(token_file, local_url, settings.token)
+    print(f"CUPID backend listening on {local_url} (token in {token_file})", flush=True)
+    if args.host not in LOOPBACK_HOSTS:
+        public = f"http://{reachable_address()}:{port}" if wildcard else settings.url
+        print(f"reachable from other machines at {public} with the token in {token_file}", flush=True)
+        print("warning: over the network the token and the photos travel unencrypted; outside a trusted LAN "
+              f"use an SSH tunnel (ssh -N -L {port}:127.0.0.1:{port} USER@THIS-MACHINE, then "
+              f"http://127.0.0.1:{port} in Blender) or a TLS proxy in front of a loopback-only server",
+              file=sys.stderr, flush=True)
     server = _Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                     http=bounded_protocol(args.max_connections),
                                     timeout_keep_alive=args.idle_timeout))  # type: ignore[arg-type]
@@ -159,9 +186,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         app.state.intake.shutdown(wait=False)
         app.state.jobs.close()
-        try:
-            token_file.unlink()
-        except OSError:
-            pass
+        if not keep_token_file:
+            try:
+                token_file.unlink()
+            except OSError:
+                pass
     print("CUPID backend stopped", file=sys.stderr)
     return 0

@@ -27,12 +27,6 @@ class ServerSettings:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    @property
-    def loopback_only(self) -> bool:
-        """Only this machine can reach the server (else anyone on the network can try the token)."""
-        name = self.host.strip("[]").lower()
-        return name in LOOPBACK or (_is_ip(name) and ipaddress.ip_address(name).is_loopback)
-
     def host_allowed(self, host: str) -> bool:
         """Is `host` (a Host header, `name:port`) an address of this server?
 

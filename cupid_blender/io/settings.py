@@ -1,0 +1,119 @@
+"""Decisions taken from the artist's settings, in one place and without bpy: what "unset" means
+for seed and steps, where results are kept, which model runs, how long a CPU job takes, and which
+files of a folder a batch reconstructs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+UNSET = -1                   # seed / steps of the panel and the operator: "use the preferences' default"
+MODEL_DEFAULT_STEPS = 25     # what steps = 0 means: the model's own default (TRELLIS pipeline.json)
+OFFICIAL_MODEL = "hbb1/Cupid"
+RESULTS_FOLDER = "cupid_results"   # beside the saved .blend, or inside the preference's folder
+# A full-size job on a 2-core CPU (README "Measured here": 274 s at 2 sampler steps, 36 min at 25):
+CPU_FIXED_S = 61.0           # load, DINOv2, decoding and export
+CPU_PER_STEP_S = 84.0        # one sampler step of both flows, guidance included
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".exr")
+MASK_SUFFIX = "_mask"        # batch: NAME_mask.png is the mask of NAME.jpg
+
+
+def resolve_sampling(seed: int, steps: int, default_seed: int, default_steps: int) -> tuple[int, int]:
+    """(seed, steps) sent to the backend. -1 takes the preferences' default; any other value is
+    used as given (seed 0 is a seed; steps 0 asks for the model's default)."""
+    return (default_seed if seed == UNSET else seed, default_steps if steps == UNSET else steps)
+
+
+def results_root(blend_path: str, beside_blend: bool, folder: str, home: Path) -> Path:
+    """Where kept results go: `cupid_results` beside the saved .blend file; with no saved file (or
+    with "beside the .blend" off), `folder`, else `cupid_results` in the home directory."""
+    if beside_blend and blend_path:
+        return Path(blend_path).resolve().parent / RESULTS_FOLDER
+    if folder:
+        return Path(os.path.expanduser(folder))
+    return home / RESULTS_FOLDER
+
+
+def hub_caches(environ: Mapping[str, str], home: Path, weights_dir: str = "") -> list[Path]:
+    """Where the backend finds downloaded weights, as ``cupid.hub.cache_dir`` decides: the add-on's
+    Weights cache (handed to the backend as CUPID_WEIGHTS_DIR) when set, else the Hugging Face cache
+    (HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub;
+    the backend inherits Blender's environment)."""
+    if weights_dir:
+        return [Path(weights_dir).expanduser()]
+    if environ.get("HF_HUB_CACHE"):
+        return [Path(environ["HF_HUB_CACHE"]).expanduser()]
+    if environ.get("HF_HOME"):
+        return [Path(environ["HF_HOME"]).expanduser() / "hub"]
+    return [Path(environ.get("XDG_CACHE_HOME") or home / ".cache").expanduser() / "huggingface" / "hub"]
+
+
+def downloaded_official(caches: list[Path]) -> Optional[Path]:
+    """The snapshot of the official weights in a hub cache (its pipeline.json is there), or None."""
+    folder = "models--" + OFFICIAL_MODEL.replace("/", "--")
+    for cache in caches:
+        for cfg in sorted((cache / folder / "snapshots").glob("*/pipeline.json")):
+            return cfg.parent
+    return None
+
+
+def is_tiny(model: str) -> bool:
+    """Is `model` a test model made by `cupid make-tiny-model` (random weights)?"""
+    cfg = Path(os.path.expanduser(model)) / "pipeline.json" if model else None
+    if cfg is None or not cfg.is_file():
+        return False
+    try:
+        return bool(json.loads(cfg.read_text(encoding="utf-8")).get("args", {}).get("tiny"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def effective_model(pref_model: str, build_model: str, caches: list[Path]) -> str:
+    """The model the backend runs. The build's default is the tiny model when `install/setup.sh`
+    ran offline: once the official weights are downloaded they replace it, with no change in the
+    preferences. A model the artist picked is used as given."""
+    if not pref_model:
+        return OFFICIAL_MODEL if downloaded_official(caches) else build_model
+    if pref_model == build_model and is_tiny(pref_model) and downloaded_official(caches):
+        return OFFICIAL_MODEL
+    return pref_model
+
+
+def model_label(model: str) -> str:
+    """How the panel names a model."""
+    if is_tiny(model):
+        return "tiny test model (random weights)"
+    return model if "/" in model and not os.path.isdir(os.path.expanduser(model)) else Path(model).name or model
+
+
+def expected_cpu_seconds(steps: int) -> float:
+    """Rough time of one full-size job on a CPU at `steps` sampler steps (0: the model's default)."""
+    return CPU_FIXED_S + CPU_PER_STEP_S * (steps or MODEL_DEFAULT_STEPS)
+
+
+def batch_inputs(directory: str | os.PathLike) -> list[tuple[Path, Optional[Path]]]:
+    """(photo, mask or None) for every photo in a folder, sorted by name; NAME_mask.EXT is the mask
+    of NAME.* and not a photo of its own."""
+    files = sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    masks = {p.stem[: -len(MASK_SUFFIX)]: p for p in files if p.stem.endswith(MASK_SUFFIX)}
+    return [(p, masks.get(p.stem)) for p in files if not p.stem.endswith(MASK_SUFFIX)]
+
+
+def folder_name(name: str) -> str:
+    """A result's name as a folder name (no path separators or characters Windows refuses)."""
+    return re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", name).strip(". ") or "result"
+
+
+def free_suffix(taken: Callable[[str], bool]) -> str:
+    """The first suffix of "", ".001", ".002", ... for which `taken(suffix)` is false: one suffix for a
+    result's collection, camera, photo, objects and folder, numbered as Blender numbers names."""
+    if not taken(""):
+        return ""
+    k = 1
+    while taken(f".{k:03d}"):
+        k += 1
+    return f".{k:03d}"
+

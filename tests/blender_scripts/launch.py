@@ -1,0 +1,53 @@
+"""The pytest side of the Blender driver scripts: the zip built as install/setup.sh builds it (with the
+tiny model), a driver started in a clean headless Blender, and its result read back."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "install"))
+import build_extension  # noqa: E402
+
+
+def tiny_zip(tmp: Path) -> tuple[Path, Path]:
+    """(tiny model, extension zip recording it as the default model)."""
+    from cupid.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp / "tiny")
+    return model, build_extension.build(tmp / "dist", model=str(model))
+
+
+def ellipse(w: int, h: int, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    """bool [h, w], top row first: the pixels whose centre lies inside the ellipse."""
+    y, x = np.mgrid[0:h, 0:w] + 0.5
+    return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
+
+
+def start(driver: Path, cfg: dict, tmp: Path, **env_extra: str) -> tuple[subprocess.Popen, Path]:
+    """Start `python DRIVER CONFIG` with Blender's user resources in `tmp` and the backend from the
+    installed environment (no PYTHONPATH), its output in a file; (process, log path)."""
+    (tmp / "config.json").write_text(json.dumps(cfg))
+    user = tmp / "blender_user"
+    user.mkdir(exist_ok=True)
+    env = {**os.environ, "BLENDER_USER_RESOURCES": str(user), "HF_HUB_OFFLINE": "1", **env_extra}
+    env.pop("PYTHONPATH", None)  # the backend runs from the installed environment, like an artist's
+    log = tmp / "blender.log"
+    with open(log, "wb") as fh:  # a file, not a pipe: Blender's own output must never block it
+        proc = subprocess.Popen([sys.executable, "-u", str(driver), str(tmp / "config.json")],
+                                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    return proc, log
+
+
+def result(cfg: dict, proc: subprocess.Popen, log: Path) -> dict:
+    """The driver's result once it ended cleanly (else the log's tail in the failure)."""
+    tail = log.read_text(errors="replace")[-3000:]
+    assert proc.returncode == 0 and Path(cfg["result"]).is_file(), f"Blender run failed ({proc.returncode}):\n{tail}"
+    out = json.loads(Path(cfg["result"]).read_text())
+    assert "crash" not in out, out.get("crash", "") + "\n" + tail
+    return out
