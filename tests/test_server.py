@@ -229,9 +229,10 @@ def test_errors_visible_in_the_upload_are_refused_at_submit(server):
                 server.client.submit(PHOTO, "monkey.png", **kwargs)
             assert err.value.status == 422 and message in err.value.message, (kwargs.get("mode"), err.value.message)
             assert time.monotonic() - t0 < 5.0
-        opaque = _png(Image.open(io.BytesIO(PHOTO)).convert("RGB"))
-        with pytest.raises(BackendError, match="no transparent background"):
-            server.client.submit(opaque, "opaque.png")
+        faint = np.asarray(Image.open(io.BytesIO(PHOTO)).convert("RGBA")).copy()
+        faint[..., 3] = 100  # a cut-out whose alpha is above 80% nowhere
+        with pytest.raises(BackendError, match="above 80% nowhere"):
+            server.client.submit(_png(Image.fromarray(faint)), "faint.png")
         assert server.client.status(long_job)["state"] == "running"
         assert server.client.health()["queue_length"] == 1
     finally:
@@ -295,14 +296,15 @@ def test_chunked_upload_over_the_limit_is_413(server):
     assert server.client.health()["version"]
 
 
-def test_a_scene_job_without_masks_then_the_next_job(server):
-    # scene mode without masks segments the photo itself (the tiny model's SAM): whatever it finds, the
-    # job ends with a result or with the pipeline's own error, never an internal one, and the next job
-    # runs normally (a job that fails for sure: the disk-full test and the JobQueue tests)
-    scene = server.client.submit(PHOTO, "monkey.png", mode="scene", steps=1)
-    st = server.client.wait(scene, poll=0.1, timeout=120)
-    assert st["state"] in ("done", "failed"), st
-    assert st["state"] == "done" or (st["error"]["code"] != "internal_error" and st["error"]["message"]), st
+def test_a_failing_job_leaves_the_worker_serving(server):
+    # an opaque photo of nothing: the background remover finds no object, which only the model can tell;
+    # the job fails with the pipeline's own code and message, and the next job runs normally
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(buf, format="PNG")
+    bad = server.client.submit(buf.getvalue(), "grey.png", steps=1)
+    st = server.client.wait(bad, poll=0.1, timeout=120)
+    assert st["state"] == "failed" and st["error"]["code"] == "bad_input", st
+    assert "no object found in the photo" in st["error"]["message"]
     good = server.client.submit(PHOTO, "monkey.png", seed=5, steps=1)
     assert server.client.wait(good, poll=0.1, timeout=120)["state"] == "done"
 

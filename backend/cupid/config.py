@@ -49,6 +49,20 @@ RELEASE_MODELS: dict[str, str] = {
     "slat_decoder_gs": f"{TRELLIS_MODEL_ID}/ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16",
 }
 
+# Object mode's background remover, as CUPID's release runs it (`ImageProcessor` in
+# cupid/pipelines/processing.py): an opaque photo is downsized to at most REMOVER_MAX_SIZE px on its
+# long side, then cut out by rembg's "u2net" session. The weights come from the weights cache, never
+# from rembg's own download to ~/.u2net: u2net.onnx as rembg publishes it (GitHub release v0.0.0),
+# mirrored on Hugging Face (tomjackson2023/rembg; U2NET_REVISION is the revision others have checked
+# it at, cupid.hub fetches the default branch) and checked against the md5 rembg itself pins for that
+# file. A model's pipeline.json may name its own remover file ("background_model", relative to the
+# model directory), as the tiny model does.
+U2NET_REPO = "tomjackson2023/rembg"
+U2NET_REVISION = "cd3a3d6767a7859efea31ef0f2f373582cf06d82"
+U2NET_FILE = "u2net.onnx"
+U2NET_MD5 = "60024c5c889badc19c04ad937298a77b"
+REMOVER_MAX_SIZE = 1024
+
 # Files `cupid download` fetches from each repository: everything a run needs, so that afterwards
 # HF_HUB_OFFLINE=1 runs need no network (the model's own repo is DOWNLOAD_PATTERNS[CUPID_MODEL_ID]).
 DOWNLOAD_PATTERNS: dict[str, list[str]] = {
@@ -62,6 +76,7 @@ DOWNLOAD_PATTERNS: dict[str, list[str]] = {
     DINOV2_HF_ID: ["config.json", "model.safetensors"],
     MOGE_ID: ["model.pt"],
     SAM_REPO_ID: [SAM_FILENAME],
+    U2NET_REPO: [U2NET_FILE],
 }
 
 # Sampler defaults (TRELLIS-image-large's pipeline.json); a model's pipeline.json overrides them.

@@ -1,13 +1,14 @@
-"""Photo loading and TRELLIS/CUPID preprocessing, keeping the crop so K can go back to the photo.
+"""Photo loading and CUPID's preprocessing, exactly as the release's `ImageProcessor` does it.
 
-The object comes from the photo's alpha (an RGBA cut-out) or a given mask. Both network inputs are
-made as CUPID's release makes them (`ImageProcessor.crop_to_content`, `ImageEncoder._prepare_tensor`),
-to the bit, so that a seed gives the release's result from the same photo: the box of the pixels with
-alpha > 0.8 (first to last pixel), a square side of int(1.2 × its longer extent) rounded down to even,
-centred on the box, its corner rounded as PIL rounds a crop box; that RGBA crop Lanczos-resized by PIL
-(which resamples premultiplied) to 518² for DINOv2 and 256² for the stage-2 conv head, then RGB × alpha.
-`Crop.offset` and `Crop.size` are that crop's true place in the photo, in photo pixels, for
-`CameraPose.de_crop` (the release's own de-crop uses the box before rounding and the odd side).
+The object comes from the photo's alpha (an RGBA cut-out), a given mask, or, for an opaque photo,
+the background remover (`cupid.background`) run on the photo downsized to at most 1024 px. Both
+network inputs are made as the release makes them (`ImageProcessor.crop_to_content`,
+`ImageEncoder._prepare_tensor`), to the bit, so that a seed gives the release's result from the same
+photo: the box of the pixels with alpha > 0.8·255 grown to a square 1.2× its longer extent, that crop
+of the uint8 RGBA image Lanczos-resized by PIL to 518² (DINOv2) and 256² (the stage-2 conv head),
+then RGB × alpha. `Crop.offset` and `Crop.size` are the release's crop parameters in the ORIGINAL
+photo's pixels, for `CameraPose.de_crop` (see `pose_from_structure`, and `object_crop` for the half
+pixel by which they differ from the pixels PIL takes).
 """
 from __future__ import annotations
 
@@ -16,21 +17,23 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from . import config
-from .errors import InputError
+from .errors import CheckpointError, InputError
 
 ImageSource = Any  # a path, bytes, a PIL image or an HxWx{1,3,4} array
+Remover = Callable[[Image.Image], Image.Image]  # RGB photo -> RGBA cut-out (cupid.background.BackgroundRemover)
 
 
 @dataclass
 class Crop:
-    """The square crop in photo pixels: top-left `offset` (x, y) and side `size`."""
+    """The square crop in photo pixels: top-left `offset` (x, y) and side `size`, as the release
+    reports them (its CropParameters times the image's longer side), see `object_crop`."""
 
     offset: tuple[float, float]
     size: float
@@ -45,7 +48,8 @@ class Processed:
     """A photo ready for the networks."""
 
     photo: np.ndarray          # HxWx3 uint8, the original photo (orientation applied)
-    alpha: np.ndarray          # HxW float32 in [0, 1], the object's mask in the photo
+    alpha: np.ndarray          # HxW float32 in [0, 1], the object's mask in the photo (the remover's,
+                               # resized back to the photo when it ran on a downsized copy)
     crop: Crop
     cond_image: torch.Tensor   # [3, 518, 518] premultiplied RGB in [0, 1]
     visual_image: torch.Tensor  # [3, 256, 256] premultiplied RGB in [0, 1]
@@ -128,50 +132,105 @@ def load_mask(source: ImageSource, size: tuple[int, int]) -> np.ndarray:
     return (m.astype(np.float32) / 255.0).clip(0, 1)
 
 
-def _alpha_u8(alpha: np.ndarray) -> np.ndarray:
-    """The mask as the 8-bit alpha channel the release's PIL image carries."""
-    return np.clip(np.rint(np.asarray(alpha, np.float64) * 255.0), 0, 255).astype(np.uint8)
+def object_crop(alpha: np.ndarray, padding: float = config.CROP_PADDING) -> Crop | None:
+    """The release's square crop around the object in a uint8 alpha (None when no pixel passes 0.8·255).
 
+    Its box is the min and max pixel INDEX with alpha > 0.8·255 (max inclusive), its centre
+    (min + max) / 2, its side int(max(w, h)·1.2) with w = max - min, and its box
+    (centre - side // 2, centre + side // 2) on each axis, left unrounded.
 
-def object_crop(alpha: np.ndarray, padding: float = config.CROP_PADDING) -> Crop:
-    """The release's square crop around the object's box (8-bit alpha > 0.8·255), in photo pixels."""
-    ys, xs = np.nonzero(_alpha_u8(alpha) > config.ALPHA_THRESHOLD * 255)
+    Where the release is half a pixel inconsistent, and what we do: PIL's crop rounds that box
+    (round half to even), so when min + max is odd the pixels the networks see start half a pixel
+    from the offset the release reports, and when the side is odd the crop is 2·(side // 2) pixels,
+    one fewer than the side it reports. We follow the release to the letter: the networks see the
+    pixels PIL takes (`crop_pixels`), and the camera is de-cropped with the release's unrounded offset
+    and side, so our cameras are the release's (a bias of at most 0.5 px in the principal point and
+    1/side in the focal length, which the release has too).
+    """
+    ys, xs = np.nonzero(alpha > config.ALPHA_THRESHOLD * 255)
     if xs.size == 0:
-        raise InputError("the object mask is empty: the photo's alpha (or the mask) selects no pixel; give an "
-                         "RGBA cut-out of the object or a mask that covers it")
+        return None
     x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-    half = max(int(max(x1 - x0, y1 - y0) * padding) // 2, 4)
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    # PIL rounds each box coordinate with round(); both edges share the fraction, so the side stays 2·half
-    return Crop(offset=(float(round(cx - half)), float(round(cy - half))), size=float(2 * half))
+    side = int(max(x1 - x0, y1 - y0) * padding)
+    half = side // 2
+    return Crop(offset=((x0 + x1) / 2 - half, (y0 + y1) / 2 - half), size=float(side))
 
 
-def crop_resize(rgba: np.ndarray, crop: Crop, side: int) -> torch.Tensor:
-    """The crop of an HxWx4 uint8 image (transparent black outside the photo), resized to side² by PIL's
-    Lanczos on RGBA, as RGB × alpha -> [3, side, side] float32 (the release's `_prepare_tensor`)."""
-    x0, y0 = (int(v) for v in crop.offset)
-    box = (x0, y0, x0 + int(crop.size), y0 + int(crop.size))
-    img = Image.fromarray(np.ascontiguousarray(rgba, dtype=np.uint8), "RGBA").crop(box)
-    small = np.asarray(img.resize((side, side), Image.Resampling.LANCZOS))
-    alpha = torch.from_numpy(small[..., 3].copy()).float() / 255.0
-    rgb = torch.from_numpy(small[..., :3].copy()).permute(2, 0, 1).float() / 255.0
-    return rgb * alpha.unsqueeze(0)
+def crop_pixels(rgba: np.ndarray, crop: Crop) -> Image.Image:
+    """The crop of an HxWx4 uint8 image as PIL takes it (box rounded, transparent black outside)."""
+    half = int(crop.size) // 2
+    x0, y0 = crop.offset
+    return Image.fromarray(rgba, "RGBA").crop((x0, y0, x0 + 2 * half, y0 + 2 * half))
 
 
-def preprocess(photo: ImageSource, mask: ImageSource | None = None) -> Processed:
-    """Load the photo (and mask), crop around the object and build both network inputs."""
+def network_image(crop: Image.Image, side: int) -> torch.Tensor:
+    """The RGBA crop Lanczos-resized to side² as uint8 (PIL resamples RGBA premultiplied, then
+    un-premultiplies), THEN premultiplied in float: [3, side, side] RGB·alpha in [0, 1]."""
+    rgba = np.asarray(crop.convert("RGBA").resize((side, side), Image.Resampling.LANCZOS))
+    alpha = rgba[..., 3].astype(np.float32) / 255
+    rgb = rgba[..., :3].astype(np.float32) / 255
+    return torch.from_numpy(np.ascontiguousarray((rgb * alpha[..., None]).transpose(2, 0, 1)))
+
+
+def downsize(image: Image.Image, max_size: int = config.REMOVER_MAX_SIZE) -> Image.Image:
+    """The release's resize before background removal: longer side at most `max_size`, each side
+    int(side · max_size / longer side), Lanczos."""
+    longest = max(image.size)
+    if longest <= max_size:
+        return image
+    scale = max_size / longest
+    return image.resize((int(image.width * scale), int(image.height * scale)), Image.Resampling.LANCZOS)
+
+
+def _cut_out(rgba: np.ndarray, remover: Remover) -> tuple[np.ndarray, float]:
+    """The opaque photo's RGB, downsized and cut out by the remover -> (RGBA cut-out, photo pixels per
+    cut-out pixel). That scale is the ratio of the longer sides: the release's camera is normalised by
+    the cut-out's longer side, so this keeps ours equal to the release's times the photo's longer side."""
+    photo = Image.fromarray(np.ascontiguousarray(rgba[..., :3]), "RGB")
+    small = downsize(photo)
+    cut = np.asarray(remover(small).convert("RGBA"))
+    if cut.shape[:2] != (small.height, small.width):
+        raise CheckpointError(f"the background remover returned a {cut.shape[1]}x{cut.shape[0]} image for a "
+                              f"{small.width}x{small.height} photo")
+    return cut, max(photo.size) / max(small.size)
+
+
+def preprocess(photo: ImageSource, mask: ImageSource | None = None, remover: Remover | None = None) -> Processed:
+    """Load the photo (and mask), find the object, crop around it and build both network inputs.
+
+    The object is the mask if one is given, else the photo's alpha if it has any below 255, else
+    what `remover` cuts out of the photo (as the release does; without a remover that is an error).
+    A given mask replaces the photo's alpha (the release's `putalpha`), even when it covers everything
+    (where the release would then run its remover).
+    """
     rgba = load_photo(photo)
     size = (rgba.shape[1], rgba.shape[0])
+    scale, removed = 1.0, False
     if mask is not None:
-        alpha = load_mask(mask, size)
+        alpha = np.round(load_mask(mask, size) * 255).astype(np.uint8)
+        image = np.concatenate([rgba[..., :3], alpha[..., None]], axis=2)
+    elif (rgba[..., 3] < 255).any():
+        image = rgba
+    elif remover is None:
+        raise InputError("the photo has no transparent background: give an RGBA cut-out of the object, "
+                         "or a mask (--mask) that selects it")
     else:
-        alpha = rgba[..., 3].astype(np.float32) / 255.0
-        if np.all(alpha >= 1.0):
-            raise InputError("the photo has no transparent background: give an RGBA cut-out of the object, "
-                             "or a mask (--mask) that selects it")
-    crop = object_crop(alpha)
-    cut = np.concatenate([rgba[..., :3], _alpha_u8(alpha)[..., None]], axis=-1)
-    cond = crop_resize(cut, crop, config.DINO_SIZE)
-    visual = crop_resize(cut, crop, config.VISUAL_COND_SIZE)
-    return Processed(photo=np.ascontiguousarray(rgba[..., :3]), alpha=alpha, crop=crop, cond_image=cond,
-                     visual_image=visual)
+        image, scale = _cut_out(rgba, remover)
+        removed = True
+    crop = object_crop(image[..., 3])
+    if crop is None:
+        if removed:
+            raise InputError("no object found in the photo; give a mask")
+        raise InputError("the object mask is empty: the photo's alpha (or the mask) is above 80% nowhere; give an "
+                         "RGBA cut-out of the object or a mask that covers it")
+    if int(crop.size) // 2 == 0:
+        raise InputError("the object is only a pixel or two across: too small to reconstruct")
+    pixels = crop_pixels(image, crop)
+    cond = network_image(pixels, config.DINO_SIZE)
+    visual = network_image(pixels, config.VISUAL_COND_SIZE)
+    alpha = image[..., 3]
+    if alpha.shape != rgba.shape[:2]:
+        alpha = np.asarray(Image.fromarray(alpha, "L").resize(size, Image.Resampling.BILINEAR))
+    in_photo = Crop(offset=(crop.offset[0] * scale, crop.offset[1] * scale), size=crop.size * scale)
+    return Processed(photo=np.ascontiguousarray(rgba[..., :3]), alpha=alpha.astype(np.float32) / 255,
+                     crop=in_photo, cond_image=cond, visual_image=visual)

@@ -2,7 +2,7 @@
 
 Every checkpoint the pipeline loads is written as `ckpts/NAME.json` + `NAME.safetensors` (the DINOv2
 conditioner as a torch.hub-layout `.pth`, the segment-anything model as a `sam_vit_*.pth`-layout state
-dict) beside a `pipeline.json`, exactly as the release lays them out, so the tiny model runs the same
+dict, the background remover as an ONNX file with u2net's interface) beside a `pipeline.json`, exactly as the release lays them out, so the tiny model runs the same
 loading and inference code as the real weights.
 
 Random networks give random shapes, and a random UV cube fits no camera. So that the whole pipeline
@@ -29,6 +29,8 @@ TINY_FLOW_RES = 4        # stage-1 latent grid; the decoders upsample 4× to a 1
 TINY_GRID = 16
 TINY_DINO_DIM = 64
 SHELL_RADIUS = 0.3
+TINY_REMOVER_FILE = "ckpts/u2net_tiny.onnx"  # pipeline.json's "background_model"
+U2NET_SIDE = 320                              # rembg's u2net session feeds 1x3x320x320
 
 
 def _look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,13 +214,62 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     torch.save({k: v.detach().clone() for k, v in dino.state_dict().items()}, ckpts / "dinov2_tiny.pth")
     _write_tiny_moge(out / "ckpts" / "moge_tiny", generator)
     write_tiny_sam(ckpts)  # hand-built, segments by colour (cupid.models.sam_tiny)
+    write_tiny_remover(out / TINY_REMOVER_FILE)
     sampler = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                "params": {"steps": 4, "cfg_strength": 3.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
     pipeline = {"name": "Cupid3DPipeline", "args": {
         "models": ROLES, "sparse_structure_sampler": sampler, "slat_sampler": sampler,
         "slat_normalization": {"mean": [0.0] * 8, "std": [1.0] * 8},
         "image_cond_model": "ckpts/dinov2_tiny.pth", "moge_model": "ckpts/moge_tiny",
-        "sam_model": f"ckpts/{TINY_SAM_FILE}", "tiny": True,
+        "sam_model": f"ckpts/{TINY_SAM_FILE}", "background_model": TINY_REMOVER_FILE, "tiny": True,
         "export": {"target_faces": 4000, "texture_size": 256, "chart_iterations": 0}}}
     (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1))
+    return out
+
+
+def write_tiny_remover(path: str | Path, side: int = U2NET_SIDE) -> Path:
+    """A tiny ONNX background remover with u2net's interface: input `input.1` [1, 3, 320, 320] (rembg's
+    normalised photo), seven outputs [1, 1, 320, 320] (u2net's d0..d6 probability maps; rembg reads d0).
+
+    Its few weights are set by hand: d0 = sigmoid(gain · contrast · (box - 0.5)), where `box` is 1 on
+    the central half of the frame (the outer product of two 0/1 vectors) and `contrast` is the mean of
+    max(|photo - its channel means| - tolerance, 0): the tolerance (a third of one grey level at least)
+    absorbs float32 rounding of the means, so a uniform photo has exactly zero contrast. Any photo with
+    contrast gives the central box after rembg's min-max normalisation; a uniform photo gives a
+    constant map, which rembg turns into an empty mask ("no object found"). Written with the `onnx`
+    package: torch.onnx.export needs it too, and building the graph directly keeps the weights explicit.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inside = np.zeros(side, np.float32)
+    inside[side // 4: 3 * side // 4] = 1.0
+    weights = [numpy_helper.from_array(inside.reshape(1, 1, side, 1), "box_rows"),
+               numpy_helper.from_array(inside.reshape(1, 1, 1, side), "box_cols"),
+               numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+               numpy_helper.from_array(np.array(0.005, np.float32), "tolerance"),
+               numpy_helper.from_array(np.array(8.0, np.float32), "gain")]
+    node = helper.make_node
+    nodes = [node("ReduceMean", ["input.1"], ["channel_mean"], axes=[2, 3], keepdims=1),
+             node("Sub", ["input.1", "channel_mean"], ["centred"]),
+             node("Abs", ["centred"], ["deviation"]),
+             node("Sub", ["deviation", "tolerance"], ["excess"]),
+             node("Relu", ["excess"], ["significant"]),
+             node("ReduceMean", ["significant"], ["contrast"], axes=[1, 2, 3], keepdims=1),
+             node("Mul", ["box_rows", "box_cols"], ["box"]),
+             node("Sub", ["box", "half"], ["signed_box"]),
+             node("Mul", ["signed_box", "contrast"], ["scaled"]),
+             node("Mul", ["scaled", "gain"], ["logits"]),
+             node("Sigmoid", ["logits"], ["d0"])]
+    nodes += [node("Identity", ["d0"], [f"d{k}"]) for k in range(1, 7)]
+    shape = [1, 1, side, side]
+    graph = helper.make_graph(
+        nodes, "u2net_tiny", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info(f"d{k}", TensorProto.FLOAT, shape) for k in range(7)], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="cupid.tiny",
+                              ir_version=8)
+    onnx.checker.check_model(model)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
     return out

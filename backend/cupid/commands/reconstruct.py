@@ -19,7 +19,8 @@ HELP = "reconstruct the object(s) in a photo and the camera that took it into a 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("photo", help="the photo: an RGBA cut-out of the object, or any photo with --mask")
+    p.add_argument("photo", help="the photo: any photo (an opaque one is cut out automatically), an RGBA cut-out, "
+                                 "or any photo with --mask")
     p.add_argument("-o", "--output", required=True, help="directory for scene.json, GLB, PLY and overlay.png")
     p.add_argument("--mask", help="mask image of the object (scene mode: a label image, one label per object)")
     p.add_argument("--mode", choices=("object", "scene"), default="object", help="one object, or every object")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import config
+from ..background import BackgroundRemover
 from ..errors import CheckpointError, CupidError, InputError
 from ..geometry import CameraPose, uncrop_uv, validate_camera, voxel_centers
 from ..hub import hub_file
@@ -332,7 +333,10 @@ class CupidPipeline:
             raise InputError("object picks (points, boxes) are for scene mode")
         if mode == "scene":
             return self._reconstruct_scene(image, mask, prompts, seed=seed, steps=steps, job=job, pnp=pnp)
-        processed = preprocess(image, mask)
+        # no mask and no alpha: cut the object out with the model's remover (pipeline.json's
+        # "background_model", else the official u2net), loaded only when a photo needs it
+        remover = BackgroundRemover.for_model(self.source, self.settings.get("background_model"))
+        processed = preprocess(image, mask, remover=remover)
         obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job, camera=camera,
                                       on_stage_one=on_stage_one, pnp=pnp)
         job.report("export", 0.0)

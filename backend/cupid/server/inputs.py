@@ -1,8 +1,8 @@
 """A job's inputs: decoded once when the request arrives, checked there, spooled to disk to wait.
 
 Everything that can be seen in the upload itself (an undecodable or tiny photo, a mask of the wrong
-size, an empty mask, a scene label image that does not fit) is refused at submit with a 422, before
-the job is queued. The decoded pixels then wait on disk as `.npy` files, not in memory, and the
+size, an empty mask or alpha, a scene label image that does not fit) is refused at submit with a 422,
+before the job is queued; whether an opaque photo holds an object only the background remover can tell. The decoded pixels then wait on disk as `.npy` files, not in memory, and the
 worker hands them to the pipeline as arrays, which it reads as it would the original files (a colour
 mask whose channels differ: to within half a grey level).
 """
@@ -59,14 +59,14 @@ def decode_inputs(image: bytes, mask: bytes | None, mode: str) -> JobInputs:
         alphas = load_object_masks(mask, size).alphas
         return JobInputs(photo, np.stack([_as_uint8(a) for a in alphas]))
     if mask is not None:
-        alpha = load_mask(mask, size)
-        object_crop(alpha)  # refuses an empty mask with the pipeline's own message
-        return JobInputs(photo, np.rint(alpha * 255.0).astype(np.uint8))
-    if photo[..., 3].min() == 255:
-        raise InputError("the photo has no transparent background and no mask was sent: upload an RGBA "
-                         "cut-out of the object, or send a mask in the 'mask' field")
-    object_crop(photo[..., 3].astype(np.float32) / 255.0)
-    return JobInputs(photo)
+        alpha = np.rint(load_mask(mask, size) * 255.0).astype(np.uint8)
+        if object_crop(alpha) is None:
+            raise InputError("the mask is empty: it is above 80% nowhere; send a mask that covers the object")
+        return JobInputs(photo, alpha)
+    if photo[..., 3].min() < 255 and object_crop(photo[..., 3]) is None:
+        raise InputError("the photo's alpha is above 80% nowhere: upload a cut-out whose object is opaque, "
+                         "or send a mask")
+    return JobInputs(photo)  # an opaque photo: the pipeline cuts the object out (only the model can tell)
 
 
 def _save(path: Path, array: np.ndarray) -> None:
