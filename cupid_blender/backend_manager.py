@@ -3,7 +3,8 @@
 No bpy here: the operator reads the preferences on the main thread into a :class:`BackendConfig`
 and the worker thread calls :meth:`BackendManager.client`, which may start the process and wait
 for its token file (``{"url", "token"}``, written once the service listens). A process that
-died is started again on the next request; it is stopped on unregister and at interpreter exit.
+died is started again on the next request; it is stopped on unregister and at interpreter exit,
+and its temporary directory (token file, log) goes with it.
 """
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ class BackendManager:
         else:
             self._stop_locked()
             raise BackendStartError(f"the CUPID backend did not come up within {timeout:.0f} s")
-        client = mod.CupidClient(info["url"], info["token"])
+        client = mod.CupidClient(info["url"], info["token"], explain_unavailable=self._explainer(self._proc))
         while True:
             try:
                 client.health()
@@ -168,6 +169,17 @@ class BackendManager:
                 time.sleep(0.2)
         self._client = client
         return client
+
+    def _explainer(self, proc: subprocess.Popen) -> Callable[[], Optional[str]]:
+        """What a client of `proc` says when nothing answers any more: that the backend stopped, and
+        that running the job again starts it anew (the job itself is lost with the process)."""
+        def explain() -> Optional[str]:
+            code = proc.poll()
+            if code is None:
+                return None
+            stopped = "was stopped" if self._stopped and self._proc is proc else f"stopped (exit code {code})"
+            return f"the local CUPID backend {stopped} while working; run it again and it restarts"
+        return explain
 
     def stop(self) -> None:
         with self._lock:
@@ -187,10 +199,9 @@ class BackendManager:
             self._proc = proc  # keep the exit code for the status line
             if proc.poll() is None:
                 self._proc = None
-        if self._tmpdir:
-            token = os.path.join(self._tmpdir, "token.json")
-            if os.path.exists(token):
-                os.remove(token)
+        if self._tmpdir:  # its token file and log go with it (a crash's log tail was read already)
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir, self._log_path = None, None
 
 
 MANAGER = BackendManager()

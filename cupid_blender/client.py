@@ -2,13 +2,19 @@
 
 Errors are two kinds a user can act on: `BackendUnavailable` (nothing answers at the URL: the
 backend is not running, crashed, or the network is down) and `BackendError` (the service answered
-with an error: its stable `code` and a clear `message`).
+with an error: its stable `code` and a clear `message`). Besides the service's own codes (bad_input,
+busy, disk_full, expired, ...) the client names two situations itself: `WRONG_TOKEN` (the service
+refused the token) and `BACKEND_RESTARTED` (the service restarted since the job was submitted and
+the job is gone: run it again), told apart by the instance id `/v1/health` reports.
+
+A result zip is refused before anything is extracted when it would write more than
+`max_bundle_bytes`, holds more than `max_bundle_members` entries, decompresses implausibly well
+(a zip bomb), or names a path outside the destination.
 """
 from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import socket
 import stat
 import tempfile
@@ -20,59 +26,109 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+WRONG_TOKEN = "unauthorized"
+BACKEND_RESTARTED = "backend_restarted"
+
+MAX_BUNDLE_BYTES = 4 * 1024 ** 3    # what one result may write to disk
+MAX_BUNDLE_MEMBERS = 2000           # files in one result (a scene object takes about five)
+BOMB_FLOOR_BYTES = 256 * 1024 ** 2  # under this, any compression ratio is accepted
+BOMB_RATIO = 100                    # meshes, textures and PLYs compress 1-3x; a zip bomb 1000x
+
+_NETWORK_ERRORS = (ConnectionError, http.client.HTTPException, socket.timeout, TimeoutError, OSError)
+
 
 class BackendUnavailable(Exception):
     """No CUPID service answers at the URL."""
 
 
 class BackendError(Exception):
-    """The service refused or failed a request."""
+    """The service refused or failed a request (or the client refused what it sent)."""
 
-    def __init__(self, code: str, message: str, status: int = 0):
+    def __init__(self, code: str, message: str, status: int = 0, retry_after: float | None = None):
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
+        self.retry_after = retry_after  # seconds, from a 503's Retry-After
 
 
 class CupidClient:
-    """One service: its URL and token."""
+    """One service: its URL and token (re-read from `token_file` when the service restarts)."""
 
-    def __init__(self, url: str, token: str, timeout: float = 30.0):
+    def __init__(self, url: str, token: str, timeout: float = 30.0, *, token_file: str | Path | None = None,
+                 explain_unavailable: Callable[[], str | None] | None = None,
+                 max_bundle_bytes: int = MAX_BUNDLE_BYTES, max_bundle_members: int = MAX_BUNDLE_MEMBERS):
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.token_file = Path(token_file) if token_file is not None else None
+        self.explain_unavailable = explain_unavailable
+        self.max_bundle_bytes, self.max_bundle_members = max_bundle_bytes, max_bundle_members
+        self.instance: str | None = None         # the service run this client last saw (None: not asked yet)
+        self._job_instance: dict[str, str] = {}  # job id -> the run it was submitted to
+        self._authenticated = False
         # the service is local: never route it through an HTTP(S)_PROXY from the environment
         # (a proxy would see the token, and would reach its own loopback, not ours)
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     @classmethod
     def from_token_file(cls, path: str | Path, timeout: float = 30.0) -> "CupidClient":
-        try:
-            data = json.loads(Path(path).read_text())
-            return cls(data["url"], data["token"], timeout)
-        except FileNotFoundError:
-            raise BackendUnavailable(f"CUPID backend is not running (no token file at {path})") from None
-        except (ValueError, KeyError):
-            raise BackendUnavailable(f"the CUPID token file {path} is unreadable; restart the backend") from None
+        url, token = _read_token_file(Path(path))
+        return cls(url, token, timeout, token_file=path)
 
     # ---------------------------------------------------------------- transport
     def _open(self, method: str, path: str, body: bytes | None = None,
               content_type: str | None = None) -> Any:
-        """The open response of a successful request; errors mapped to the two client exceptions."""
+        """The open response of a successful request; errors mapped to the two client exceptions.
+        A refused token or a dead URL is retried once if the token file now names another run."""
+        try:
+            return self._open_once(method, path, body, content_type)
+        except (BackendUnavailable, BackendError) as exc:
+            retryable = isinstance(exc, BackendUnavailable) or exc.status == 401
+            if not (retryable and self._reload_token_file()):
+                raise
+        return self._open_once(method, path, body, content_type)
+
+    def _open_once(self, method: str, path: str, body: bytes | None, content_type: str | None) -> Any:
         req = urllib.request.Request(self.url + path, data=body, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")
         if content_type:
             req.add_header("Content-Type", content_type)
         try:
-            return self._opener.open(req, timeout=self.timeout)
+            resp = self._opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            raise _backend_error(exc) from None
-        except (urllib.error.URLError, ConnectionError, http.client.HTTPException, socket.timeout,
-                TimeoutError, OSError) as exc:
+            raise self._backend_error(exc) from None
+        except (urllib.error.URLError, *_NETWORK_ERRORS) as exc:
             raise self._unavailable(exc) from None
+        self._authenticated = True
+        return resp
+
+    def _reload_token_file(self) -> bool:
+        """Switch to the URL and token now in the token file, if they changed."""
+        if self.token_file is None:
+            return False
+        try:
+            url, token = _read_token_file(self.token_file)
+        except BackendUnavailable:
+            return False
+        if (url.rstrip("/"), token) == (self.url, self.token):
+            return False
+        self.url, self.token, self._authenticated = url.rstrip("/"), token, False
+        return True
 
     def _unavailable(self, exc: BaseException) -> BackendUnavailable:
         reason = getattr(exc, "reason", exc)
-        return BackendUnavailable(f"CUPID backend is not running at {self.url} ({reason})")
+        note = self.explain_unavailable() if self.explain_unavailable is not None else None
+        return BackendUnavailable(note or f"CUPID backend is not running at {self.url} ({reason})")
+
+    def _backend_error(self, exc: urllib.error.HTTPError) -> BackendError:
+        err = _backend_error(exc)
+        if exc.code == 401:
+            if self._authenticated:  # the token worked a moment ago: a new run has a new token
+                return BackendError(BACKEND_RESTARTED, f"the CUPID backend at {self.url} restarted (its token "
+                                                       f"changed); run it again", 401)
+            return BackendError(WRONG_TOKEN, f"wrong token: the CUPID backend at {self.url} refused it; copy "
+                                             f"the token from the backend's token file into the add-on "
+                                             f"preferences", 401)
+        return err
 
     def _request(self, method: str, path: str, body: bytes | None = None,
                  content_type: str | None = None) -> tuple[bytes, str]:
@@ -80,16 +136,37 @@ class CupidClient:
         try:
             with resp:
                 return resp.read(), resp.headers.get("Content-Type", "")
-        except (ConnectionError, http.client.HTTPException, socket.timeout, TimeoutError, OSError) as exc:
+        except _NETWORK_ERRORS as exc:
             raise self._unavailable(exc) from None
 
     def _json(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> dict:
         data, _ = self._request(method, path, body, content_type)
         return json.loads(data)
 
+    def _job_call(self, job_id: str, call: Callable[[], Any]) -> Any:
+        """Run a request about a job; a 404 for a job this client submitted to an earlier run of the
+        service becomes BACKEND_RESTARTED."""
+        try:
+            return call()
+        except BackendError as exc:
+            if exc.status != 404 or job_id not in self._job_instance:
+                raise
+            before = self._job_instance[job_id]
+            try:
+                now = self.health().get("instance")
+            except (BackendError, BackendUnavailable):
+                raise exc from None
+            if now and before and now != before:
+                raise BackendError(BACKEND_RESTARTED, f"the CUPID backend restarted since job {job_id} was "
+                                                      f"submitted, and the job is gone; run it again",
+                                   404) from None
+            raise
+
     # ---------------------------------------------------------------- API
     def health(self) -> dict:
-        return self._json("GET", "/v1/health")
+        h = self._json("GET", "/v1/health")
+        self.instance = str(h.get("instance") or "")  # "": a service too old to say
+        return h
 
     def _post_form(self, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
         """POST a multipart form: text `fields` and `files` (name -> (file name, bytes))."""
@@ -103,13 +180,20 @@ class CupidClient:
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
         return self._request("POST", path, body, f"multipart/form-data; boundary={boundary}")
 
+    def _start_job(self, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> str:
+        """POST /v1/jobs; the job's id, remembered with the run of the service that has it."""
+        if self.instance is None:
+            self.health()  # which run of the service gets the job (to tell a restart later)
+        job_id = json.loads(self._post_form("/v1/jobs", fields, files)[0])["id"]
+        self._job_instance[job_id] = self.instance or ""
+        return job_id
+
     def submit(self, image_bytes: bytes, filename: str = "image.png", mask_bytes: bytes | None = None,
                mode: str = "object", seed: int = 0, steps: int = 0) -> str:
         files = {"image": (Path(filename).name or "image.png", image_bytes)}
         if mask_bytes is not None:
             files["mask"] = ("mask.png", mask_bytes)
-        fields = {"mode": mode, "seed": str(int(seed)), "steps": str(int(steps))}
-        return json.loads(self._post_form("/v1/jobs", fields, files)[0])["id"]
+        return self._start_job({"mode": mode, "seed": str(int(seed)), "steps": str(int(steps))}, files)
 
     def refine(self, from_job: str, camera: dict, seed: int | None = None, steps: int | None = None) -> str:
         """Start a refine of a finished job: its photo, condition and structure with another camera
@@ -120,11 +204,11 @@ class CupidClient:
             fields["seed"] = str(int(seed))
         if steps is not None:
             fields["steps"] = str(int(steps))
-        return json.loads(self._post_form("/v1/jobs", fields, {})[0])["id"]
+        return self._start_job(fields, {})
 
     def preview(self, job_id: str) -> dict:
         """Stage 1's answer while the job runs on: the camera and the occupied voxels (404 before)."""
-        return self._json("GET", f"/v1/jobs/{job_id}/preview")
+        return self._job_call(job_id, lambda: self._json("GET", f"/v1/jobs/{job_id}/preview"))
 
     def segment(self, image_bytes: bytes, filename: str = "image.png", prompts: dict | None = None,
                 mode: str = "scene") -> bytes:
@@ -141,10 +225,11 @@ class CupidClient:
         return data
 
     def status(self, job_id: str) -> dict:
-        return self._json("GET", f"/v1/jobs/{job_id}")
+        return self._job_call(job_id, lambda: self._json("GET", f"/v1/jobs/{job_id}"))
 
     def cancel(self, job_id: str) -> dict:
-        return self._json("DELETE", f"/v1/jobs/{job_id}")
+        """Cancel a job; on a finished one, free its result on the service."""
+        return self._job_call(job_id, lambda: self._json("DELETE", f"/v1/jobs/{job_id}"))
 
     def wait(self, job_id: str, poll: float = 0.25, on_progress: Callable[[dict], None] | None = None,
              should_cancel: Callable[[], bool] | None = None, timeout: float | None = None) -> dict:
@@ -164,21 +249,29 @@ class CupidClient:
                 raise BackendError("timeout", f"job {job_id} did not finish in {timeout:.0f} s")
             time.sleep(poll)
 
-    def result(self, job_id: str, dest_dir: str | Path) -> Path:
-        """Download the bundle zip and unpack it into `dest_dir` (refusing paths that leave it)."""
-        resp = self._open("GET", f"/v1/jobs/{job_id}/result")
+    def result(self, job_id: str, dest_dir: str | Path, free: bool = True) -> Path:
+        """Download the bundle zip and unpack it into `dest_dir` (refusing unsafe paths and zip bombs
+        before writing anything); then, with `free`, let the service delete its copy."""
+        resp = self._job_call(job_id, lambda: self._open("GET", f"/v1/jobs/{job_id}/result"))
         with tempfile.TemporaryFile() as spool:
             try:
                 with resp:
-                    shutil.copyfileobj(resp, spool, 1 << 20)
-            except (ConnectionError, http.client.HTTPException, socket.timeout, TimeoutError, OSError) as exc:
+                    _copy_capped(resp, spool, self.max_bundle_bytes)
+            except _NETWORK_ERRORS as exc:
                 raise self._unavailable(exc) from None
             spool.seek(0)
             try:
                 with zipfile.ZipFile(spool) as z:
-                    return safe_extract(z, dest_dir)
+                    out = safe_extract(z, dest_dir, max_bytes=self.max_bundle_bytes,
+                                       max_members=self.max_bundle_members)
             except zipfile.BadZipFile as exc:
                 raise BackendError("bad_bundle", f"the result of job {job_id} is not a valid zip ({exc})") from None
+        if free:
+            try:
+                self.cancel(job_id)
+            except (BackendError, BackendUnavailable):
+                pass  # the service forgets it after a grace period anyway
+        return out
 
 
 def _plain(value: Any) -> Any:
@@ -189,20 +282,57 @@ def _plain(value: Any) -> Any:
     return float(value)
 
 
+def _read_token_file(path: Path) -> tuple[str, str]:
+    try:
+        data = json.loads(path.read_text())
+        return str(data["url"]), str(data["token"])
+    except FileNotFoundError:
+        raise BackendUnavailable(f"CUPID backend is not running (no token file at {path})") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BackendUnavailable(f"the CUPID token file {path} is unreadable; restart the backend") from None
+
+
 def _backend_error(exc: urllib.error.HTTPError) -> BackendError:
     raw = exc.read()
+    retry = exc.headers.get("Retry-After") if exc.headers is not None else None
+    try:
+        retry_after = float(retry) if retry is not None else None
+    except ValueError:
+        retry_after = None
     try:
         err = json.loads(raw)["error"]
-        return BackendError(str(err.get("code", "error")), str(err.get("message", "")), exc.code)
+        return BackendError(str(err.get("code", "error")), str(err.get("message", "")), exc.code, retry_after)
     except (ValueError, KeyError, TypeError):
-        return BackendError("http_error", f"the backend answered HTTP {exc.code}", exc.code)
+        return BackendError("http_error", f"the backend answered HTTP {exc.code}", exc.code, retry_after)
 
 
-def safe_extract(z: zipfile.ZipFile, dest_dir: str | Path) -> Path:
+def _copy_capped(src: Any, dst: Any, limit: int) -> None:
+    copied = 0
+    while chunk := src.read(1 << 20):
+        copied += len(chunk)
+        if copied > limit:
+            raise BackendError("bad_bundle", f"the result is larger than {limit / 1024 ** 2:.0f} MB; refused")
+        dst.write(chunk)
+
+
+def safe_extract(z: zipfile.ZipFile, dest_dir: str | Path, *, max_bytes: int = MAX_BUNDLE_BYTES,
+                 max_members: int = MAX_BUNDLE_MEMBERS) -> Path:
     """Unpack `z` into `dest_dir`, refusing any member that would land outside it (absolute paths,
-    '..', drive letters, backslashes) or that is a symbolic link. Nothing is written if one is bad."""
+    '..', drive letters, backslashes) or that is a symbolic link, and refusing a zip bomb: more than
+    `max_members` entries, more than `max_bytes` in all, or a large total that decompresses more
+    than BOMB_RATIO times. Nothing is written if one check fails. (zipfile never writes more than
+    a member's declared size, so the declared sizes bound what lands on disk.)"""
+    infos = z.infolist()
+    if len(infos) > max_members:
+        raise BackendError("bad_bundle", f"the result holds {len(infos)} files, more than {max_members}; refused")
+    total = sum(i.file_size for i in infos)
+    packed = max(sum(i.compress_size for i in infos), 1)
+    if total > max_bytes or (total > BOMB_FLOOR_BYTES and total / packed > BOMB_RATIO):
+        raise BackendError("bad_bundle", f"the result would unpack to {total / 1024 ** 2:.0f} MB from "
+                                         f"{packed / 1024 ** 2:.1f} MB (the limit is {max_bytes / 1024 ** 2:.0f} MB, "
+                                         f"{BOMB_RATIO}x compression); refused as a zip bomb")
     dest = Path(dest_dir).resolve()
-    for info in z.infolist():
+    for info in infos:
         name = info.filename
         parts = PurePosixPath(name).parts
         is_link = stat.S_ISLNK(info.external_attr >> 16)
@@ -212,3 +342,7 @@ def safe_extract(z: zipfile.ZipFile, dest_dir: str | Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     z.extractall(dest)
     return dest
+
+
+__all__ = ["BackendError", "BackendUnavailable", "CupidClient", "safe_extract", "WRONG_TOKEN",
+           "BACKEND_RESTARTED", "MAX_BUNDLE_BYTES", "MAX_BUNDLE_MEMBERS"]

@@ -14,6 +14,7 @@ pytest.importorskip("bpy", reason="the extension package imports bpy")
 
 from cupid.tiny import make_tiny_model  # noqa: E402
 from cupid_blender.backend_manager import BackendConfig, BackendManager, BackendStartError  # noqa: E402
+from cupid_blender.client import BackendUnavailable  # noqa: E402
 
 PYTHON = sys.executable  # the backend environment (the venv running the tests)
 
@@ -42,16 +43,23 @@ def test_start_reuse_restart_after_crash_and_stop(manager, tiny):
     assert manager.running() and f"pid {pid}" in manager.status_text()
     assert manager.client(cfg) is client  # same config: the running backend is reused
 
+    first_dir = Path(manager._tmpdir)
+    assert (first_dir / "token.json").is_file()
     os.kill(pid, signal.SIGKILL)  # the backend crashes (out of memory, a driver fault, ...)
     manager._proc.wait(timeout=10)
     assert not manager.running()
+    # a job still talking to it is told what happened and what to do
+    with pytest.raises(BackendUnavailable, match=r"stopped \(exit code -9\) while working; run it again"):
+        client.status("0123456789abcdef")
     again = manager.client(cfg, timeout=120)
     assert "version" in again.health()
     assert manager._proc.pid != pid and manager.restarts == 1
+    assert not first_dir.exists()  # the crashed run's token file and log went with its directory
 
-    proc = manager._proc
+    proc, second_dir = manager._proc, Path(manager._tmpdir)
     manager.stop()
     assert proc.poll() is not None and not manager.running()
+    assert not second_dir.exists()
     assert manager.status_text().startswith("stopped")
     manager.client(cfg, timeout=120)  # a stop on purpose is not counted as a crash
     assert manager.restarts == 1

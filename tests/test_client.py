@@ -9,13 +9,15 @@ import json
 import socket
 import stat
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from cupid_blender.client import BackendError, BackendUnavailable, CupidClient, safe_extract
+from cupid_blender.client import (BACKEND_RESTARTED, WRONG_TOKEN, BackendError, BackendUnavailable, CupidClient,
+                                  safe_extract)
 from helpers.net import free_port
 
 TOKEN = "s3cret-token"
@@ -53,6 +55,9 @@ class Stub(BaseHTTPRequestHandler):
 
     received: list[dict] = []
     cancelled: set[str] = set()
+    token = TOKEN
+    instance = "run-1"
+    extra_zips: dict[str, bytes] = {}
 
     def log_message(self, *args: object) -> None:
         pass
@@ -65,7 +70,9 @@ class Stub(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _authorised(self) -> bool:
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+        if self.headers.get("Content-Length"):  # read the upload before answering, as the service does
+            self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Authorization") != f"Bearer {Stub.token}":
             self._send(401, json.dumps({"error": {"code": "unauthorized", "message": "bad token"}}).encode())
             return False
         return True
@@ -76,7 +83,14 @@ class Stub(BaseHTTPRequestHandler):
         path = self.path
         if path == "/v1/health":
             self._send(200, json.dumps({"version": "stub", "device": "cpu", "model_loaded": False,
-                                        "queue_length": 0}).encode())
+                                        "queue_length": 0, "instance": Stub.instance}).encode())
+        elif path == "/v1/busy":
+            self.send_response(503)
+            body = json.dumps({"error": {"code": "busy", "message": "the queue is full"}}).encode()
+            self.send_header("Retry-After", "7")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif path == "/v1/plain-500":
             self._send(500, b"Internal Server Error", "text/plain")
         elif path == "/v1/hangup":
@@ -85,12 +99,14 @@ class Stub(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         elif path.startswith("/v1/jobs/") and path.endswith("/result"):
             name = path.split("/")[3]
-            if name in ZIPS:
-                self._send(200, ZIPS[name], "application/zip")
+            if name in ZIPS or name in Stub.extra_zips:
+                self._send(200, ZIPS.get(name) or Stub.extra_zips[name], "application/zip")
             elif name == "notzip":
                 self._send(200, b"this is not a zip", "application/zip")
             else:
                 self._send(404, json.dumps({"error": {"code": "not_found", "message": f"no job {name}"}}).encode())
+        elif path.startswith("/v1/jobs/lost"):
+            self._send(404, json.dumps({"error": {"code": "not_found", "message": "no job"}}).encode())
         elif path.startswith("/v1/jobs/") and path.endswith("/preview"):
             jid = path.split("/")[3]
             if jid == "early":
@@ -106,9 +122,10 @@ class Stub(BaseHTTPRequestHandler):
             self._send(404, json.dumps({"error": {"code": "not_found", "message": path}}).encode())
 
     def do_POST(self) -> None:
-        if not self._authorised():
-            return
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Authorization") != f"Bearer {Stub.token}":
+            self._send(401, json.dumps({"error": {"code": "unauthorized", "message": "bad token"}}).encode())
+            return
         msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
             f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
         fields = {}
@@ -128,10 +145,14 @@ class Stub(BaseHTTPRequestHandler):
             self._send(404, json.dumps({"error": {"code": "not_found", "message": "job gone is not kept any more: "
                                                   "run the reconstruction again"}}).encode())
         else:
-            self._send(202, json.dumps({"id": "job1", "state": "queued"}).encode())
+            self._send(202, json.dumps({"id": fields.get("job_id", {}).get("data", b"job1").decode(),
+                                        "state": "queued"}).encode())
 
     def do_DELETE(self) -> None:
         if not self._authorised():
+            return
+        if self.path.startswith("/v1/jobs/lost"):
+            self._send(404, json.dumps({"error": {"code": "not_found", "message": "no job"}}).encode())
             return
         Stub.cancelled.add(self.path.split("/")[3])
         self._send(200, json.dumps({"id": self.path.split("/")[3], "state": "running"}).encode())
@@ -167,7 +188,8 @@ def test_token_file(tmp_path, stub):
 def test_error_bodies_become_backend_errors(stub):
     with pytest.raises(BackendError) as err:
         CupidClient(stub, "wrong").health()
-    assert (err.value.code, err.value.message, err.value.status) == ("unauthorized", "bad token", 401)
+    assert (err.value.code, err.value.status) == (WRONG_TOKEN, 401)
+    assert err.value.message.startswith("wrong token: the CUPID backend at") and "preferences" in err.value.message
     client = CupidClient(stub, TOKEN)
     with pytest.raises(BackendError) as err:
         client._json("GET", "/v1/plain-500")
@@ -298,3 +320,105 @@ def test_wait_times_out(stub):
 def test_safe_extract_directly(tmp_path):
     with zipfile.ZipFile(io.BytesIO(ZIPS["ok"])) as z:
         assert (safe_extract(z, tmp_path) / "scene.json").is_file()
+
+
+def test_a_token_refused_after_it_worked_means_the_backend_restarted(stub, monkeypatch):
+    client = CupidClient(stub, TOKEN)
+    client.health()
+    monkeypatch.setattr(Stub, "token", "the-next-run")
+    with pytest.raises(BackendError) as err:
+        client.status("j1")
+    assert err.value.code == BACKEND_RESTARTED and "run it again" in err.value.message
+
+
+def test_a_lost_job_after_an_instance_change_means_the_backend_restarted(stub, monkeypatch):
+    client = CupidClient(stub, TOKEN)
+    client.submit(b"img", "a.png")
+    client._job_instance["lost"] = client._job_instance.pop("job1")  # the stub forgets "lost" jobs
+    with pytest.raises(BackendError) as err:  # same run: an ordinary 404
+        client.status("lost")
+    assert err.value.code == "not_found"
+    monkeypatch.setattr(Stub, "instance", "run-2")
+    for call in (client.status, client.cancel, lambda j: client.result(j, "/nonexistent/never")):
+        with pytest.raises(BackendError) as err:
+            call("lost")
+        assert err.value.code == BACKEND_RESTARTED and "restarted" in err.value.message
+    with pytest.raises(BackendError) as err:  # a job this client never submitted: just not found
+        client.status("lost-elsewhere")
+    assert err.value.code == "not_found"
+
+
+def test_a_client_from_a_token_file_follows_the_backend_to_its_next_run(stub, tmp_path, monkeypatch):
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps({"url": stub, "token": TOKEN}))
+    client = CupidClient.from_token_file(path)
+    assert client.health()["instance"] == "run-1"
+    monkeypatch.setattr(Stub, "token", "second-run-token")
+    path.write_text(json.dumps({"url": stub, "token": "second-run-token"}))
+    assert client.health()["version"] == "stub" and client.token == "second-run-token"
+
+
+def test_busy_carries_retry_after(stub):
+    with pytest.raises(BackendError) as err:
+        CupidClient(stub, TOKEN)._json("GET", "/v1/busy")
+    assert (err.value.code, err.value.status, err.value.retry_after) == ("busy", 503, 7.0)
+
+
+def test_result_frees_the_services_copy(stub, tmp_path):
+    Stub.cancelled.clear()
+    CupidClient(stub, TOKEN).result("ok", tmp_path / "b")
+    assert Stub.cancelled == {"ok"}
+    CupidClient(stub, TOKEN).result("ok", tmp_path / "c", free=False)
+    assert Stub.cancelled == {"ok"}
+
+
+def _bomb(total: int) -> bytes:
+    """A real zip bomb: `total` bytes of zeros deflated into one member (about 1000:1)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        info = zipfile.ZipInfo("scene.json")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with z.open(info, "w", force_zip64=True) as f:
+            chunk = bytes(1 << 20)
+            for _ in range(total >> 20):
+                f.write(chunk)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bombs():
+    many = io.BytesIO()
+    with zipfile.ZipFile(many, "w") as z:
+        for k in range(30_000):
+            z.writestr(f"m{k}.txt", b"x")
+    Stub.extra_zips.update(bomb=_bomb(300 << 20), many=many.getvalue())
+    yield
+    Stub.extra_zips.clear()
+
+
+@pytest.mark.parametrize("name, client_kw, message", [
+    ("bomb", {}, "zip bomb"),                                # 300 MB from 0.3 MB
+    ("many", {}, "30000 files"),                             # 30,000 members
+    ("ok", {"max_bundle_members": 1}, "2 files"),
+])
+def test_zip_bombs_are_refused_before_anything_is_written(stub, tmp_path, bombs, name, client_kw, message):
+    t0 = time.monotonic()
+    dest = tmp_path / "bundle"
+    with pytest.raises(BackendError) as err:
+        CupidClient(stub, TOKEN, **client_kw).result(name, dest)
+    assert err.value.code == "bad_bundle" and message in err.value.message, err.value.message
+    assert not dest.exists()
+    assert time.monotonic() - t0 < 10
+
+
+def test_more_than_the_size_cap_in_all_is_refused(tmp_path):
+    with zipfile.ZipFile(io.BytesIO(ZIPS["ok"])) as z:
+        with pytest.raises(BackendError, match="would unpack to"):
+            safe_extract(z, tmp_path / "b", max_bytes=20)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_download_past_the_size_cap_is_cut_off(stub, tmp_path):
+    with pytest.raises(BackendError, match="larger than") as err:
+        CupidClient(stub, TOKEN, max_bundle_bytes=100).result("ok", tmp_path / "b")
+    assert err.value.code == "bad_bundle" and not (tmp_path / "b").exists()

@@ -227,7 +227,7 @@ class ReconstructJob:
             try:
                 self.job_id = client.refine(r.refine.from_job, r.refine.camera, steps=r.steps)
             except BackendError as exc:
-                if exc.status != 404:
+                if exc.status not in (404, 410):
                     raise
                 raise UserError(f"CUPID: the backend no longer keeps the reconstruction this result came from "
                                 f"(job {r.refine.from_job}: it was restarted, or the result expired): run the "
@@ -246,7 +246,8 @@ class ReconstructJob:
                 return Outcome("failed", message=f"CUPID backend error ({err['code']}): {detail}")
             return Outcome("failed", message=f"CUPID reconstruction failed: {st.get('message') or 'unknown error'}")
         self._publish("done", "downloading result", 1.0)
-        bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle"))
+        # a reconstruction's result stays on the service (until it expires there): a refine starts from it
+        bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle", free=r.refine is not None))
         restore = r.restore
         if restore is not None:
             restore_original_photo(bundle, restore.width, restore.height, restore.photo, restore.name)

@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import config
 from ..errors import CliError
 
+MB = 1024 * 1024
 NAME = "serve"
 HELP = "run the CUPID service the Blender extension talks to (loopback only by default)"
 DEFAULT_PORT = 8765  # the add-on's default remote URL
@@ -33,18 +34,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload-mb", type=int, default=64, help="largest accepted upload")
     p.add_argument("--result-ttl", type=float, default=3600.0, help="seconds a finished result is kept")
     p.add_argument("--preload", action="store_true", help="load the model at start, not at the first job")
+    p.add_argument("--max-queue", type=int, default=16,
+                   help="jobs queued or running at once; one more is answered 503 busy (default 16)")
+    p.add_argument("--max-queued-mb", type=int, default=1024,
+                   help="disk the waiting jobs' decoded photos may take; past it, 503 busy (default 1024)")
+    p.add_argument("--max-results-mb", type=int, default=2048,
+                   help="disk kept finished results may take; past it the oldest unfetched go (default 2048)")
+    p.add_argument("--max-connections", type=int, default=64, help="open connections at once (default 64)")
+    p.add_argument("--idle-timeout", type=float, default=5.0,
+                   help="seconds a connection may stay open without sending a request (default 5)")
 
 
-def write_token_file(path: Path, url: str, token: str) -> None:
-    """Atomically write {url, token}, readable by this user only (0600 from creation on)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def make_private_dirs(directory: Path) -> None:
+    """Create `directory` and its missing parents as 0700 whatever the umask (existing ones are
+    left as they are: the user may have pointed us into a shared place on purpose)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)  # mkdir's mode is filtered through the umask
+
+
+def write_token_file(path: Path, url: str, token: str, *, posix: bool = os.name == "posix") -> None:
+    """Atomically write {url, token}, readable by this user only, replacing any earlier file (a
+    server killed with SIGKILL leaves its own behind).
+
+    POSIX: 0600 from creation on, forced with fchmod whatever the umask. Elsewhere (Windows, no
+    fchmod there) the file is created with the mode it can take and relies on the private profile
+    directory it lives in; `posix=False` runs that branch on any system."""
+    make_private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
     try:
-        os.fchmod(fd, 0o600)
+        if posix:
+            os.fchmod(fd, 0o600)
         os.write(fd, json.dumps({"url": url, "token": token}).encode())
-    finally:
+    except BaseException:
         os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
 
 
@@ -118,7 +149,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..pipeline import CupidPipeline, resolve_device
     from ..server import ServerSettings, create_app
+    from ..server.connections import bounded_protocol
 
+    for flag in ("max_queue", "max_queued_mb", "max_results_mb", "max_connections", "max_upload_mb"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.idle_timeout <= 0:
+        raise CliError("--idle-timeout must be positive")
     device = str(resolve_device(args.device))
     sock = bind(args.host, args.port)
     port = sock.getsockname()[1]
@@ -126,8 +163,9 @@ def run(args: argparse.Namespace) -> int:
     token = existing_token(token_file)
     keep_token_file = token is not None or args.port != 0  # a fixed address keeps its token for the next start
     settings = ServerSettings(host=args.host, port=port, token=token or secrets.token_urlsafe(32), device=device,
-                              max_upload_bytes=args.max_upload_mb * 1024 * 1024, result_ttl=args.result_ttl,
-                              preload=args.preload)
+                              max_upload_bytes=args.max_upload_mb * MB, result_ttl=args.result_ttl,
+                              preload=args.preload, max_queue=args.max_queue,
+                              max_queued_bytes=args.max_queued_mb * MB, max_result_bytes=args.max_results_mb * MB)
     app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device))
     wildcard = args.host in WILDCARD_HOSTS
     local_url = f"http://{'[::1]' if args.host == '::' else '127.0.0.1'}:{port}" if wildcard else settings.url
@@ -140,10 +178,13 @@ def run(args: argparse.Namespace) -> int:
               f"use an SSH tunnel (ssh -N -L {port}:127.0.0.1:{port} USER@THIS-MACHINE, then "
               f"http://127.0.0.1:{port} in Blender) or a TLS proxy in front of a loopback-only server",
               file=sys.stderr, flush=True)
-    server = _Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = _Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                    http=bounded_protocol(args.max_connections),
+                                    timeout_keep_alive=args.idle_timeout))  # type: ignore[arg-type]
     try:
         server.run(sockets=[sock])
     finally:
+        app.state.intake.shutdown(wait=False)
         app.state.jobs.close()
         if not keep_token_file:
             try:

@@ -1,5 +1,6 @@
 """`cupid serve`: the local HTTP service the Blender extension talks to (FastAPI + uvicorn)."""
-from .app import ServerSettings, create_app
+from .app import create_app
 from .jobs import Job, JobQueue
+from .settings import ServerSettings
 
 __all__ = ["ServerSettings", "create_app", "Job", "JobQueue"]

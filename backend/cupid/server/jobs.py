@@ -1,121 +1,97 @@
-"""One worker thread runs reconstruction jobs in submission order; results live in a temp dir.
+"""One worker thread runs reconstruction jobs in submission order, within fixed limits.
 
 The pipeline is loaded once (lazily, or at start) and kept. A job that fails never stops the
-worker. Cancellation is a flag the pipeline checks between sampler steps; a queued job is
-cancelled at once. Finished results are kept until fetched (then for a grace period) or until
-their time-to-live runs out, whichever comes first.
+worker. The queue is bounded in jobs (`max_queue`, queued or running) and in the bytes their
+decoded inputs take, which wait on disk, not in memory; past either bound a submit is refused
+with `Busy` (503) and a Retry-After from the recent run times. Finished results are zips kept
+until fetched (then for a grace period), until their time-to-live runs out, until a DELETE, or
+until the results' total passes `max_result_bytes` (the oldest unfetched go first); a result that
+is gone is answered 410 `expired`, never with a server path.
+
+Cancellation: a queued job at once; a job whose model is still loading at once (it never starts);
+a running job at its next stage or sampler step (the pipeline checks `should_cancel` there).
 """
 from __future__ import annotations
 
 import itertools
-import os
+import math
 import queue
 import secrets
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import traceback
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from ..errors import Cancelled, CupidError
 from ..run import reconstruct_bundle
+from . import inputs as job_inputs
+from .errors import Busy, DiskFull, Expired, NotFound, NotReady, TooLarge, is_disk_full
+from .inputs import JobInputs
+from .storage import WorkDir, zip_dir
 
 PipelineFactory = Callable[[], Any]
-TMP_PREFIX = "cupid-serve-"
-OWNER_FILE = "owner.pid"
-
-
-def zip_dir(directory: Path, target: Path) -> Path:
-    """Write every file under `directory` into the zip `target` (paths relative, '/'-separated)."""
-    partial = target.with_suffix(".part")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        for f in sorted(directory.rglob("*")):
-            if f.is_file():
-                z.write(f, f.relative_to(directory).as_posix())
-    partial.replace(target)
-    return target
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_stale_dirs(root: Path | None = None) -> list[Path]:
-    """Remove the temp dirs of servers that died without cleaning up (SIGKILL, power loss).
-
-    Only dirs this code made (prefix + an owner-pid file) whose process is gone are touched."""
-    root = Path(tempfile.gettempdir()) if root is None else root
-    removed = []
-    for d in root.glob(TMP_PREFIX + "*"):
-        try:
-            pid = int((d / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(d)
-    return removed
+FINISHED = ("done", "failed", "cancelled")
+MB = 1024 * 1024
 
 
 @dataclass
 class Job:
-    """State of one job as the API reports it."""
+    """State of one job as the API reports it, and where its files are."""
 
     id: str
-    image: bytes
-    image_name: str
-    mask: bytes | None
     mode: str
     seed: int
     steps: int
     number: int
     pnp: str | None = None         # camera solver; None: the model's default
+    inputs_dir: Path | None = None
+    input_bytes: int = 0
     state: str = "queued"          # queued | running | done | failed | cancelled
     stage: str = "queued"
     progress: float = 0.0
     message: str = "waiting in the queue"
     error: dict | None = None
     result_zip: Path | None = None
+    result_bytes: int = 0
+    gone: str | None = None        # why a finished result is no longer kept
+    started_at: float | None = None
     finished_at: float | None = None
     fetched_at: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def public(self) -> dict:
-        out = {"id": self.id, "state": self.state, "stage": self.stage, "progress": round(self.progress, 4),
-               "message": self.message, "mode": self.mode, "seed": self.seed, "number": self.number}
-        if self.error:
-            out["error"] = self.error
-        return out
+        return {"id": self.id, "state": self.state, "stage": self.stage, "progress": round(self.progress, 4),
+                "message": self.message, "mode": self.mode, "seed": self.seed, "number": self.number,
+                "error": self.error}
 
 
 class JobQueue:
-    """Submission-ordered jobs, one worker thread, results under a private temp dir."""
+    """Submission-ordered jobs, one worker thread, inputs and results under a private directory."""
 
-    def __init__(self, factory: PipelineFactory, *, result_ttl: float = 3600.0, fetched_grace: float = 120.0,
-                 preload: bool = False):
+    def __init__(self, factory: PipelineFactory, *, max_queue: int = 16, max_queued_bytes: int = 1024 * MB,
+                 max_result_bytes: int = 2048 * MB, result_ttl: float = 3600.0, fetched_grace: float = 120.0,
+                 preload: bool = False, root: Path | None = None):
         self._factory = factory
         self._pipeline: Any = None
         self._load_error: CupidError | None = None
         self._jobs: dict[str, Job] = {}
         self._queue: "queue.Queue[Job | None]" = queue.Queue()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._counter = itertools.count()
-        sweep_stale_dirs()
-        self._tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
-        (self._tmp / OWNER_FILE).write_text(str(os.getpid()))
+        self.instance = secrets.token_hex(8)  # a new one on every start: clients tell a restart by it
+        self.max_queue = max_queue
+        self.max_queued_bytes = max_queued_bytes
+        self.max_result_bytes = max_result_bytes
         self.result_ttl = result_ttl
         self.fetched_grace = fetched_grace
+        self._queued_bytes = 0
+        self._result_bytes = 0
+        self._run_time = 5.0  # seconds a job takes, smoothed (for Retry-After)
+        self._dir = WorkDir(root)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name="cupid-worker", daemon=True)
         self._worker.start()
@@ -129,16 +105,59 @@ class JobQueue:
     def model_loaded(self) -> bool:
         return self._pipeline is not None
 
+    @property
+    def model_error(self) -> str | None:
+        """Why the last attempt to load the model failed (None once loaded or before trying)."""
+        return None if self._load_error is None else self._load_error.message
+
+    @property
+    def directory(self) -> Path:
+        return self._dir.path
+
     def queue_length(self) -> int:
         with self._lock:
             return sum(1 for j in self._jobs.values() if j.state in ("queued", "running"))
 
-    def submit(self, image: bytes, image_name: str, mask: bytes | None, mode: str, seed: int, steps: int,
-               pnp: str | None = None) -> Job:
-        job = Job(id=secrets.token_hex(8), image=image, image_name=image_name, mask=mask, mode=mode, seed=seed,
-                  steps=steps, number=next(self._counter), pnp=pnp)
+    def usage(self) -> dict[str, int]:
         with self._lock:
+            return {"queued_bytes": self._queued_bytes, "result_bytes": self._result_bytes}
+
+    def retry_after(self) -> int:
+        """Seconds until a place is likely to free up: about one job's run time."""
+        return int(min(max(math.ceil(self._run_time), 1), 600))
+
+    def check_room(self, nbytes: int = 0) -> None:
+        """Raise Busy when one more job of `nbytes` input would pass a limit (TooLarge if it never fits)."""
+        if nbytes > self.max_queued_bytes:
+            raise TooLarge(f"the decoded photo and mask take {nbytes / MB:.0f} MB, more than the "
+                           f"{self.max_queued_bytes / MB:.0f} MB this backend lets jobs wait with")
+        with self._lock:
+            waiting = sum(1 for j in self._jobs.values() if j.state in ("queued", "running"))
+            if waiting >= self.max_queue:
+                raise Busy(f"the CUPID backend is busy: it holds {waiting} jobs, queued or running, its limit "
+                           f"(cupid serve --max-queue); try again in {self.retry_after()} s", self.retry_after())
+            if self._queued_bytes + nbytes > self.max_queued_bytes:
+                raise Busy(f"the CUPID backend is busy: {self._queued_bytes / MB:.0f} MB of photos are waiting "
+                           f"(its limit is {self.max_queued_bytes / MB:.0f} MB); try again in "
+                           f"{self.retry_after()} s", self.retry_after())
+
+    def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int, pnp: str | None = None) -> Job:
+        """Admit a job (or raise Busy / TooLarge), spool its inputs to disk (or raise DiskFull), queue it."""
+        nbytes = inputs.nbytes
+        with self._lock:
+            self.check_room(nbytes)
+            job = Job(id=secrets.token_hex(8), mode=mode, seed=seed, steps=steps, number=next(self._counter),
+                      pnp=pnp, input_bytes=nbytes)
+            job.inputs_dir = self._dir.path / "inputs" / job.id
             self._jobs[job.id] = job
+            self._queued_bytes += nbytes
+        try:
+            job_inputs.spool(inputs, job.inputs_dir)
+        except BaseException:
+            with self._lock:
+                del self._jobs[job.id]
+                self._queued_bytes -= nbytes
+            raise
         self._queue.put(job)
         return job
 
@@ -147,34 +166,52 @@ class JobQueue:
             return self._jobs.get(job_id)
 
     def cancel(self, job_id: str) -> Job | None:
+        """Cancel a waiting or running job; for a finished one, free its result and forget it."""
         with self._lock:  # the worker takes a queued job under the same lock: no job is both
             job = self._jobs.get(job_id)
             if job is None:
                 return None
+            if job.state in FINISHED:
+                self._drop_result(job, "it was deleted")
+                del self._jobs[job_id]
+                return job
             job.cancel.set()
             if job.state == "queued":
                 self._finish(job, "cancelled", "cancelled before it started")
-            elif job.state == "running":
-                job.message = "cancelling at the next sampler step"
+            elif job.stage == "loading":
+                self._finish(job, "cancelled", "cancelled while the model was loading")
+            else:
+                job.message = "cancelling at the next stage or sampler step"
         return job
 
-    def mark_fetched(self, job: Job) -> None:
-        job.fetched_at = time.monotonic()
+    def open_result(self, job_id: str) -> tuple[BinaryIO, Job]:
+        """The finished zip, opened (an open file outlives its removal); NotFound, NotReady or Expired."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id} (finished results are kept for a limited time)")
+            if job.state != "done":
+                raise NotReady(f"job {job_id} is {job.state}, not done")
+            if job.result_zip is not None:
+                try:
+                    fh = job.result_zip.open("rb")
+                except FileNotFoundError:
+                    self._drop_result(job, "its file was removed")
+                else:
+                    job.fetched_at = time.monotonic()
+                    return fh, job
+            raise Expired(f"the result of job {job_id} has expired ({job.gone}); run it again")
 
     def close(self) -> None:
         self._stop.set()
-        for job in list(self._jobs.values()):
-            job.cancel.set()
+        with self._lock:
+            for job in self._jobs.values():
+                job.cancel.set()
         self._queue.put(None)
         self._worker.join(timeout=30)
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._dir.remove()
 
     # ---------------------------------------------------------------- worker side
-    @property
-    def model_error(self) -> str | None:
-        """Why the last attempt to load the model failed (None once loaded or before trying)."""
-        return None if self._load_error is None else self._load_error.message
-
     def _pipeline_or_raise(self) -> Any:
         if self._pipeline is None:
             try:
@@ -190,11 +227,21 @@ class JobQueue:
         return self._pipeline
 
     def _finish(self, job: Job, state: str, message: str, error: dict | None = None) -> None:
-        job.state, job.message, job.error = state, message, error
-        job.stage = state
-        job.finished_at = time.monotonic()
-        job.image = b""
-        job.mask = None
+        """End a job once (a later call is ignored) and free its spooled inputs."""
+        with self._lock:
+            if job.state in FINISHED:
+                return
+            job.state, job.stage, job.message, job.error = state, state, message, error
+            job.finished_at = time.monotonic()
+            if job.started_at is not None and state == "done":
+                self._run_time = 0.7 * self._run_time + 0.3 * (job.finished_at - job.started_at)
+            if job.inputs_dir is not None:
+                job_inputs.remove(job.inputs_dir)
+                job.inputs_dir = None
+                self._queued_bytes -= job.input_bytes
+
+    def _fail(self, job: Job, exc: CupidError) -> None:
+        self._finish(job, "failed", exc.message, {"code": exc.code, "message": exc.message})
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -210,46 +257,83 @@ class JobQueue:
                 if job.state != "queued":
                     continue
                 job.state, job.stage, job.message = "running", "loading", "loading the model"
+                job.started_at = time.monotonic()
             self._execute(job)
 
     def _execute(self, job: Job) -> None:
-        out = self._tmp / job.id
+        out = self._dir.path / "results" / job.id
+        target = self._dir.path / "results" / f"{job.id}.zip"
         try:
             pipe = self._pipeline_or_raise()
+            with self._lock:
+                if job.state != "running":
+                    return  # cancelled while the model loaded: it never starts
+                job.stage, job.message = "starting", "reading the photo"
+            data = job_inputs.load(job.inputs_dir)
 
             def progress(stage: str, fraction: float) -> None:
                 job.stage, job.progress = stage, min(max(float(fraction), 0.0), 1.0)
                 if not job.cancel.is_set():
                     job.message = stage
 
-            bundle = reconstruct_bundle(pipe, job.image, out, mask=job.mask, mode=job.mode, seed=job.seed,
-                                        steps=job.steps or None, progress=progress, should_cancel=job.cancel.is_set,
-                                        pnp=job.pnp)
+            bundle = reconstruct_bundle(pipe, data.photo, out, mask=data.pipeline_mask(job.mode), mode=job.mode,
+                                        seed=job.seed, steps=job.steps or None, progress=progress,
+                                        should_cancel=job.cancel.is_set, pnp=job.pnp)
+            del data
+            if job.cancel.is_set():
+                raise Cancelled("the job was cancelled")
             job.stage, job.message = "packing", "packing the result"
-            zipped = zip_dir(Path(bundle), self._tmp / f"{job.id}.zip")
+            zipped = zip_dir(Path(bundle), target)
+        except Exception as exc:  # keep serving whatever happened; no file of the job is left behind
             shutil.rmtree(out, ignore_errors=True)
-        except Cancelled:
-            shutil.rmtree(out, ignore_errors=True)
-            self._finish(job, "cancelled", "cancelled")
+            target.unlink(missing_ok=True)
+            self._end_with(job, exc)
             return
-        except CupidError as exc:
-            shutil.rmtree(out, ignore_errors=True)
-            self._finish(job, "failed", exc.message, {"code": exc.code, "message": exc.message})
-            return
-        except Exception as exc:  # keep serving: report, log the traceback for the developer
-            traceback.print_exc()
-            shutil.rmtree(out, ignore_errors=True)
-            (self._tmp / f"{job.id}.zip").unlink(missing_ok=True)
-            msg = f"internal error: {type(exc).__name__}: {exc}"
-            self._finish(job, "failed", msg, {"code": "internal_error", "message": msg})
-            return
-        job.result_zip = zipped
-        job.progress = 1.0
-        self._finish(job, "done", "finished")
+        shutil.rmtree(out, ignore_errors=True)
+        with self._lock:
+            job.result_zip, job.result_bytes = zipped, zipped.stat().st_size
+            self._result_bytes += job.result_bytes
+            job.progress = 1.0
+            self._finish(job, "done", "finished")
+            self._evict(keep=job)
 
-    # ---------------------------------------------------------------- cleaning
+    def _end_with(self, job: Job, exc: Exception) -> None:
+        """Cancelled, or failed with the error's code; an unexpected error's text goes only to the log."""
+        if isinstance(exc, Cancelled):
+            self._finish(job, "cancelled", "cancelled")
+        elif isinstance(exc, CupidError):
+            self._fail(job, exc)
+        elif is_disk_full(exc):
+            self._fail(job, DiskFull(self._dir.path))
+        else:
+            traceback.print_exception(exc)
+            self._fail(job, CupidError(f"internal error in the backend ({type(exc).__name__}); its log has the "
+                                       f"details", code="internal_error"))
+
+    # ---------------------------------------------------------------- results and cleaning
+    def _drop_result(self, job: Job, why: str) -> None:
+        with self._lock:
+            if job.result_zip is not None:
+                try:
+                    job.result_zip.unlink(missing_ok=True)
+                except OSError:
+                    pass  # Windows: still being sent; the directory goes when the server stops
+                self._result_bytes -= job.result_bytes
+                job.result_zip, job.result_bytes = None, 0
+            job.gone = job.gone or why
+
+    def _evict(self, keep: Job) -> None:
+        """Past the result cap, remove results: the oldest unfetched first, then the oldest fetched."""
+        while self._result_bytes > self.max_result_bytes:
+            held = [j for j in self._jobs.values() if j.result_zip is not None and j is not keep]
+            if not held:
+                return
+            victim = min(held, key=lambda j: (j.fetched_at is not None, j.finished_at or 0.0))
+            self._drop_result(victim, f"results are capped at {self.max_result_bytes / MB:.0f} MB and newer "
+                                      f"ones took its place")
+
     def clean(self, now: float | None = None) -> int:
-        """Drop finished jobs whose result was fetched `fetched_grace` ago or is older than the TTL."""
+        """Forget finished jobs whose result was fetched `fetched_grace` ago or is older than the TTL."""
         now = time.monotonic() if now is None else now
         dropped = 0
         with self._lock:
@@ -259,8 +343,7 @@ class JobQueue:
                 expired = now - job.finished_at > self.result_ttl
                 fetched = job.fetched_at is not None and now - job.fetched_at > self.fetched_grace
                 if expired or fetched:
-                    if job.result_zip is not None:
-                        job.result_zip.unlink(missing_ok=True)
+                    self._drop_result(job, "it expired")
                     del self._jobs[jid]
                     dropped += 1
         return dropped
@@ -268,3 +351,7 @@ class JobQueue:
     def _clean_loop(self) -> None:
         while not self._stop.wait(5.0):
             self.clean()
+            self._dir.heartbeat()
+
+
+__all__ = ["Job", "JobQueue", "PipelineFactory", "FINISHED"]

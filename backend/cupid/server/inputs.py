@@ -1,0 +1,101 @@
+"""A job's inputs: decoded once when the request arrives, checked there, spooled to disk to wait.
+
+Everything that can be seen in the upload itself (an undecodable or tiny photo, a mask of the wrong
+size, an empty mask or alpha, a scene label image that does not fit) is refused at submit with a 422,
+before the job is queued; whether an opaque photo holds an object only the background remover can tell. The decoded pixels then wait on disk as `.npy` files, not in memory, and the
+worker hands them to the pipeline as arrays, which it reads as it would the original files (a colour
+mask whose channels differ: to within half a grey level).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from ..errors import InputError
+from ..preprocess import load_mask, load_photo, object_crop
+from .errors import DiskFull, is_disk_full
+
+
+@dataclass
+class JobInputs:
+    """photo: HxWx4 uint8. mask: object mode HxW uint8 (255 = object); scene mode [K, H, W]
+    per-object alphas (uint8 ×255 when that is exact, else float32); None when not given."""
+
+    photo: np.ndarray
+    mask: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.photo.nbytes + (0 if self.mask is None else self.mask.nbytes))
+
+    def pipeline_mask(self, mode: str) -> Any:
+        """The mask as `CupidPipeline.reconstruct` takes it (scene mode: one array per object)."""
+        if self.mask is None or mode != "scene":
+            return self.mask
+        return list(self.mask)
+
+
+def _as_uint8(alpha: np.ndarray) -> np.ndarray:
+    """alpha in [0, 1] as uint8 ×255 when that round-trips exactly (8-bit and binary masks), else as is."""
+    q = np.rint(alpha * 255.0).astype(np.uint8)
+    return q if np.array_equal(q.astype(np.float32) / 255.0, alpha) else alpha.astype(np.float32)
+
+
+def decode_inputs(image: bytes, mask: bytes | None, mode: str) -> JobInputs:
+    """Decode and check an upload; raises InputError with the reason (answered as 422 bad_input)."""
+    if not image:
+        raise InputError("the uploaded image is empty")
+    photo = load_photo(image)
+    size = (photo.shape[1], photo.shape[0])
+    if mode == "scene":
+        if mask is None:
+            return JobInputs(photo)  # segmented on the worker (segment-anything)
+        from ..scene.masks import load_object_masks
+        alphas = load_object_masks(mask, size).alphas
+        return JobInputs(photo, np.stack([_as_uint8(a) for a in alphas]))
+    if mask is not None:
+        alpha = np.rint(load_mask(mask, size) * 255.0).astype(np.uint8)
+        if object_crop(alpha) is None:
+            raise InputError("the mask is empty: it is above 80% nowhere; send a mask that covers the object")
+        return JobInputs(photo, alpha)
+    if photo[..., 3].min() < 255 and object_crop(photo[..., 3]) is None:
+        raise InputError("the photo's alpha is above 80% nowhere: upload a cut-out whose object is opaque, "
+                         "or send a mask")
+    return JobInputs(photo)  # an opaque photo: the pipeline cuts the object out (only the model can tell)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """`np.save` through a plain file write: a full disk then raises ENOSPC (np.save's own fast
+    path reports a short write without an errno)."""
+    array = np.ascontiguousarray(array)
+    with open(path, "wb") as fh:
+        npformat.write_array_header_1_0(fh, npformat.header_data_from_array_1_0(array))
+        fh.write(memoryview(array).cast("B"))
+
+
+def spool(inputs: JobInputs, directory: Path) -> None:
+    """Write the inputs under `directory` (created); on failure nothing is left there."""
+    try:
+        directory.mkdir(parents=True)
+        _save(directory / "photo.npy", inputs.photo)
+        if inputs.mask is not None:
+            _save(directory / "mask.npy", inputs.mask)
+    except BaseException as exc:
+        remove(directory)
+        if is_disk_full(exc):
+            raise DiskFull(directory.parent) from None
+        raise
+
+
+def load(directory: Path) -> JobInputs:
+    mask = directory / "mask.npy"
+    return JobInputs(np.load(directory / "photo.npy"), np.load(mask) if mask.is_file() else None)
+
+
+def remove(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
