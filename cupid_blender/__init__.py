@@ -13,9 +13,9 @@ from __future__ import annotations
 
 
 def _classes() -> tuple:
-    from . import operators, panel, picking, preferences
+    from . import operators, panel, picking, preferences, refine
 
-    return (*preferences.classes, *operators.classes, *picking.classes, *panel.classes)
+    return (*preferences.classes, *operators.classes, *refine.classes, *picking.classes, *panel.classes)
 
 
 def register() -> None:

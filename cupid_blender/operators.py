@@ -22,20 +22,18 @@ from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import scene_builder
 from .backend_manager import MANAGER, BackendConfig
-from .camera import read_camera
 from .imaging import read_picture
-from .io.bundle import SceneBuildError, bundle_photo, object_names
-from .io.camera import scale_camera_K
-from .io.job import JobRequest, Outcome, Refine, ReconstructJob, Restore, UserError, describe_error
+from .io.bundle import object_names
+from .io.job import JobRequest, Outcome, ReconstructJob, UserError, describe_error
 from .io.settings import (UNSET, batch_inputs, effective_model, expected_cpu_seconds, folder_name, free_suffix,
                           hub_caches, is_tiny, resolve_sampling, results_root)
 from .io.upload import InputProblem, Upload, prepare_upload
 from .preferences import build_defaults, get_prefs
 from .preview import PREVIEW_PROP, PreviewBuild, build_preview
 from .properties import MODES
-from .results import BUNDLE_PROP, JOB_PROP, JOB_SIZE_PROP, result_camera, result_collection, result_identity
+from .results import JOB_PROP, JOB_SIZE_PROP
 
-_ACTIVE: dict = {"job": None}
+ACTIVE: dict = {"job": None}
 _BACKEND: dict = {"stopped_by_artist": False}
 
 
@@ -175,7 +173,7 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
 
 
-class _Run:
+class Run:
     """One job and what it becomes: the worker thread, the progress shown, stage 1's preview while
     stage 2 runs, the result kept (in place of the preview, or of the refined result's parts)."""
 
@@ -187,7 +185,7 @@ class _Run:
         self.suffix: Optional[str] = None   # the preview's (and so the result's) name suffix
         self.job = ReconstructJob(lambda should_cancel: MANAGER.client(config, should_cancel=should_cancel), request)
         self.interrupted = False
-        _ACTIVE["job"] = self.job
+        ACTIVE["job"] = self.job
         _BACKEND["stopped_by_artist"] = False  # the job starts the backend again if needed
         self.show(context)
         threading.Thread(target=self.job.run, name="cupid-job", daemon=True).start()
@@ -271,7 +269,7 @@ class _Run:
             return "INFO", msg
         finally:
             self.job.cleanup()
-            _ACTIVE["job"] = None
+            ACTIVE["job"] = None
             wm.cupid_running, wm.cupid_stage, wm.cupid_progress = False, "", 0.0
 
     def _target(self) -> Any:
@@ -324,7 +322,7 @@ class _Run:
         res.collection[JOB_SIZE_PROP] = [int(v) for v in size]
 
 
-def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: str) -> Optional[_Run]:
+def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: str) -> Optional[Run]:
     """Read the inputs and start a run, or report why not (None)."""
     try:
         upload, name = prepare_inputs(context, mode=mode, **inputs)
@@ -339,25 +337,25 @@ def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: st
     if warning:
         op.report({"WARNING"}, f"CUPID: {warning}")
         print(f"CUPID: {warning}", flush=True)
-    return _Run(context, JobRequest(upload, mode.lower(), seed, steps, results_folder(context)), name)
+    return Run(context, JobRequest(upload, mode.lower(), seed, steps, results_folder(context)), name)
 
 
-_SEED_HELP = "Random seed (-1: the preferences' default; 0 is a seed like any other)"
-_STEPS_HELP = "Sampler steps per stage (-1: the preferences' default; 0: the model's default)"
+SEED_HELP = "Random seed (-1: the preferences' default; 0 is a seed like any other)"
+STEPS_HELP = "Sampler steps per stage (-1: the preferences' default; 0: the model's default)"
 
 
-class _JobOperator:
+class JobOperator:
     """What the reconstruct and refine operators share: wait in place without an event loop, else
     a modal 0.1 s timer that shows progress and the preview; Esc cancels."""
 
     _timer = None
-    _run: Optional[_Run] = None
+    _run: Optional[Run] = None
 
     @classmethod
     def poll(cls, context: Any) -> bool:
-        return _ACTIVE["job"] is None
+        return ACTIVE["job"] is None
 
-    def _follow(self, context: Any, run: Optional[_Run]) -> set:
+    def _follow(self, context: Any, run: Optional[Run]) -> set:
         if run is None:
             return {"CANCELLED"}
         self._run = run
@@ -396,10 +394,10 @@ class _JobOperator:
             self._run.job.cancel()
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
-        _ACTIVE["job"] = None
+        ACTIVE["job"] = None
 
 
-class CUPID_OT_reconstruct(_JobOperator, bpy.types.Operator):
+class CUPID_OT_reconstruct(JobOperator, bpy.types.Operator):
     """Reconstruct the photo's objects and camera with CUPID and add them to the scene (stage 1's camera \
 and voxels show while the rest runs)"""
 
@@ -414,77 +412,15 @@ and voxels show while the rest runs)"""
     mask: StringProperty(name="Mask", description="Mask file or image datablock name", default="",
                          options={"SKIP_SAVE"})
     mode: EnumProperty(name="Mode", items=MODES, default="OBJECT")
-    seed: IntProperty(name="Seed", default=UNSET, min=UNSET, description=_SEED_HELP)
-    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=_STEPS_HELP)
+    seed: IntProperty(name="Seed", default=UNSET, min=UNSET, description=SEED_HELP)
+    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=STEPS_HELP)
 
     def execute(self, context: Any) -> set:
-        if _ACTIVE["job"] is not None:
+        if ACTIVE["job"] is not None:
             self.report({"ERROR"}, "a CUPID reconstruction is already running")
             return {"CANCELLED"}
         return self._follow(context, _start(self, context, self.mode, self.seed, self.steps, filepath=self.filepath,
                                             image=self.image, mask=self.mask))
-
-
-def prepare_refine(context: Any, collection: str, steps: int) -> tuple[JobRequest, str, Any]:
-    """(request, result name, collection) of a refine of a result from its CUPID camera as the
-    artist left it. Raises UserError with the one-line report."""
-    coll = bpy.data.collections.get(collection) if collection else result_collection(context.active_object)
-    if coll is None:
-        raise UserError("CUPID: select an object (or the camera) of a CUPID result to refine it")
-    job = coll.get(JOB_PROP)
-    if not job:
-        raise UserError(f"CUPID: {coll.name!r} has no backend job to refine from (it was imported, or made before "
-                        f"refining existed): run the reconstruction again")
-    cam = result_camera(coll)
-    if cam is None:
-        raise UserError(f"CUPID: {coll.name!r} has no CUPID camera left to refine with: run the reconstruction again")
-    context.view_layer.update()
-    try:
-        K, R, t, W, H = read_camera(context.scene, cam)
-    except ValueError as exc:
-        raise UserError(f"CUPID cannot refine with {cam.name!r}: {exc}") from None
-    jw, jh = (int(v) for v in coll[JOB_SIZE_PROP])
-    photo_w, photo_h = (int(v) for v in cam.get(scene_builder.RESOLUTION_PROP, (jw, jh)))
-    restore = None
-    if (photo_w, photo_h) != (jw, jh):   # the backend saw a downscaled copy: the result comes back to the photo
-        folder = bpy.path.abspath(coll.get(BUNDLE_PROP, ""))
-        try:
-            photo, photo_w, photo_h = bundle_photo(folder)
-            restore = Restore(photo_w, photo_h, photo.read_bytes(), photo.name)
-        except (SceneBuildError, OSError) as exc:
-            raise UserError(f"CUPID: the photo of {coll.name!r} is gone ({exc}): run the reconstruction again") from None
-    # the background photo is stretched over the camera frame: frame pixels map to the photo's by the size ratio
-    camera = {"K": scale_camera_K(K, W, H, jw, jh), "R": R, "t": t}
-    prefs = get_prefs(context)
-    _, steps = resolve_sampling(UNSET, steps, 0, prefs.default_steps if prefs else 0)
-    base, _ = result_identity(coll)
-    request = JobRequest(None, "object", 0, steps, results_folder(context), Refine(str(job), camera, restore))
-    return request, base, coll
-
-
-class CUPID_OT_refine(_JobOperator, bpy.types.Operator):
-    """Run stage 2 again with the CUPID camera as you moved or re-lensed it (the photo and stage 1 are reused) \
-and replace the result's objects"""
-
-    bl_idname = "cupid.refine"
-    bl_label = "Refine with This Camera"
-    bl_options = {"REGISTER", "UNDO"}
-
-    collection: StringProperty(name="Result", default="", options={"SKIP_SAVE"},
-                               description="The CUPID result collection (else the active object's)")
-    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=_STEPS_HELP)
-
-    def execute(self, context: Any) -> set:
-        if _ACTIVE["job"] is not None:
-            self.report({"ERROR"}, "a CUPID reconstruction is already running")
-            return {"CANCELLED"}
-        try:
-            request, base, coll = prepare_refine(context, self.collection, self.steps)
-        except UserError as exc:
-            context.window_manager.cupid_last_message = str(exc)
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        return self._follow(context, _Run(context, request, base, replace=coll.name))
 
 
 class CUPID_OT_reconstruct_batch(bpy.types.Operator):
@@ -497,12 +433,12 @@ waits until all are done, printing progress; Ctrl-C stops"""
 
     directory: StringProperty(name="Folder", subtype="DIR_PATH", description="Folder of photos")
     mode: EnumProperty(name="Mode", items=MODES, default="OBJECT")
-    seed: IntProperty(name="Seed", default=UNSET, min=UNSET, description=_SEED_HELP)
-    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=_STEPS_HELP)
+    seed: IntProperty(name="Seed", default=UNSET, min=UNSET, description=SEED_HELP)
+    steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=STEPS_HELP)
 
     @classmethod
     def poll(cls, context: Any) -> bool:
-        return _ACTIVE["job"] is None
+        return ACTIVE["job"] is None
 
     def execute(self, context: Any) -> set:
         folder = bpy.path.abspath(self.directory)
@@ -561,10 +497,10 @@ class CUPID_OT_cancel(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: Any) -> bool:
-        return _ACTIVE["job"] is not None
+        return ACTIVE["job"] is not None
 
     def execute(self, context: Any) -> set:
-        _ACTIVE["job"].cancel()
+        ACTIVE["job"].cancel()
         return {"FINISHED"}
 
 
@@ -601,8 +537,8 @@ class CUPID_OT_stop_backend(bpy.types.Operator):
                                      f"on that machine")
             self.report({"WARNING"}, wm.cupid_last_message)
             return {"CANCELLED"}
-        if _ACTIVE["job"] is not None:
-            _ACTIVE["job"].cancel()
+        if ACTIVE["job"] is not None:
+            ACTIVE["job"].cancel()
         MANAGER.stop()
         _BACKEND["stopped_by_artist"] = True
         wm.cupid_last_message = "CUPID backend stopped"
@@ -675,7 +611,7 @@ def _sync_resolution_handler(scene: Any, *args: Any) -> None:
 HANDLERS = ((bpy.app.handlers.depsgraph_update_post, _sync_resolution_handler),
             (bpy.app.handlers.frame_change_post, _sync_resolution_handler))
 
-classes = (CUPID_OT_reconstruct, CUPID_OT_refine, CUPID_OT_reconstruct_batch, CUPID_OT_cancel, CUPID_OT_start_backend,
+classes = (CUPID_OT_reconstruct, CUPID_OT_reconstruct_batch, CUPID_OT_cancel, CUPID_OT_start_backend,
            CUPID_OT_stop_backend, CUPID_OT_set_active_camera, CUPID_OT_import_bundle)
 
 
@@ -692,7 +628,7 @@ def unregister() -> None:
     for lst, fn in HANDLERS:
         while fn in lst:
             lst.remove(fn)
-    job = _ACTIVE["job"]
+    job = ACTIVE["job"]
     if job is not None:
         job.cancel()
-    _ACTIVE["job"] = None
+    ACTIVE["job"] = None

@@ -15,6 +15,7 @@ import traceback
 from typing import Any, Callable
 
 import bpy  # first: it puts Blender's script modules (addon_utils) on sys.path
+import numpy as np
 
 import addon_utils  # noqa: E402
 
@@ -101,6 +102,14 @@ def snapshot() -> dict:
             "resolution": [scene.render.resolution_x, scene.render.resolution_y]}
 
 
+def top_down_pixels(img: Any) -> np.ndarray:
+    """float32 [H, W, 4] of an image datablock, top row first."""
+    w, h = img.size
+    buf = np.empty(w * h * 4, np.float32)
+    img.pixels.foreach_get(buf)
+    return buf.reshape(h, w, 4)[::-1]
+
+
 def call(op: str, **kwargs: Any) -> dict:
     """bpy.ops.cupid.<op>: its return set, or the error report Blender raises for it."""
     wm = bpy.context.window_manager
@@ -123,12 +132,16 @@ class JobWatcher:
     def _watch(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = self.operators._ACTIVE["job"]
+            job = self.operators.ACTIVE["job"]
             if job is not None and not self.seen:
                 r, up = job.request, job.request.upload
-                self.seen = {"seed": r.seed, "steps": r.steps, "mode": r.mode, "upload_size": [up.upload_width,
-                             up.upload_height], "size": [up.width, up.height], "image_bytes": len(up.image),
-                             "mask": up.mask}
+                self.seen = {"seed": r.seed, "steps": r.steps, "mode": r.mode}
+                if up is not None:
+                    self.seen.update(upload_size=[up.upload_width, up.upload_height], size=[up.width, up.height],
+                                     image_bytes=len(up.image), mask=up.mask)
+                if r.refine is not None:
+                    self.seen.update(from_job=r.refine.from_job, camera={k: [list(map(float, row)) for row in v]
+                                     if k != "t" else list(map(float, v)) for k, v in r.refine.camera.items()})
             if job is not None and job.job_id is not None:  # submitted: the backend runs it
                 self.seen["job_id"] = job.job_id
                 if self.cancel:

@@ -28,7 +28,7 @@ import numpy as np
 
 import addon_utils  # noqa: E402
 from common import (JobWatcher, call, draw, draw_panel, install_cycle, labels, run_driver,  # noqa: E402
-                    snapshot)
+                    snapshot, top_down_pixels)
 from silhouette import setup_silhouette_render  # noqa: E402  (next to this script)
 
 
@@ -95,13 +95,6 @@ def paint(img: bpy.types.Image, inside: np.ndarray) -> None:
     px[..., 3] = 1.0
     img.pixels.foreach_set(px[::-1].ravel())
     img.update()
-
-
-def top_down_pixels(img: bpy.types.Image) -> np.ndarray:
-    w, h = img.size
-    buf = np.empty(w * h * 4, np.float32)
-    img.pixels.foreach_get(buf)
-    return buf.reshape(h, w, 4)[::-1]
 
 
 def camera_of(collection: str) -> dict:
