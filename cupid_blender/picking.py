@@ -25,8 +25,8 @@ from .backend_manager import MANAGER
 from .imaging import image_pixels
 from .io.imaging import resample_nearest
 from .io.job import UserError
-from .io.picks import Pick, PickProblem, colour_labels, cutout, labels_from_pixels, overlay, pick_from_drag, \
-    view_to_photo
+from .io.picks import (Pick, PickProblem, colour_labels, cutout, labels_from_pixels, overlay, pick_from_drag,
+                       view_to_photo)
 from .io.segment import SegmentJob, SegmentOutcome, segment_request
 from .io.upload import InputProblem, Picture
 from .operators import backend_config, photo_source, read_input
@@ -132,16 +132,9 @@ def show_segmentation(context: Any, photo: Picture, labels: np.ndarray, mode: st
 # operators
 # ---------------------------------------------------------------------------------------------
 
-class CUPID_OT_segment(bpy.types.Operator):
-    """Send the photo and its picks to segment-anything and show the masks over the photo (they become the \\
-scene mask)"""
-
-    bl_idname = "cupid.segment"
-    bl_label = "Segment Picks"
-    bl_options = {"REGISTER", "UNDO"}
-
-    mode: EnumProperty(name="Mode", items=MODES, default="SCENE",
-                       description="Scene: one mask per pick; Object: the background remover's cut-out")
+class _Segmenting:
+    """What Segment Picks and Show Cut-out share (Blender operators must not subclass a registered
+    operator): send the photo, wait in place without an event loop, else on a modal timer."""
 
     _timer = None
     _job: Optional[SegmentJob] = None
@@ -151,9 +144,8 @@ scene mask)"""
     def poll(cls, context: Any) -> bool:
         return _SEGMENT["job"] is None
 
-    def execute(self, context: Any) -> set:
+    def _segment(self, context: Any, mode: str) -> set:
         settings = context.scene.cupid
-        mode = self.mode.lower()
         try:
             photo = read_input(photo_source(context), "photo")
             picks = picks_of(settings) if mode == "scene" else []
@@ -205,15 +197,30 @@ scene mask)"""
         return {"FINISHED"}
 
 
-class CUPID_OT_show_cutout(CUPID_OT_segment):
+class CUPID_OT_segment(_Segmenting, bpy.types.Operator):
+    """Send the photo and its picks to segment-anything and show the masks over the photo (they become the \
+scene mask)"""
+
+    bl_idname = "cupid.segment"
+    bl_label = "Segment Picks"
+    bl_options = {"REGISTER", "UNDO"}
+
+    mode: EnumProperty(name="Mode", items=MODES, default="SCENE",
+                       description="Scene: one mask per pick; Object: the background remover's cut-out")
+
+    def execute(self, context: Any) -> set:
+        return self._segment(context, self.mode.lower())
+
+
+class CUPID_OT_show_cutout(_Segmenting, bpy.types.Operator):
     """Show what object mode will cut out of the photo (the background remover's answer) before reconstructing"""
 
     bl_idname = "cupid.show_cutout"
     bl_label = "Show Cut-out"
+    bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context: Any) -> set:
-        self.mode = "OBJECT"
-        return super().execute(context)
+        return self._segment(context, "object")
 
 
 class CUPID_OT_clear_picks(bpy.types.Operator):
@@ -265,7 +272,7 @@ def _photo_image(context: Any) -> Any:
 
 
 class CUPID_OT_pick_objects(bpy.types.Operator):
-    """Pick the objects to reconstruct on the photo in the Image Editor: click an object, or drag a box around \\
+    """Pick the objects to reconstruct on the photo in the Image Editor: click an object, or drag a box around \
 it; Backspace takes the last pick back; Enter or Esc ends and shows their masks"""
 
     bl_idname = "cupid.pick_objects"
