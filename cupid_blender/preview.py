@@ -18,6 +18,19 @@ from .results import remove_result
 from .scene_builder import Created, SceneState, add_result_camera, new_result_collection, point_cloud
 
 PREVIEW_PROP = "cupid_preview"   # on the collection while it holds only the preview
+VOXEL_COLOUR = (0.08, 0.45, 0.95, 1.0)
+
+
+def _voxel_material(name: str, created: Created) -> Any:
+    """One flat colour, in the viewport's Solid mode and in renders alike."""
+    mat = created.add("materials", bpy.data.materials.new(name))
+    mat.diffuse_color = VOXEL_COLOUR
+    mat.use_nodes = True
+    bsdf = next((n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if bsdf is not None:
+        bsdf.inputs["Base Color"].default_value = VOXEL_COLOUR
+        bsdf.inputs["Roughness"].default_value = 0.9
+    return mat
 
 
 @dataclass
@@ -51,9 +64,10 @@ def build_preview(preview: PreviewData, photo: Path, scene: Any, base: str, sfx:
         add_result_camera(scene, coll, base, sfx, preview.K, preview.R, preview.t, preview.width, preview.height,
                           photo, created)
         radius = np.full(len(preview.voxels), 0.5 / preview.res, np.float32)
-        rgba = np.tile(np.array([[0.9, 0.55, 0.1, 1.0]], np.float32), (len(preview.voxels), 1))
-        point_cloud(f"{base} voxels{sfx}", preview.centres(), [("radius", "FLOAT", "value", radius)], rgba, coll,
-                    created)
+        rgba = np.tile(np.array([VOXEL_COLOUR], np.float32), (len(preview.voxels), 1))
+        voxels = point_cloud(f"{base} voxels{sfx}", preview.centres(), [("radius", "FLOAT", "value", radius)], rgba,
+                             coll, created)
+        voxels.data.materials.append(_voxel_material(f"{base} voxels{sfx}", created))
         return PreviewBuild(coll.name, state)
     except BaseException as exc:
         created.remove_all()

@@ -74,7 +74,7 @@ def remove_parts(objects: Iterable[Any]) -> None:
     for obj in list(objects):
         if obj.data is not None:
             data.append(obj.data)
-        if obj.type == "MESH":
+        if obj.type in ("MESH", "POINTCLOUD"):
             for mat in obj.data.materials:
                 if mat is not None:
                     materials.append(mat)

@@ -373,7 +373,8 @@ def test_10_every_control_has_a_tooltip_and_a_readme_line(run):
     controls = ["Photo", "Photo file", "Mask", "Mask file", "Mode", "Seed", "Steps", "Reconstruct", "Cancel",
                 "Set Active CUPID Camera", "Start Backend", "Stop Backend", "Backend Python", "URL", "Token",
                 "Device", "Model", "Weights cache", "Keep results beside the .blend file", "Results folder",
-                "Import CUPID Result (scene.json)"]
+                "Import CUPID Result (scene.json)", "Pick Objects", "Clear Picks", "Show Cut-out",
+                "Refine with This Camera"]
     missing = [c for c in controls if f"**{c}**" not in artist]
     assert not missing, f"README's artist section does not explain {missing}"
     assert set(r["panel_props"]) == {"image", "filepath", "mask", "mask_path", "mode", "seed", "steps"}

@@ -282,7 +282,7 @@ def main(cfg: dict) -> dict:
                             if p.identifier not in ("rna_type", "bl_idname")}
     out["op_tooltips"] = {op: getattr(bpy.ops.cupid, op).get_rna_type().description for op in (
         "reconstruct", "reconstruct_batch", "cancel", "start_backend", "stop_backend", "set_active_camera",
-        "import_bundle")}
+        "import_bundle", "refine", "pick_objects", "clear_picks", "segment", "show_cutout")}
     out["panel_props"] = sorted({e[1][1] for e in out["panel_idle"] if e[0] in ("prop", "template_ID",
                                                                                 "template_ID_preview")})
 
