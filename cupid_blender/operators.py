@@ -310,16 +310,17 @@ class Run:
             raise
 
     def _remember_job(self, res: Any) -> None:
-        """The backend job a later refine starts from, and the photo size it saw (a refine keeps its
-        original job: that one holds stage 1)."""
+        """The backend job a later refine starts from (a refine's own job keeps its stage 1 too, with
+        the artist's camera), and the photo size that job saw (a refine's is its source's)."""
         r = self.job.request
-        if r.refine is not None or self.job.job_id is None:
+        if self.job.job_id is None:
             return
-        up = r.upload
-        size = [up.upload_width, up.upload_height] if up is not None and up.upload_width else \
-            list(res.camera[scene_builder.RESOLUTION_PROP])
         res.collection[JOB_PROP] = self.job.job_id
-        res.collection[JOB_SIZE_PROP] = [int(v) for v in size]
+        if r.refine is None:
+            up = r.upload
+            size = [up.upload_width, up.upload_height] if up is not None and up.upload_width else \
+                list(res.camera[scene_builder.RESOLUTION_PROP])
+            res.collection[JOB_SIZE_PROP] = [int(v) for v in size]
 
 
 def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: str) -> Optional[Run]:

@@ -123,6 +123,8 @@ def test_refine_gives_exactly_the_moved_camera_in_the_same_collection(run):
     assert np.abs(np.array(case["moved"]["K"]) - np.array(out["opaque"]["camera"]["K"])).max() > 1.0  # it moved
     assert case["camera"]["folder"] != out["opaque"]["camera"]["folder"]    # a result of its own, kept beside
     assert case["result"]["name"] == "CUPID coffee"
+    props = case["result"]["props"]
+    assert props["cupid_job"] not in (case["job"]["from_job"], "") and props["cupid_job_size"] == [480, 360]
     assert [o["name"] for o in case["result"]["objects"]] == [o["name"] for o in out["opaque"]["result"]["objects"]]
     assert case["before"] == case["after"]                                  # the same names: replaced, none left over
 

@@ -246,8 +246,8 @@ class ReconstructJob:
                 return Outcome("failed", message=f"CUPID backend error ({err['code']}): {detail}")
             return Outcome("failed", message=f"CUPID reconstruction failed: {st.get('message') or 'unknown error'}")
         self._publish("done", "downloading result", 1.0)
-        # a reconstruction's result stays on the service (until it expires there): a refine starts from it
-        bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle", free=r.refine is not None))
+        # the result stays on the service (until it expires there): its stage 1 is what a refine starts from
+        bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle", free=False))
         restore = r.restore
         if restore is not None:
             restore_original_photo(bundle, restore.width, restore.height, restore.photo, restore.name)
