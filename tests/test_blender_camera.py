@@ -207,13 +207,7 @@ def read_run(tmp_path_factory) -> dict:
         K[1, 2] -= 0.6 * off * H
         cases.append({"name": name, "K": K.tolist(), "R": R.tolist(), "t": t.tolist(), "width": W, "height": H})
     cfg = {"zip": str(zip_path), "result": str(tmp / "result.json"), "cases": cases}
-    proc, log = launch.start(READ_DRIVER, cfg, tmp)
-    try:
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return {"out": launch.result(cfg, proc, log), "cases": {c["name"]: c for c in cases}}
+    return {"out": launch.run(READ_DRIVER, cfg, tmp, timeout=600), "cases": {c["name"]: c for c in cases}}
 
 
 @pytest.mark.blender

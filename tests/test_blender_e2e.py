@@ -141,13 +141,8 @@ def run(inputs, remote) -> dict:
            "cli_bundle": str(inputs["cli"]), "remote_url": remote["urls"][1], "remote_token": remote["tokens"][1],
            "fake_hub": str(inputs["hub"]), "full_model": str(inputs["full"]), "results_dir": str(tmp / "elsewhere")}
     (tmp / "project").mkdir()
-    proc, log = launch.start(DRIVER, cfg, tmp, HF_HUB_CACHE=str(tmp / "empty_hub"), HF_HOME=str(tmp / "empty_hf"))
-    try:
-        proc.wait(timeout=1200)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return {"result": launch.result(cfg, proc, log), "cfg": cfg, "tmp": tmp}
+    out = launch.run(DRIVER, cfg, tmp, HF_HUB_CACHE=str(tmp / "empty_hub"), HF_HOME=str(tmp / "empty_hf"))
+    return {"result": out, "cfg": cfg, "tmp": tmp}
 
 
 def _unchanged(case: dict) -> None:

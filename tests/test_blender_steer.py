@@ -8,7 +8,7 @@ import io
 import json
 import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from cupid_blender.io.picks import (Pick, PickProblem, colour_labels, cutout, la
 from cupid_blender.io.preview import read_preview
 from cupid_blender.io.segment import segment_request
 from cupid_blender.io.upload import Picture, Upload
+from helpers.net import QuietHandler
 
 TOKEN = "tok"
 PREVIEW = {"camera": {"K": [[200.0, 0, 64], [0, 200, 48], [0, 0, 1]], "R": np.eye(3).tolist(), "t": [0, 0, 2.5]},
@@ -89,21 +90,11 @@ def test_the_fit_score_is_read_per_object(tmp_path):
 
 # ------------------------------------------------------------------ the job against a service stand-in
 
-class Service(BaseHTTPRequestHandler):
+class Service(QuietHandler):
     """Plays `cupid serve` for one job: running, then stage 1 done (preview), then done."""
 
     script: dict = {}
     log: list = []
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         Service.log.append(("GET", self.path))

@@ -45,13 +45,8 @@ def run(tmp_path_factory) -> dict:
     cfg = {"zip": str(zip_path), "python": sys.executable, "jpeg": str(tmp / "coffee.jpg"), "scene_photo": str(SCENE),
            "results_dir": str(tmp / "results"), "result": str(tmp / "result.json"), "steps": 0, "long_steps": 400,
            "picks": PICKS}
-    proc, log = launch.start(DRIVER, cfg, tmp, HF_HUB_CACHE=str(tmp / "empty_hub"), HF_HOME=str(tmp / "empty_hf"))
-    try:
-        proc.wait(timeout=1200)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return {"out": launch.result(cfg, proc, log), "cfg": cfg, "tmp": tmp}
+    out = launch.run(DRIVER, cfg, tmp, HF_HUB_CACHE=str(tmp / "empty_hub"), HF_HOME=str(tmp / "empty_hf"))
+    return {"out": out, "cfg": cfg, "tmp": tmp}
 
 
 def _labels(log: list) -> list:

@@ -11,14 +11,14 @@ import stat
 import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from cupid_blender.client import (BACKEND_RESTARTED, WRONG_TOKEN, BackendError, BackendUnavailable, CupidClient,
                                   safe_extract)
-from helpers.net import free_port
+from helpers.net import QuietHandler, free_port
 
 TOKEN = "s3cret-token"
 
@@ -50,7 +50,7 @@ PREVIEW = {"camera": {"K": [[100, 0, 50], [0, 100, 40], [0, 0, 1]], "R": [[1, 0,
 LABEL_PNG = b"\x89PNG\r\n\x1a\n label bytes"
 
 
-class Stub(BaseHTTPRequestHandler):
+class Stub(QuietHandler):
     """Answers like the service would, or breaks in the ways a crashed service breaks."""
 
     received: list[dict] = []
@@ -58,16 +58,6 @@ class Stub(BaseHTTPRequestHandler):
     token = TOKEN
     instance = "run-1"
     extra_zips: dict[str, bytes] = {}
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _authorised(self) -> bool:
         if self.headers.get("Content-Length"):  # read the upload before answering, as the service does

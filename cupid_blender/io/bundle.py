@@ -52,13 +52,15 @@ class BundleData:
     objects: List[ObjectData]
 
 
-def _matrix(value: Any, shape: tuple, what: str) -> np.ndarray:
+def finite_array(value: Any, shape: tuple, what: str, where: str = "scene.json",
+                 error: type = SceneBuildError) -> np.ndarray:
+    """`value` as a float64 array of `shape` with finite entries, else `error` saying so."""
     try:
         a = np.asarray(value, dtype=np.float64).reshape(shape)
     except (TypeError, ValueError) as exc:
-        raise SceneBuildError(f"scene.json: {what} must be a {shape} array of numbers") from exc
+        raise error(f"{where}: {what} must be a {shape} array of numbers") from exc
     if not np.all(np.isfinite(a)):
-        raise SceneBuildError(f"scene.json: {what} contains NaN or infinite values")
+        raise error(f"{where}: {what} contains NaN or infinite values")
     return a
 
 
@@ -130,9 +132,9 @@ def read_bundle(directory: str | os.PathLike) -> BundleData:
         photo = _file(root, image["file"], "photo")
         if camera.get("convention", "opencv") != "opencv":
             raise SceneBuildError(f"unsupported camera convention {camera.get('convention')!r}")
-        K = _matrix(camera["K"], (3, 3), "camera K")
-        R = _matrix(camera["R"], (3, 3), "camera R")
-        t = _matrix(camera["t"], (3,), "camera t")
+        K = finite_array(camera["K"], (3, 3), "camera K")
+        R = finite_array(camera["R"], (3, 3), "camera R")
+        t = finite_array(camera["t"], (3,), "camera t")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, SceneBuildError):
             raise
@@ -148,7 +150,7 @@ def read_bundle(directory: str | os.PathLike) -> BundleData:
             mesh = _read_mesh(_file(root, obj["mesh"], f"object {name!r} mesh"), name)
             tex = _file(root, obj["texture"], f"object {name!r} texture") if obj.get("texture") else None
             gs = _file(root, obj["gaussians"], f"object {name!r} gaussians") if obj.get("gaussians") else None
-            mw = _matrix(obj["matrix_world"], (4, 4), f"object {name!r} matrix_world")
+            mw = finite_array(obj["matrix_world"], (4, 4), f"object {name!r} matrix_world")
             fit = _fit_iou(obj.get("fit"))
         except (KeyError, TypeError, AttributeError) as exc:
             raise SceneBuildError(f"scene.json: object #{k} is incomplete ({exc!r})") from exc

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .bundle import finite_array
 from .camera import scale_camera_K
 
 
@@ -40,13 +41,7 @@ class PreviewData:
 
 
 def _array(value: Any, shape: tuple, what: str) -> np.ndarray:
-    try:
-        a = np.asarray(value, dtype=np.float64).reshape(shape)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"the preview's {what} is not a {shape} array of numbers") from exc
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"the preview's {what} holds NaN or infinite values")
-    return a
+    return finite_array(value, shape, what, where="the preview", error=ValueError)
 
 
 def read_preview(data: Any) -> PreviewData:
@@ -57,7 +52,7 @@ def read_preview(data: Any) -> PreviewData:
         width, height, res = int(data["width"]), int(data["height"]), int(data["res"])
         raw = data["voxels"]
     except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ValueError) and str(exc).startswith("the preview"):
+        if isinstance(exc, ValueError) and str(exc).startswith("the preview:"):
             raise
         raise ValueError(f"the preview lacks a camera, size, res or voxels ({exc!r})") from exc
     if width < 1 or height < 1 or res < 1:

@@ -51,3 +51,14 @@ def result(cfg: dict, proc: subprocess.Popen, log: Path) -> dict:
     out = json.loads(Path(cfg["result"]).read_text())
     assert "crash" not in out, out.get("crash", "") + "\n" + tail
     return out
+
+
+def run(driver: Path, cfg: dict, tmp: Path, timeout: float = 1200, **env_extra: str) -> dict:
+    """Start a driver, wait for it (killed past `timeout`) and return its result."""
+    proc, log = start(driver, cfg, tmp, **env_extra)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return result(cfg, proc, log)

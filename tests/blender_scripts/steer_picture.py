@@ -123,9 +123,7 @@ def main() -> None:
         cfg = {"zip": str(zip_path), "python": sys.executable, "results_dir": str(tmp / "results"),
                "out_dir": str(tmp / "renders"), "result": str(tmp / "result.json"), "steps": 0}
         (tmp / "renders").mkdir()
-        proc, log = launch.start(Path(__file__).resolve(), cfg, tmp)
-        proc.wait(timeout=900)
-        print(json.dumps(launch.result(cfg, proc, log)))
+        print(json.dumps(launch.run(Path(__file__).resolve(), cfg, tmp, timeout=900)))
         compose(tmp / "renders", target)
     print(f"wrote {target} ({target.stat().st_size // 1024} KB)")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+from http.server import BaseHTTPRequestHandler
 
 
 def free_port() -> int:
@@ -9,3 +10,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler for stand-in servers: no request log on stderr, one way to answer."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
