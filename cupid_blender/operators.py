@@ -310,10 +310,10 @@ class Run:
             raise
 
     def _remember_job(self, res: Any) -> None:
-        """The backend job a later refine starts from (a refine's own job keeps its stage 1 too, with
-        the artist's camera), and the photo size that job saw (a refine's is its source's)."""
+        """The backend job a later refine starts from (object mode; a refine's own job keeps its stage 1
+        too, with the artist's camera), and the photo size that job saw (a refine's is its source's)."""
         r = self.job.request
-        if self.job.job_id is None:
+        if self.job.job_id is None or r.mode != "object":   # scenes keep no stage 1 to refine from
             return
         res.collection[JOB_PROP] = self.job.job_id
         if r.refine is None:

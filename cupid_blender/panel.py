@@ -121,9 +121,9 @@ def _draw_result(layout: Any, context: Any, running: bool) -> None:
         row = box.row()
         row.enabled = JOB_PROP in coll
         op = row.operator("cupid.refine", icon="FILE_REFRESH")
-        op.collection = coll.name
+        op.collection, op.steps = coll.name, context.scene.cupid.steps
         if JOB_PROP not in coll:
-            box.label(text="Imported: run the reconstruction again to refine it", icon="INFO")
+            box.label(text="Refine: object-mode results reconstructed here", icon="INFO")
 
 
 classes = (CUPID_PT_reconstruct,)

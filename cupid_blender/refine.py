@@ -28,12 +28,14 @@ def prepare_refine(context: Any, collection: str, steps: int) -> tuple[JobReques
     """(request, result name, collection) of a refine of a result from its CUPID camera as the
     artist left it. Raises UserError with the one-line report."""
     coll = bpy.data.collections.get(collection) if collection else result_collection(context.active_object)
+    if coll is None and collection:
+        raise UserError(f"CUPID: no collection named {collection!r} in this file")
     if coll is None:
         raise UserError("CUPID: select an object (or the camera) of a CUPID result to refine it")
     job = coll.get(JOB_PROP)
     if not job:
-        raise UserError(f"CUPID: {coll.name!r} has no backend job to refine from (it was imported, or made before "
-                        f"refining existed): run the reconstruction again")
+        raise UserError(f"CUPID: {coll.name!r} has no backend job to refine from (a scene, an imported result, or "
+                        f"one made before refining existed): reconstruct it in object mode")
     cam = result_camera(coll)
     if cam is None:
         raise UserError(f"CUPID: {coll.name!r} has no CUPID camera left to refine with: run the reconstruction again")

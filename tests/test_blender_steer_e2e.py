@@ -182,4 +182,5 @@ def test_a_scene_from_picks(run):
     assert len(colours) == 3                                               # the picked masks went up as labels
     meshes = [o for o in case["result"]["objects"] if o["type"] == "MESH"]
     assert len(meshes) == 3
+    assert "cupid_job" not in case["result"]["props"]                    # a scene keeps no stage 1 to refine
     assert out["clear"]["ret"] == ["FINISHED"] and out["picks_after_clear"] == 0
