@@ -53,7 +53,8 @@ def prepare_refine(context: Any, collection: str, steps: int) -> tuple[JobReques
             photo, photo_w, photo_h = bundle_photo(folder)
             restore = Restore(photo_w, photo_h, photo.read_bytes(), photo.name)
         except (SceneBuildError, OSError) as exc:
-            raise UserError(f"CUPID: the photo of {coll.name!r} is gone ({exc}): run the reconstruction again") from None
+            raise UserError(f"CUPID: the photo of {coll.name!r} is gone ({exc}): run the reconstruction "
+                            f"again") from None
     # the background photo is stretched over the camera frame: frame pixels map to the photo's by the size ratio
     camera = {"K": scale_camera_K(K, W, H, jw, jh), "R": R, "t": t}
     prefs = get_prefs(context)

@@ -47,9 +47,10 @@ def datablock_names() -> dict:
 
 
 def bundle_camera(coll) -> dict:
-    scene = json.loads((Path(bpy.path.abspath(coll["cupid_bundle"])) / "scene.json").read_text())
+    folder = Path(bpy.path.abspath(coll["cupid_bundle"]))
+    scene = json.loads((folder / "scene.json").read_text())
     return {"K": scene["camera"]["K"], "R": scene["camera"]["R"], "t": scene["camera"]["t"], "image": scene["image"],
-            "fits": [o.get("fit") for o in scene["objects"]], "folder": Path(bpy.path.abspath(coll["cupid_bundle"])).name}
+            "fits": [o.get("fit") for o in scene["objects"]], "folder": folder.name}
 
 
 def as_lists(K, R, t) -> dict:
