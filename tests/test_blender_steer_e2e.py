@@ -137,6 +137,13 @@ def test_a_job_cancelled_after_its_preview_leaves_nothing(run):
     assert case["before"] == case["after"] and case["names_kept"], case["diff"]
 
 
+def test_a_result_that_cannot_be_built_takes_its_preview_away(run):
+    case = run["out"]["unbuildable"]
+    assert case["preview_seen"] and case["ret"] == ["ERROR"] and "injected" in case["message"], case
+    assert case["before"] == case["after"] and case["names_kept"], case["diff"]
+    assert not [f for f in case["kept_folders"] if f.startswith(".incoming")]   # no download left behind
+
+
 # ------------------------------------------------------------------ picking
 
 def test_show_cutout_shows_the_removed_background(run):

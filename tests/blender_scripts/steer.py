@@ -8,7 +8,8 @@ CONFIG_JSON: {"zip", "python", "jpeg", "scene_photo", "results_dir", "result", "
 Cases in order: an opaque JPEG loaded as an image datablock reconstructed in object mode (its stage-1
 preview recorded the moment it appears, then replaced by the result), the fit score in the panel, a
 refine from the camera as the artist moved and re-lensed it, a refine of a job the backend no longer
-has, a job cancelled right after its preview appeared, Show Cut-out, an empty pick list, picks on
+has, a job cancelled right after its preview appeared, a result that cannot be built after its preview
+(the failure injected), Show Cut-out, an empty pick list, picks on
 examples/scene.png turned into masks, and a scene reconstructed with them.
 """
 from __future__ import annotations
@@ -137,6 +138,25 @@ def main(cfg: dict) -> dict:
     out["cancelled"] = {**res, "before": before, "after": snapshot(), "names_kept": names == datablock_names(),
                         "diff": {k: sorted(set(datablock_names()[k]) ^ set(names[k])) for k in names},
                         "preview_seen": len(out["previews"]) > previews}
+
+    # 4b. a result that cannot be built after its preview was shown (an unreadable bundle, say): nothing stays
+    scene_builder = operators.scene_builder
+    build = scene_builder.build_from_bundle
+
+    def unbuildable(*args, **kwargs):
+        raise scene_builder.SceneBuildError("the bundle is unreadable (injected by the test)")
+
+    before, names = snapshot(), datablock_names()
+    previews = len(out["previews"])
+    scene_builder.build_from_bundle = unbuildable
+    try:
+        res = call("reconstruct", image=jpeg.name, mode="OBJECT", steps=cfg["steps"])
+    finally:
+        scene_builder.build_from_bundle = build
+    out["unbuildable"] = {**res, "before": before, "after": snapshot(), "names_kept": names == datablock_names(),
+                          "diff": {k: sorted(set(datablock_names()[k]) ^ set(names[k])) for k in names},
+                          "preview_seen": len(out["previews"]) > previews,
+                          "kept_folders": sorted(p.name for p in Path(cfg["results_dir"]).iterdir())}
 
     # 5. Show Cut-out: object mode's removed background, before any reconstruction
     settings.image, settings.mode = jpeg, "OBJECT"
