@@ -270,6 +270,11 @@ def test_framework_errors_use_the_error_envelope(server):
     status, body = raw(server, "POST", "/v1/jobs",
                        {**good, "Content-Type": f"multipart/form-data; boundary={boundary}"}, form)
     assert status == 422 and body["error"]["code"] == "bad_input"
+    assert "form field 'seed'" in body["error"]["message"]
+    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="seed"\r\n\r\n3\r\n--{boundary}--\r\n').encode()
+    status, body = raw(server, "POST", "/v1/jobs",
+                       {**good, "Content-Type": f"multipart/form-data; boundary={boundary}"}, form)
+    assert status == 422 and body["error"]["code"] == "bad_input"
     assert "'image' is required" in body["error"]["message"]
     with pytest.raises(BackendError) as err:
         server.client.submit(PHOTO, "monkey.png", mode="panorama")
@@ -452,7 +457,7 @@ class SteppedPipeline:
     export_settings = {"texture": False, "glb": False, "gaussians": False, "overlay": False, "target_faces": None}
 
     def reconstruct(self, image, *, mask=None, mode="object", seed=0, steps=None, progress=None,
-                    should_cancel=None, pnp=None):
+                    should_cancel=None, pnp=None, prompts=None, on_stage_one=None):
         from cupid.errors import Cancelled
         self.pnp.append(pnp)
         from cupid.preprocess import load_photo

@@ -22,3 +22,12 @@ def reconstruct_bundle(pipe: Any, image: Any, out_dir: str | os.PathLike, *, pro
     reconstruction = pipe.reconstruct(image, progress=job, **options)
     export = ExportOptions.from_settings(getattr(pipe, "export_settings", None))
     return write_bundle(reconstruction, out_dir, export, progress=job.remainder())
+
+
+def refine_bundle(pipe: Any, first: Any, camera: Any, out_dir: str | os.PathLike, *, steps: int | None = None,
+                  progress: ProgressCallback | None = None, should_cancel: CancelCheck | None = None) -> Path:
+    """`pipe.refine(first, camera)` (stage 2 from a kept stage 1, with a given camera) written to `out_dir`."""
+    job = Progress(progress, should_cancel)
+    reconstruction = pipe.refine(first, camera, steps=steps, progress=job)
+    export = ExportOptions.from_settings(getattr(pipe, "export_settings", None))
+    return write_bundle(reconstruction, out_dir, export, progress=job.remainder())

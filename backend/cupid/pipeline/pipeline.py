@@ -169,6 +169,17 @@ class CupidPipeline:
                                                 device=self.device)
         return self._segmentation_model
 
+    @property
+    def remover(self) -> BackgroundRemover:
+        """Object mode's background remover for photos with neither a mask nor alpha: pipeline.json's
+        "background_model", else the official u2net; its network loads only when a photo needs it."""
+        return BackgroundRemover.for_model(self.source, self.settings.get("background_model"))
+
+    def object_mask(self, image: Any, mask: Any = None) -> np.ndarray:
+        """float [H, W]: the object object mode would reconstruct: the mask, else the photo's alpha, else
+        what the remover cuts out. Shown to the artist before a reconstruction runs."""
+        return preprocess(image, mask, remover=self.remover).alpha
+
     def segment(self, image: Any, prompts: Prompts | None = None) -> ObjectMasks:
         """The objects of a photo as masks: one per prompt (points, then boxes, in photo pixels), or the
         automatic ones. What scene mode would reconstruct, shown before it runs."""
@@ -333,10 +344,7 @@ class CupidPipeline:
             raise InputError("object picks (points, boxes) are for scene mode")
         if mode == "scene":
             return self._reconstruct_scene(image, mask, prompts, seed=seed, steps=steps, job=job, pnp=pnp)
-        # no mask and no alpha: cut the object out with the model's remover (pipeline.json's
-        # "background_model", else the official u2net), loaded only when a photo needs it
-        remover = BackgroundRemover.for_model(self.source, self.settings.get("background_model"))
-        processed = preprocess(image, mask, remover=remover)
+        processed = preprocess(image, mask, remover=self.remover)
         obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job, camera=camera,
                                       on_stage_one=on_stage_one, pnp=pnp)
         job.report("export", 0.0)

@@ -19,16 +19,18 @@ from typing import Annotated, Any, BinaryIO, Iterator
 
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import CupidError
+from ..errors import CupidError, InputError
+from ..preprocess import load_photo
+from ..scene.masks import ObjectMasks, check_prompts, label_png, parse_prompts
 from .errors import DiskFull, NotFound, is_disk_full
 from .guard import Guard
 from .inputs import decode_inputs
 from .jobs import Job, JobQueue, PipelineFactory
-from .schemas import SEED_LIMIT, Health, JobStatus, Limits, Mode, PnpMethod, error_responses
+from .schemas import SEED_LIMIT, Health, JobStatus, Limits, Mode, PnpMethod, Preview, error_responses
 from .settings import ServerSettings
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
@@ -48,6 +50,17 @@ def _validation_message(exc: RequestValidationError) -> str:
         else:
             parts.append(f"form field '{field}': {e.get('msg', 'invalid value')}")
     return "; ".join(parts) or "the request is malformed"
+
+
+def _camera_field(text: str) -> dict:
+    """The refine form's camera: JSON with K (3x3), R (3x3), t (3), in the photo's pixels."""
+    try:
+        cam = json.loads(text) if text.strip() else None
+    except ValueError as exc:
+        raise InputError(f"form field 'camera' is not JSON: {exc}") from None
+    if not isinstance(cam, dict) or not {"K", "R", "t"} <= set(cam):
+        raise InputError('form field \'camera\' must be JSON {"K": 3x3, "R": 3x3, "t": 3} in the photo\'s pixels')
+    return {k: cam[k] for k in ("K", "R", "t")}
 
 
 def _chunks(fh: BinaryIO) -> Iterator[bytes]:
@@ -115,27 +128,82 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
                                     max_upload_bytes=settings.max_upload_bytes, result_ttl_s=settings.result_ttl))
 
     @api.post("/v1/jobs", status_code=202, response_model=JobStatus,
-              responses=error_responses(413, 422, 503, 507))
-    async def submit(image: Annotated[UploadFile, File(description="the photo (PNG, JPEG, ...)")],
+              responses=error_responses(404, 413, 422, 503, 507))
+    async def submit(image: Annotated[UploadFile | None, File(description="the photo (PNG, JPEG, ...); "
+                                                                          "not with from_job")] = None,
                      mask: Annotated[UploadFile | None, File(description="object mode: the object's mask; "
                                                                          "scene mode: a label image")] = None,
                      mode: Annotated[Mode, Form()] = "object",
                      seed: Annotated[int, Form(ge=0, lt=SEED_LIMIT)] = 0,
                      steps: Annotated[int, Form(ge=0, le=500, description="0: the model's default")] = 0,
                      pnp: Annotated[PnpMethod, Form(description="camera solver; empty: the model's default")] = "",
+                     prompts: Annotated[str, Form(description='scene mode without a mask: JSON {"points": [[x, y]'
+                                                              ', ...], "boxes": [[x0, y0, x1, y1], ...]}, one '
+                                                              'object per pick (photo pixels)')] = "",
+                     from_job: Annotated[str, Form(description="refine: the job whose stage 1 (photo, structure) "
+                                                               "to reuse")] = "",
+                     camera: Annotated[str, Form(description='refine: JSON {"K", "R", "t"}, OpenCV, in the '
+                                                             "photo's pixels")] = "",
                      ) -> JobStatus:
-        """Queue a reconstruction of `image` (with an optional `mask`). The upload is decoded and
-        checked here (422 with the reason), and refused with 503 busy when the queue is full."""
+        """Queue a reconstruction of `image` (with an optional `mask`, or scene `prompts`), or with
+        `from_job` + `camera` a refine: stage 2 of that job again, seen by the given camera. The upload
+        is decoded and checked here (422 with the reason), and refused with 503 busy when the queue is full."""
+        if from_job:
+            if image is not None or mask is not None:
+                raise InputError("a refine (from_job) reuses that job's photo: send no image or mask")
+            cam = _camera_field(camera)
+            return JobStatus(**jobs.submit_refine(from_job, cam, steps).public())
+        if image is None:
+            raise InputError("form field 'image' is required")
+        picks = parse_prompts(prompts) if prompts.strip() else None
+        if picks is not None and (mode != "scene" or mask is not None):
+            raise InputError("prompts pick objects in scene mode, without a mask")
         jobs.check_room()  # before decoding: a full queue costs no work
         data = await image.read()
         mask_data = await mask.read() if mask is not None else None
 
         def take_in() -> Job:
-            return jobs.submit(decode_inputs(data, mask_data, mode), mode, seed, steps, pnp=pnp or None)
+            inputs = decode_inputs(data, mask_data, mode)
+            if picks is not None:
+                check_prompts(*picks, (inputs.photo.shape[1], inputs.photo.shape[0]))
+            return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks)
 
         # off the event loop (a large photo must not stall other requests), one upload at a time
         job = await asyncio.get_running_loop().run_in_executor(intake, take_in)
         return JobStatus(**job.public())
+
+    @api.get("/v1/jobs/{job_id}/preview", response_model=Preview, responses=error_responses(404))
+    def preview(job_id: str) -> Preview:
+        """Stage 1's answer before stage 2 runs: the solved camera and the occupied voxels (object mode)."""
+        return Preview(**jobs.preview(job_id))
+
+    @api.post("/v1/segment", response_class=Response,
+              responses={200: {"content": {"image/png": {}}, "description": "label PNG: 0 background, k object k"},
+                         **error_responses(413, 422)})
+    async def segment(image: Annotated[UploadFile, File(description="the photo")],
+                      prompts: Annotated[str, Form(description='JSON {"points": [[x, y], ...], "boxes": '
+                                                               '[[x0, y0, x1, y1], ...]}; empty: automatic')] = "",
+                      mode: Annotated[Mode, Form(description="scene: segment-anything; object: what object mode "
+                                                             "cuts out (the photo's alpha or the background "
+                                                             "remover)")] = "scene") -> Response:
+        """The objects a reconstruction would use, as a label image, before any reconstruction runs."""
+        picks = parse_prompts(prompts) if prompts.strip() else None
+        if picks is not None and mode != "scene":
+            raise InputError("prompts pick objects in scene mode")
+        data = await image.read()
+
+        def run() -> bytes:
+            photo = load_photo(data)
+            if picks is not None:
+                check_prompts(*picks, (photo.shape[1], photo.shape[0]))   # before the model loads
+            pipe = jobs.pipeline()
+            if mode == "object":
+                alpha = pipe.object_mask(photo)
+                return label_png(ObjectMasks(alpha[None], ["object"]))
+            return label_png(pipe.segment(photo, picks))
+
+        body = await asyncio.get_running_loop().run_in_executor(None, run)
+        return Response(body, media_type="image/png")
 
     @api.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=error_responses(404))
     def status(job_id: str) -> JobStatus:

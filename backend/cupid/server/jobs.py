@@ -22,12 +22,12 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from ..errors import Cancelled, CupidError
-from ..run import reconstruct_bundle
+from ..run import reconstruct_bundle, refine_bundle
 from . import inputs as job_inputs
 from .errors import Busy, DiskFull, Expired, NotFound, NotReady, TooLarge, is_disk_full
 from .inputs import JobInputs
@@ -48,6 +48,11 @@ class Job:
     steps: int
     number: int
     pnp: str | None = None         # camera solver; None: the model's default
+    prompts: Any = None            # scene mode: (points, boxes) picking the objects
+    refine_from: Any = None        # a refine: the source job's kept stage 1 (cupid.pipeline.StageOne)
+    camera: Any = None             # a refine: the camera to use (cupid.geometry.CameraPose)
+    stage_one: Any = None          # object mode: stage 1's result, kept while the result is (for refines)
+    preview: dict | None = None    # stage 1's camera and voxels, once known
     inputs_dir: Path | None = None
     input_bytes: int = 0
     state: str = "queued"          # queued | running | done | failed | cancelled
@@ -66,7 +71,7 @@ class Job:
     def public(self) -> dict:
         return {"id": self.id, "state": self.state, "stage": self.stage, "progress": round(self.progress, 4),
                 "message": self.message, "mode": self.mode, "seed": self.seed, "number": self.number,
-                "error": self.error}
+                "error": self.error, "preview": self.preview is not None}
 
 
 class JobQueue:
@@ -78,6 +83,7 @@ class JobQueue:
         self._factory = factory
         self._pipeline: Any = None
         self._load_error: CupidError | None = None
+        self._load_lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._queue: "queue.Queue[Job | None]" = queue.Queue()
         self._lock = threading.RLock()
@@ -141,13 +147,14 @@ class JobQueue:
                            f"(its limit is {self.max_queued_bytes / MB:.0f} MB); try again in "
                            f"{self.retry_after()} s", self.retry_after())
 
-    def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int, pnp: str | None = None) -> Job:
+    def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int, pnp: str | None = None,
+               prompts: Any = None) -> Job:
         """Admit a job (or raise Busy / TooLarge), spool its inputs to disk (or raise DiskFull), queue it."""
         nbytes = inputs.nbytes
         with self._lock:
             self.check_room(nbytes)
             job = Job(id=secrets.token_hex(8), mode=mode, seed=seed, steps=steps, number=next(self._counter),
-                      pnp=pnp, input_bytes=nbytes)
+                      pnp=pnp, prompts=prompts, input_bytes=nbytes)
             job.inputs_dir = self._dir.path / "inputs" / job.id
             self._jobs[job.id] = job
             self._queued_bytes += nbytes
@@ -160,6 +167,41 @@ class JobQueue:
             raise
         self._queue.put(job)
         return job
+
+    def submit_refine(self, from_job: str, camera: dict, steps: int) -> Job:
+        """Queue a refine: stage 2, decoding and export of job `from_job`'s kept stage 1 with `camera`
+        (K, R, t in the photo's pixels), checked here against that stage 1 (InputError: 422)."""
+        from ..geometry import CameraPose
+
+        with self._lock:
+            self.check_room()
+            source = self._jobs.get(from_job)
+            first = None if source is None else source.stage_one
+            if first is None:
+                raise NotFound(f"job {from_job} is unknown, expired or has no stage 1 to refine from (a scene, or "
+                               f"not finished): run the reconstruction again")
+            width, height = first.processed.size
+            cam = CameraPose.from_dict({**camera, "width": width, "height": height})
+            self._pipeline.check_camera(cam, first.structure, first.processed)
+            job = Job(id=secrets.token_hex(8), mode="object", seed=source.seed, steps=steps,
+                      number=next(self._counter), refine_from=first, camera=cam)
+            self._jobs[job.id] = job
+        self._queue.put(job)
+        return job
+
+    def preview(self, job_id: str) -> dict:
+        """Stage 1's camera and voxels of a job (NotFound before stage 1 ends, or for a scene)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id} (finished results are kept for a limited time)")
+            if job.preview is None:
+                raise NotFound(f"job {job_id} has no preview yet: stage 1 has not finished (scenes have none)")
+            return job.preview
+
+    def pipeline(self) -> Any:
+        """The loaded pipeline (loading it first if needed), for requests answered at once (segmentation)."""
+        return self._pipeline_or_raise()
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -213,18 +255,19 @@ class JobQueue:
 
     # ---------------------------------------------------------------- worker side
     def _pipeline_or_raise(self) -> Any:
-        if self._pipeline is None:
-            try:
-                self._pipeline = self._factory()
-            except CupidError as exc:
-                self._load_error = exc
-                raise
-            except Exception as exc:  # a broken install must not kill the worker
-                self._load_error = CupidError(f"the model could not be loaded: {type(exc).__name__}: {exc}",
-                                              code="model_load_failed")
-                raise self._load_error from exc
-            self._load_error = None
-        return self._pipeline
+        with self._load_lock:  # the worker and a segmentation request may both ask first
+            if self._pipeline is None:
+                try:
+                    self._pipeline = self._factory()
+                except CupidError as exc:
+                    self._load_error = exc
+                    raise
+                except Exception as exc:  # a broken install must not kill the worker
+                    self._load_error = CupidError(f"the model could not be loaded: {type(exc).__name__}: {exc}",
+                                                  code="model_load_failed")
+                    raise self._load_error from exc
+                self._load_error = None
+            return self._pipeline
 
     def _finish(self, job: Job, state: str, message: str, error: dict | None = None) -> None:
         """End a job once (a later call is ignored) and free its spooled inputs."""
@@ -269,17 +312,27 @@ class JobQueue:
                 if job.state != "running":
                     return  # cancelled while the model loaded: it never starts
                 job.stage, job.message = "starting", "reading the photo"
-            data = job_inputs.load(job.inputs_dir)
 
             def progress(stage: str, fraction: float) -> None:
                 job.stage, job.progress = stage, min(max(float(fraction), 0.0), 1.0)
                 if not job.cancel.is_set():
                     job.message = stage
 
-            bundle = reconstruct_bundle(pipe, data.photo, out, mask=data.pipeline_mask(job.mode), mode=job.mode,
-                                        seed=job.seed, steps=job.steps or None, progress=progress,
-                                        should_cancel=job.cancel.is_set, pnp=job.pnp)
-            del data
+            def keep_stage_one(first: Any) -> None:
+                job.stage_one, job.preview = first, first.preview().to_dict()
+
+            if job.refine_from is not None:
+                keep_stage_one(replace(job.refine_from, camera=job.camera))  # a refine can be refined again
+                bundle = refine_bundle(pipe, job.refine_from, job.camera, out, steps=job.steps or None,
+                                       progress=progress, should_cancel=job.cancel.is_set)
+            else:
+                data = job_inputs.load(job.inputs_dir)
+                bundle = reconstruct_bundle(pipe, data.photo, out, mask=data.pipeline_mask(job.mode), mode=job.mode,
+                                            seed=job.seed, steps=job.steps or None, progress=progress,
+                                            should_cancel=job.cancel.is_set, pnp=job.pnp, prompts=job.prompts,
+                                            **({"on_stage_one": keep_stage_one} if job.mode == "object" else {}))
+                del data
+            job.refine_from = None
             if job.cancel.is_set():
                 raise Cancelled("the job was cancelled")
             job.stage, job.message = "packing", "packing the result"
@@ -298,7 +351,11 @@ class JobQueue:
             self._evict(keep=job)
 
     def _end_with(self, job: Job, exc: Exception) -> None:
-        """Cancelled, or failed with the error's code; an unexpected error's text goes only to the log."""
+        """Cancelled, or failed with the error's code; an unexpected error's text goes only to the log.
+        A cancelled job keeps its stage 1 (the artist may stop at the preview and refine from it)."""
+        job.refine_from = None
+        if not isinstance(exc, Cancelled):
+            job.stage_one = None
         if isinstance(exc, Cancelled):
             self._finish(job, "cancelled", "cancelled")
         elif isinstance(exc, CupidError):
@@ -320,6 +377,7 @@ class JobQueue:
                     pass  # Windows: still being sent; the directory goes when the server stops
                 self._result_bytes -= job.result_bytes
                 job.result_zip, job.result_bytes = None, 0
+            job.stage_one = None   # refines are possible while the result is kept
             job.gone = job.gone or why
 
     def _evict(self, keep: Job) -> None:

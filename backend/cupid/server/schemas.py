@@ -33,6 +33,23 @@ class JobStatus(BaseModel):
     seed: int
     number: int = Field(description="submission order: the worker runs jobs in this order")
     error: ErrorDetail | None = None
+    preview: bool = Field(False, description="stage 1 is done: GET /v1/jobs/{id}/preview has its camera and "
+                                             "voxels (object mode)")
+
+
+class PreviewCamera(BaseModel):
+    K: list[list[float]]
+    R: list[list[float]]
+    t: list[float]
+
+
+class Preview(BaseModel):
+    camera: PreviewCamera = Field(description="OpenCV camera in the photo's pixels: x_cam = R x + t")
+    width: int
+    height: int
+    res: int = Field(description="voxels per axis of the structure grid over [-0.5, 0.5]^3")
+    voxels: list[list[int]] = Field(description="occupied voxels [i, j, k], object frame (Z-up): centre "
+                                                "(i + 0.5) / res - 0.5")
 
 
 class Limits(BaseModel):
@@ -59,7 +76,7 @@ class Health(BaseModel):
 _WHY = {
     401: "no valid bearer token",
     403: "the Host or Origin header does not address this server",
-    404: "no such job (or route)",
+    404: "no such job (or route); for a refine: the source job is gone, run the reconstruction again",
     409: "the job is not done",
     410: "the result is gone (expired, evicted by the result cap, or deleted)",
     413: "the upload is larger than the server accepts",
