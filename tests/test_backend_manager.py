@@ -12,7 +12,6 @@ import pytest
 
 pytest.importorskip("bpy", reason="the extension package imports bpy")
 
-from cupid.tiny import make_tiny_model  # noqa: E402
 from cupid_blender.backend_manager import BackendConfig, BackendManager, BackendStartError  # noqa: E402
 from cupid_blender.client import BackendUnavailable  # noqa: E402
 
@@ -20,8 +19,8 @@ PYTHON = sys.executable  # the backend environment (the venv running the tests)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("manager") / "tiny")
+def tiny(tiny_model) -> Path:
+    return tiny_model
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from cupid.errors import CheckpointError, InputError
 from cupid.hub import WEIGHTS_DIR_ENV
 from cupid.export import load_bundle
 from cupid.preprocess import preprocess
-from cupid.tiny import TINY_REMOVER_FILE, make_tiny_model, write_tiny_remover
+from cupid.tiny import TINY_REMOVER_FILE, write_tiny_remover
 from helpers.bundles import reconstruct_to
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,11 +38,6 @@ def jpeg(img: Image.Image, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
     return write_tiny_remover(tmp_path_factory.mktemp("u2net") / "u2net_tiny.onnx")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,11 @@ from cupid.export import load_bundle, render_silhouette, write_bundle
 from cupid.geometry import rotation_angle_deg, uv_cube
 from cupid.pipeline import CupidPipeline
 from cupid.pipeline.stage1 import pose_from_structure, structure_from_cubes
-from cupid.tiny import make_tiny_model
 from helpers.bundles import obj, reconstruct_to, reconstruction
 from helpers.meshes import surface_voxels, suzanne
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "monkey.png"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from cupid.errors import InputError
 from cupid.export import ExportOptions, load_bundle, write_bundle
 from cupid.geometry import CameraPose, rodrigues
 from cupid.pipeline import CupidPipeline
-from cupid.tiny import make_tiny_model
 from helpers.bundles import obj, reconstruction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,13 +22,8 @@ FAST = ExportOptions(target_faces=2000, texture=False, glb=False, gaussians=Fals
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny) -> CupidPipeline:
-    return CupidPipeline.from_pretrained(tiny, device="cpu")
+def pipe(tiny_model) -> CupidPipeline:
+    return CupidPipeline.from_pretrained(tiny_model, device="cpu")
 
 
 class _Calls:
@@ -133,7 +127,8 @@ def test_fit_score_equals_an_independent_iou(tmp_path):
     assert got[0] > 0.7 and 0.05 < got[1] < 0.5
 
 
-def test_cli_writes_the_preview_and_takes_a_camera(tiny, tmp_path):
+def test_cli_writes_the_preview_and_takes_a_camera(tiny_model, tmp_path):
+    tiny = tiny_model
     first = tmp_path / "first"
     assert cupid_main(["reconstruct", str(PHOTO), "-o", str(first), "--model", str(tiny), "--device", "cpu",
                        "--steps", "1"]) == 0

@@ -10,7 +10,6 @@ from PIL import Image
 from cupid.errors import InputError
 from cupid.export import load_bundle
 from cupid.pipeline import CupidPipeline
-from cupid.tiny import make_tiny_model
 from helpers.bundles import reconstruct_to
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,8 +18,8 @@ LABELS = REPO / "examples" / "scene_labels.png"
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory) -> CupidPipeline:
-    return CupidPipeline.from_pretrained(make_tiny_model(tmp_path_factory.mktemp("tiny") / "m"), device="cpu")
+def pipe(tiny_model) -> CupidPipeline:
+    return CupidPipeline.from_pretrained(tiny_model, device="cpu")
 
 
 def test_scene_bundle_places_every_labelled_object(pipe, tmp_path):

@@ -23,7 +23,6 @@ from helpers.bad_images import png_header_only
 from helpers.bundles import obj, reconstruction
 
 from cupid.server import ServerSettings
-from cupid.tiny import make_tiny_model
 from cupid_blender.client import BACKEND_RESTARTED, WRONG_TOKEN, BackendError, BackendUnavailable, CupidClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,12 +74,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    """The tiny model, made once per test session (it takes a while) for every server test module."""
-    path = tmp_path_factory.getbasetemp() / "tiny-model"
-    if not (path / "pipeline.json").is_file():
-        make_tiny_model(path)
-    return path
+def model(tiny_model) -> Path:
+    """The session's tiny model, for every server test module."""
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
