@@ -35,9 +35,9 @@ TRUTH = [1, 3, 2]   # scene_labels.png's label of each pick's object
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
+def run(tmp_path_factory, tiny_model) -> dict:
     tmp = tmp_path_factory.mktemp("blender_steer")
-    _, zip_path = launch.tiny_zip(tmp)
+    _, zip_path = launch.tiny_zip(tmp, tiny_model)
     rgba = Image.open(MONKEY).convert("RGBA")
     photo = Image.new("RGB", rgba.size, (205, 196, 180))   # a table top: an ordinary opaque photo
     photo.paste(rgba, mask=rgba.getchannel("A"))

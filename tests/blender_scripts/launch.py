@@ -15,11 +15,13 @@ sys.path.insert(0, str(REPO / "install"))
 import build_extension  # noqa: E402
 
 
-def tiny_zip(tmp: Path) -> tuple[Path, Path]:
-    """(tiny model, extension zip recording it as the default model)."""
-    from cupid.tiny import make_tiny_model
+def tiny_zip(tmp: Path, model: Path | None = None) -> tuple[Path, Path]:
+    """(tiny model, extension zip recording it as the default model); the session's tiny model when
+    given (conftest's `tiny_model`), else a new one."""
+    if model is None:
+        from cupid.tiny import make_tiny_model
 
-    model = make_tiny_model(tmp / "tiny")
+        model = make_tiny_model(tmp / "tiny")
     return model, build_extension.build(tmp / "dist", model=str(model))
 
 
