@@ -558,6 +558,27 @@ def test_results_expire_after_fetch_grace_or_ttl():
         jobs.close()
 
 
+def test_a_fetched_job_keeps_its_stage_one_for_refines_until_the_ttl():
+    """An object-mode job's stage 1 outlives the fetch grace (the artist refines minutes later); its zip does not."""
+    from cupid.server import JobQueue
+    from cupid.server.errors import Expired
+    jobs = JobQueue(lambda: SteppedPipeline(step_s=0.0, steps=1), result_ttl=100.0, fetched_grace=10.0)
+    try:
+        a = jobs.submit(_inputs(), "object", 1, 0)
+        _settle(jobs, [a.id])
+        kept = object()   # stands for the pipeline's StageOne
+        a.stage_one, za = kept, a.result_zip
+        jobs.open_result(a.id)[0].close()
+        now = time.monotonic()
+        assert jobs.clean(now + 11) == 0 and jobs.get(a.id) is a and a.stage_one is kept
+        assert not za.exists() and jobs.usage()["result_bytes"] == 0
+        with pytest.raises(Expired):
+            jobs.open_result(a.id)
+        assert jobs.clean(now + 101) == 1 and jobs.get(a.id) is None and a.stage_one is None
+    finally:
+        jobs.close()
+
+
 def test_a_model_that_fails_to_load_fails_the_job_and_is_retried():
     from cupid.errors import CheckpointError
     from cupid.server import JobQueue

@@ -370,6 +370,11 @@ class JobQueue:
     # ---------------------------------------------------------------- results and cleaning
     def _drop_result(self, job: Job, why: str) -> None:
         with self._lock:
+            self._free_zip(job, why)
+            job.stage_one = None   # refines are possible while the result is kept
+
+    def _free_zip(self, job: Job, why: str) -> None:
+        with self._lock:
             if job.result_zip is not None:
                 try:
                     job.result_zip.unlink(missing_ok=True)
@@ -377,7 +382,6 @@ class JobQueue:
                     pass  # Windows: still being sent; the directory goes when the server stops
                 self._result_bytes -= job.result_bytes
                 job.result_zip, job.result_bytes = None, 0
-            job.stage_one = None   # refines are possible while the result is kept
             job.gone = job.gone or why
 
     def _evict(self, keep: Job) -> None:
@@ -391,7 +395,8 @@ class JobQueue:
                                       f"ones took its place")
 
     def clean(self, now: float | None = None) -> int:
-        """Forget finished jobs whose result was fetched `fetched_grace` ago or is older than the TTL."""
+        """Forget finished jobs whose result was fetched `fetched_grace` ago or is older than the TTL; a
+        fetched object-mode job keeps its stage 1 (not its zip) until the TTL, for refines."""
         now = time.monotonic() if now is None else now
         dropped = 0
         with self._lock:
@@ -400,7 +405,10 @@ class JobQueue:
                     continue
                 expired = now - job.finished_at > self.result_ttl
                 fetched = job.fetched_at is not None and now - job.fetched_at > self.fetched_grace
-                if expired or fetched:
+                if fetched and not expired and job.stage_one is not None:
+                    # the artist may still refine from it: its zip goes, its stage 1 stays until the TTL
+                    self._free_zip(job, "it was fetched")
+                elif expired or fetched:
                     self._drop_result(job, "it expired")
                     del self._jobs[jid]
                     dropped += 1
