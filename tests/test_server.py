@@ -74,14 +74,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model) -> Path:
-    """The session's tiny model, for every server test module."""
-    return tiny_model
-
-
-@pytest.fixture(scope="module")
-def server(model, tmp_path_factory):
-    s = Server(model, tmp_path_factory.mktemp("srv"), "--max-upload-mb", "2", "--max-queue", "32")
+def server(tiny_model, tmp_path_factory):
+    s = Server(tiny_model, tmp_path_factory.mktemp("srv"), "--max-upload-mb", "2", "--max-queue", "32")
     yield s
     s.stop()
 
@@ -409,8 +403,8 @@ def test_fifty_jobs_keep_memory_flat(server):
     assert rss[-1] <= 1.10 * rss[4], rss
 
 
-def test_kill_mid_job_then_restart_is_told_as_a_restart(model, tmp_path):
-    s = Server(model, tmp_path)
+def test_kill_mid_job_then_restart_is_told_as_a_restart(tiny_model, tmp_path):
+    s = Server(tiny_model, tmp_path)
     first_run = s.client.health()["instance"]
     job = s.client.submit(PHOTO, "monkey.png", seed=3, steps=500)
     while s.client.status(job)["state"] != "running":
@@ -420,7 +414,7 @@ def test_kill_mid_job_then_restart_is_told_as_a_restart(model, tmp_path):
     assert s.token_file.exists()  # a SIGKILLed server cannot remove its token file
     with pytest.raises(BackendUnavailable, match="not running"):
         s.client.wait(job, poll=0.05, timeout=30)
-    s2 = Server(model, tmp_path, token_file=s.token_file)  # the next start replaces the stale file
+    s2 = Server(tiny_model, tmp_path, token_file=s.token_file)  # the next start replaces the stale file
     try:
         # same token (a token file's token is reused across restarts), a new address
         assert json.loads(s.token_file.read_text())["url"] == s2.client.url != s.client.url
@@ -794,14 +788,15 @@ def _fill(path: Path, leave: int) -> None:
     os.truncate(path, max(path.stat().st_size - leave, 0))
 
 
-def test_disk_full_is_disk_full_naming_the_directory_with_no_partial_files(model, tmp_path):
+def test_disk_full_is_disk_full_naming_the_directory_with_no_partial_files(tiny_model, tmp_path):
     """A real full disk: the server runs with its temp dir on a 3 MB tmpfs of its own (a private mount
     namespace), which the test fills from outside through /proc/PID/root."""
     if not _can_mount_a_small_disk(tmp_path):
-        pytest.skip("needs `unshare -rm` to mount a small tmpfs")
+        pytest.skip("a real full disk needs `unshare -rm` (unprivileged user namespaces) to mount a 3 MB tmpfs, "
+                    "which this kernel or container forbids; ENOSPC handling is then untested here")
     small = tmp_path / "small"
     small.mkdir()
-    s = Server(model, tmp_path, wrap=("unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=3m tmpfs "$0" && exec "$@"',
+    s = Server(tiny_model, tmp_path, wrap=("unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=3m tmpfs "$0" && exec "$@"',
                                       str(small)), env={"TMPDIR": str(small)})
     try:
         seen = Path(f"/proc/{s.proc.pid}/root") / str(small).lstrip("/")

@@ -7,13 +7,12 @@ import io
 import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from test_server import PHOTO, Server, _inputs, model  # noqa: F401  (model: the shared tiny-model fixture)
+from test_server import PHOTO, Server, _inputs
 
 from cupid_blender.client import BackendError
 
@@ -37,11 +36,11 @@ def _wait_running(client, job: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def test_the_queue_refuses_past_its_cap_with_memory_flat(model, tmp_path):
+def test_the_queue_refuses_past_its_cap_with_memory_flat(tiny_model, tmp_path):
     side, cap = 2000, 12
     decoded = side * side * 4  # 16 MB a photo
     big = _big_photo(side)
-    s = Server(model, tmp_path, "--max-queue", str(cap), "--max-upload-mb", "32")
+    s = Server(tiny_model, tmp_path, "--max-queue", str(cap), "--max-upload-mb", "32")
     try:
         blocker = s.client.submit(PHOTO, "monkey.png", seed=1, steps=500)  # keeps the others waiting
         _wait_running(s.client, blocker)
@@ -76,8 +75,8 @@ def test_the_queue_refuses_past_its_cap_with_memory_flat(model, tmp_path):
         s.stop()
 
 
-def test_connections_are_capped_and_idle_ones_closed(model, tmp_path):
-    s = Server(model, tmp_path, "--max-connections", "8", "--idle-timeout", "1")
+def test_connections_are_capped_and_idle_ones_closed(tiny_model, tmp_path):
+    s = Server(tiny_model, tmp_path, "--max-connections", "8", "--idle-timeout", "1")
     try:
         socks = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(60)]
         t0 = time.monotonic()
@@ -151,11 +150,11 @@ def _stage_times(reports: list[tuple[float, str, float]], end: float) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline(model, tmp_path_factory):
+def tiny_pipeline(tiny_model, tmp_path_factory):
     """The tiny model, warmed up; with how long each stage takes uncancelled, right now on this machine."""
     from cupid.pipeline import CupidPipeline
     from cupid.run import reconstruct_bundle
-    pipe = CupidPipeline.from_pretrained(model, device="cpu")
+    pipe = CupidPipeline.from_pretrained(tiny_model, device="cpu")
     out = tmp_path_factory.mktemp("warm")
     reconstruct_bundle(pipe, PHOTO, out / "a", steps=1)
     timed = CancelIn(pipe, "never")
@@ -195,7 +194,7 @@ def test_cancel_takes_effect_within_a_second_in_every_stage(tiny_pipeline, stage
         jobs.close()
 
 
-def test_cancel_while_the_tiny_model_loads_never_starts_it(model, tmp_path):
+def test_cancel_while_the_tiny_model_loads_never_starts_it(tiny_model, tmp_path):
     from cupid.pipeline import CupidPipeline
     from cupid.server import JobQueue
     loading = threading.Event()
@@ -204,7 +203,7 @@ def test_cancel_while_the_tiny_model_loads_never_starts_it(model, tmp_path):
     def factory():
         loading.set()
         time.sleep(0.5)  # a real model takes seconds to a minute to load
-        spies.append(CancelIn(CupidPipeline.from_pretrained(model, device="cpu"), "never"))
+        spies.append(CancelIn(CupidPipeline.from_pretrained(tiny_model, device="cpu"), "never"))
         return spies[-1]
 
     jobs = JobQueue(factory, root=tmp_path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_server import PHOTO, Server, model  # noqa: F401  (model: the shared tiny-model fixture)
+from test_server import PHOTO, Server
 
 from cupid_blender.client import BackendError
 
@@ -19,8 +19,8 @@ SCENE = (Path(__file__).resolve().parents[1] / "examples" / "scene.png").read_by
 
 
 @pytest.fixture(scope="module")
-def server(model, tmp_path_factory):
-    s = Server(model, tmp_path_factory.mktemp("steer"))
+def server(tiny_model, tmp_path_factory):
+    s = Server(tiny_model, tmp_path_factory.mktemp("steer"))
     yield s
     s.stop()
 

@@ -19,15 +19,17 @@ def reconstruct_bundle(pipe: Any, image: Any, out_dir: str | os.PathLike, *, pro
 
     `options`: mask, mode, seed, steps as `CupidPipeline.reconstruct` takes them."""
     job = Progress(progress, should_cancel)
-    reconstruction = pipe.reconstruct(image, progress=job, **options)
-    export = ExportOptions.from_settings(getattr(pipe, "export_settings", None))
-    return write_bundle(reconstruction, out_dir, export, progress=job.remainder())
+    return _write(pipe, pipe.reconstruct(image, progress=job, **options), out_dir, job)
 
 
 def refine_bundle(pipe: Any, first: Any, camera: Any, out_dir: str | os.PathLike, *, steps: int | None = None,
                   progress: ProgressCallback | None = None, should_cancel: CancelCheck | None = None) -> Path:
     """`pipe.refine(first, camera)` (stage 2 from a kept stage 1, with a given camera) written to `out_dir`."""
     job = Progress(progress, should_cancel)
-    reconstruction = pipe.refine(first, camera, steps=steps, progress=job)
+    return _write(pipe, pipe.refine(first, camera, steps=steps, progress=job), out_dir, job)
+
+
+def _write(pipe: Any, reconstruction: Any, out_dir: str | os.PathLike, job: Progress) -> Path:
+    """The bundle with the model's export defaults, on the rest of the job's progress bar."""
     export = ExportOptions.from_settings(getattr(pipe, "export_settings", None))
     return write_bundle(reconstruction, out_dir, export, progress=job.remainder())
