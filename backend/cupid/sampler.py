@@ -88,12 +88,6 @@ def draw_noise(shape: Sequence[int], stream: torch.Generator, device: torch.devi
     return torch.randn(*shape, generator=stream, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
-def seeded_noise(shape: Sequence[int], seed: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The first draw of a fresh :func:`noise_stream` of `seed`: identical on every device."""
-    return draw_noise(shape, noise_stream(seed), device, dtype)
-
-
 def _batch(x: Any) -> int:
     return x.batch_size if isinstance(x, SparseTensor) else x.shape[0]
 
