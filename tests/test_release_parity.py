@@ -163,10 +163,11 @@ def tiny_pipe(tmp_path_factory) -> CupidPipeline:
                                          device="cpu")
 
 
-@pytest.mark.parametrize("seed", [0, 1, 7])
-def test_whole_run_equals_the_releases(tiny_pipe, seed):
+@pytest.mark.parametrize("seed,batch_guidance", [(0, True), (1, True), (7, True), (0, False)])
+def test_whole_run_equals_the_releases(tiny_pipe, seed, batch_guidance):
     """Same seed, same tiny weights, same photo: the conditioning, stage-1 noise and latent, structure,
-    uv, the dlt camera (in the crop), stage-2 noise and latent equal the release's (1e-4)."""
+    uv, the dlt camera (in the crop), stage-2 noise and latent equal the release's (1e-4), with guidance's
+    two passes as one batch (our default) and as two forwards (the release's way)."""
     ref = np.load(FIXTURES / "release_run" / "run.npz")
     p = f"seed{seed}."
     pipe = tiny_pipe
@@ -196,12 +197,14 @@ def test_whole_run_equals_the_releases(tiny_pipe, seed):
     stream = noise_stream(seed)
     orig_ss, orig_slat = pipe.ss_sampler.sample, pipe.slat_sampler.sample
     pipe.ss_sampler.sample, pipe.slat_sampler.sample = spy(pipe.ss_sampler), spy(pipe.slat_sampler)
+    pipe.ss_sampler.batch_guidance = pipe.slat_sampler.batch_guidance = batch_guidance
     try:
         structure = pipe.sample_structure(cond, stream, None, job)
         pose, sol = pose_from_structure(structure, (0.0, 0.0), 518.0, (518, 518), method="dlt")
         slat = pipe.sample_latent(structure, sol.pose, cond, visual, stream, None, job)
     finally:
         pipe.ss_sampler.sample, pipe.slat_sampler.sample = orig_ss, orig_slat
+        pipe.ss_sampler.batch_guidance = pipe.slat_sampler.batch_guidance = True
     np.testing.assert_array_equal(seen["noise"][0].numpy(), ref[p + "noise1"])
     np.testing.assert_allclose(seen["out"][0].numpy(), ref[p + "z"], atol=TOL, rtol=0)
     np.testing.assert_array_equal(np.argwhere(structure.occupancy), ref[p + "coords"][:, 1:])

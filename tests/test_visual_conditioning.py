@@ -87,6 +87,28 @@ def test_unconditional_pass_zeroes_the_dino_latent(flow):
     assert torch.count_nonzero(neg[:, :8]) == 0 and torch.count_nonzero(neg[:, 8:]) > 0
 
 
+def test_unconditional_pass_does_not_run_the_slat_encoder(flow):
+    """Its latent is zeros by construction: the encoder (~40% of a forward) is skipped for it, and still
+    runs for a batch that mixes a conditional and an unconditional item (zeroing only the latter)."""
+    model, encoder = flow
+    uvs, _, dino, visual = _inputs()
+    calls = []
+    hook = encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            neg = model.encode_latent(uvs, torch.zeros_like(dino))
+            assert calls == [] and neg.shape == (40, 8) and torch.count_nonzero(neg) == 0
+            pos = model.encode_latent(uvs, dino)
+            assert calls == [1] and torch.count_nonzero(pos) > 0
+            both = SparseTensor(torch.cat([uvs.feats, uvs.feats]),
+                                torch.cat([uvs.coords, uvs.coords + torch.tensor([1, 0, 0, 0], dtype=torch.int32)]))
+            mixed = model.encode_latent(both, torch.cat([dino, torch.zeros_like(dino)]))
+    finally:
+        hook.remove()
+    torch.testing.assert_close(mixed[:40], pos, rtol=1e-5, atol=1e-5)
+    assert torch.count_nonzero(mixed[40:]) == 0
+
+
 def test_forward_concatenates_noisy_latent_then_condition_and_the_cache_is_exact(flow):
     model, _ = flow
     uvs, x, dino, visual = _inputs()

@@ -66,11 +66,14 @@ class VisualLatentConditioningSLatFlowModel(SLatFlowModel):
         b, n, c = dino_cond.shape
         side = int(math.isqrt(n - 1))
         registers = n - side * side
+        # the unconditional pass (all-zero tokens, registers included) reads zeros by construction
+        null = (dino_cond[:, :registers] == 0).flatten(1).all(dim=1)
+        if bool(null.all()):
+            return torch.zeros(uvs.feats.shape[0], self.cond_latent_channels, device=uvs.device)
         tokens = dino_cond[:, registers:].transpose(1, 2).reshape(b, c, side, side)
         feats = sample_at_uv(tokens.float(), uvs)
         latent = encoder(SparseTensor(feats, uvs.coords), sample_posterior=False).feats
-        null = (dino_cond[:, :registers] == 0).flatten(1).all(dim=1).to(latent.dtype)  # unconditional pass
-        return latent * (1 - null[uvs.coords[:, 0].long()])[:, None]
+        return latent * (1 - null.to(latent.dtype)[uvs.coords[:, 0].long()])[:, None]
 
     def encode_visual_feat(self, uvs: SparseTensor, visual_cond: torch.Tensor) -> torch.Tensor:
         v = F.interpolate(visual_cond.float(), size=(self.visual_feat_resolution,) * 2, mode="bilinear",

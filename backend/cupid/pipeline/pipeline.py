@@ -9,6 +9,7 @@ boundary and between sampler steps.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -403,5 +404,4 @@ def _flat(entry: dict) -> dict:
 def _with_steps(sampler: FlowSampler, steps: int | None) -> FlowSampler:
     if not steps:
         return sampler
-    return FlowSampler(steps=int(steps), cfg_strength=sampler.cfg_strength, cfg_interval=sampler.cfg_interval,
-                       rescale_t=sampler.rescale_t, sigma_min=sampler.sigma_min)
+    return dataclasses.replace(sampler, steps=int(steps))

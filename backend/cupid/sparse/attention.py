@@ -11,16 +11,12 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..modules.attention import MultiHeadRMSNorm
+from ..modules.attention import MultiHeadRMSNorm, scaled_dot_product_attention
 from .tensor import SparseTensor
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """q,k,v [B, L, H, C] -> [B, L, H, C]."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return out.transpose(1, 2)
+_sdpa = scaled_dot_product_attention   # q,k,v [B, L, H, C] -> [B, L, H, C], optional mask
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
