@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from cupid.errors import CheckpointError
 from cupid.models import build_model, load_model, parse_hf_stem
+from cupid.models.dtype import is_stored
 from cupid.sparse import SparseTensor
 
 TINY = {
@@ -32,21 +33,36 @@ def _random_state() -> dict[str, torch.Tensor]:
     return {k: (torch.randn_like(v.float()) * 0.1).to(v.dtype) for k, v in model.state_dict().items()}
 
 
-def test_fp16_checkpoint_loads_as_float32_on_cpu(tmp_path: Path) -> None:
+def test_fp16_checkpoint_runs_float32_on_cpu_from_its_stored_weights(tmp_path: Path) -> None:
+    """A float16 torso computes in float32 from the float16 tensors as stored: every weight reads as its
+    exact float32 value, the output equals that of float32 copies bit for bit, at half the memory."""
     state = _random_state()
     assert state["blocks.0.self_attn.to_qkv.weight"].dtype == torch.float16
     assert state["input_layer.weight"].dtype == torch.float32
-    model = load_model(_write(tmp_path, state))
+    stem = _write(tmp_path, state)
+    model = load_model(stem)
+    copies = load_model(stem, keep_low=False)
     loaded = model.state_dict()
     assert set(loaded) == set(state)
     for k, v in state.items():
-        assert loaded[k].dtype == torch.float32, k
-        assert torch.equal(loaded[k], v.float()), k  # fp16 -> fp32 is exact
+        assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v), k   # stored as in the checkpoint
+        assert copies.state_dict()[k].dtype == torch.float32 and torch.equal(copies.state_dict()[k], v.float()), k
+    qkv = model.blocks[0].self_attn.to_qkv
+    assert is_stored(qkv) and isinstance(qkv, torch.nn.Linear) and type(qkv).__name__ == "Linear"
+    assert qkv.weight.dtype == torch.float32 and torch.equal(qkv.weight, state["blocks.0.self_attn.to_qkv.weight"].float())
+    assert is_stored(model.input_blocks[0].conv1.conv) and not is_stored(model.input_layer)
+    assert not any(is_stored(m) for m in copies.modules())
     assert not model.training and model.dtype == torch.float32
+    nbytes = [sum(p.numel() * p.element_size() for p in m.parameters()) for m in (model, copies)]
+    assert nbytes[0] < 0.6 * nbytes[1]
     coords = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 4], [0, 5, 5, 5], [1, 0, 0, 0], [1, 7, 7, 7]], dtype=torch.int32)
-    out = model(SparseTensor(torch.randn(5, 4), coords), torch.tensor([500.0, 20.0]), torch.randn(2, 3, 16))
+    x, t, cond = SparseTensor(torch.randn(5, 4), coords), torch.tensor([500.0, 20.0]), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        out, ref = model(x, t, cond), copies(x, t, cond)
     assert out.feats.shape == (5, 4) and out.feats.dtype == torch.float32
-    assert torch.isfinite(out.feats).all()
+    assert torch.isfinite(out.feats).all() and torch.equal(out.feats, ref.feats)
+    model.set_compute_dtype(torch.bfloat16)   # a later cast re-types the stored weights for real
+    assert not is_stored(qkv) and qkv.weight.dtype == torch.bfloat16
 
 
 def test_bfloat16_torso_on_cpu(tmp_path: Path) -> None:
@@ -61,7 +77,8 @@ def test_bfloat16_torso_on_cpu(tmp_path: Path) -> None:
 
 def test_float16_request_on_cpu_runs_float32(tmp_path: Path) -> None:
     model = load_model(_write(tmp_path, _random_state()), dtype=torch.float16)
-    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.dtype == torch.float32
+    assert {m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)} == {torch.float32}
 
 
 def test_mismatched_keys_are_all_named(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..errors import CheckpointError
 from ..hub import hub_file
+from .dtype import place_weights
 from .registry import build_model
 
 
@@ -74,11 +75,13 @@ def _target_dtype(device: torch.device, dtype: torch.dtype | None, use_fp16: boo
 
 
 def load_model(stem: str | os.PathLike, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None, **overrides: Any) -> nn.Module:
+               dtype: torch.dtype | None = None, keep_low: bool = True, **overrides: Any) -> nn.Module:
     """Build the network named in STEM.json and load STEM.safetensors strictly, in eval mode.
 
     `dtype` is the torso compute dtype; on the CPU None/float16 mean float32 and bfloat16 is allowed.
     Embedders, input/output layers and norms stay float32 as in the original mixed-precision setup.
+    `keep_low`: a float32 torso keeps the checkpoint's float16 weights and casts them at each use (exact;
+    half the memory); False holds float32 copies.
     """
     from safetensors.torch import load_file
 
@@ -104,11 +107,7 @@ def load_model(stem: str | os.PathLike, device: str | torch.device | None = None
         raise CheckpointError(f"checkpoint {weights_path.name} left tensors unset: {', '.join(leftovers)}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     target = _target_dtype(dev, dtype, bool(args.get("use_fp16", False)))
-    model.float()
-    if hasattr(model, "set_compute_dtype"):
-        model.set_compute_dtype(target)
-    elif target != torch.float32:
-        model.to(target)
+    place_weights(model, target, keep_low=keep_low)
     model.to(dev)
     model.eval().requires_grad_(False)
     return model
