@@ -14,7 +14,13 @@ resets its peak RSS before each stage, so a stage's peak includes every network 
 resident, as in real use; writer and run are separate subprocesses. --model-dir keeps the written model
 (about 4 GB) for later runs.
 
-Run: PYTHONPATH=backend:. python bench/bench_pipeline.py [--steps 2] [--dtype float32|bfloat16] [--model-dir DIR]
+The flows' matrix work is counted (torch's FlopCounterMode) and set against this machine's matrix rate,
+measured in the same run: the time the whole 25-step job would need at the low-precision (bf16 on the
+CPU, fp16 on CUDA) and at the float32 rate is the yardstick printed beside the estimate. On CUDA
+(`--device cuda`) the same script runs unchanged; there peak memory is the GPU's (max_memory_allocated).
+
+Run: .venv/bin/python bench/bench_pipeline.py [--steps 2] [--dtype auto|float32|bfloat16|float16]
+     [--device cpu|cuda|auto] [--model-dir DIR]
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = Path(os.environ.get("CUPID_SHARED", ROOT.parent / "shared")) / "fixtures" / "trellis_image_large_manifest.json"
+MANIFEST = ROOT / "tests" / "fixtures" / "trellis_image_large_manifest.json"
 RELEASE_JSON = ROOT / "tests" / "assets" / "cupid_release_ckpts.json"
 DINO_FILE = "ckpts/dinov2_vitl14_reg4_pretrain.pth"
 GB = 2 ** 30
@@ -106,25 +112,71 @@ def _reset_peak() -> bool:
 
 
 class StageMeter:
-    """Wall time, peak RSS during the stage and RSS at its start, per named stage."""
+    """Wall time, peak memory during the stage (RSS on the CPU, allocated memory on CUDA), RSS at its start,
+    and the matrix FLOPs of the stage, per named stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.rows: list[dict[str, Any]] = []
         self.per_stage_peak = True
+        self.device = device
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
+        from torch.utils.flop_counter import FlopCounterMode
+
         print(f"  {stage} ...", file=sys.stderr, flush=True)
         self.per_stage_peak &= _reset_peak()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         start_rss = _status_gb("VmRSS")
+        counter = FlopCounterMode(display=False)
+        self._sync()
         t0 = time.perf_counter()
-        yield
+        with counter:
+            yield
+        self._sync()
         seconds = time.perf_counter() - t0
         peak = _status_gb("VmHWM")  # the running peak where it could not be reset
-        self.rows.append({"stage": stage, "seconds": seconds, "peak_gb": peak, "start_gb": start_rss,
-                          "end_gb": _status_gb("VmRSS"), "end_anon_gb": _status_gb("RssAnon"),
-                          "end_file_gb": _status_gb("RssFile")})
+        row = {"stage": stage, "seconds": seconds, "peak_gb": peak, "start_gb": start_rss,
+               "end_gb": _status_gb("VmRSS"), "end_anon_gb": _status_gb("RssAnon"),
+               "end_file_gb": _status_gb("RssFile"), "flops": counter.get_total_flops()}
+        if self.device.type == "cuda":
+            row["gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / GB
+        self.rows.append(row)
         print(f"  {stage}: {seconds:.1f} s, peak {peak:.2f} GB", file=sys.stderr, flush=True)
+
+
+def _count_cpu_flash_attention() -> None:
+    """torch's FLOP counter knows the CUDA attention kernels; teach it the CPU flash kernel (same count)."""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_flop_count
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if op in flop_registry or op.default in flop_registry:
+        return
+
+    @register_flop_formula(op)
+    def _flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+def matrix_rate(dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
+    """FLOP/s of a 2048x1024 @ 1024x4096 matrix product in `dtype` on `device` (fastest of `repeats`)."""
+    a = torch.randn(2048, 1024, device=device).to(dtype)
+    b = torch.randn(1024, 4096, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048 * 1024 * 4096 / best
 
 
 class ForwardTimer:
@@ -143,10 +195,26 @@ class ForwardTimer:
         self.seconds += time.perf_counter() - self._t0
 
 
-def flow_forwards(sampler: Any) -> int:
-    """Network calls of one sampling run: one per step, two inside the guidance interval (as FlowSampler)."""
-    lo, hi = sampler.cfg_interval
-    return sum(1 + bool(sampler.cfg_strength and lo <= t <= hi) for t in sampler.timesteps()[:-1])
+def guided_steps(sampler: Any) -> tuple[int, int]:
+    """(steps inside the guidance interval, steps outside it) of one sampling run."""
+    guided = sum(sampler.guided(float(t), True) for t in sampler.timesteps()[:-1])
+    return guided, sampler.steps - guided
+
+
+def unguided_step(sampler: Any, model: torch.nn.Module, x: Any, cond: Any, device: torch.device) -> tuple[float, int]:
+    """One step outside the guidance interval (the conditional pass alone): its seconds and matrix FLOPs.
+    A guided step is the same network on a batch of two, i.e. exactly twice the FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with counter:
+        sampler.velocity(model, x, 0.0, cond, None)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, counter.get_total_flops()
 
 
 def synthetic_photo(width: int = 1024, height: int = 768) -> np.ndarray:
@@ -162,7 +230,7 @@ def suzanne_structure() -> Any:
     from cupid.geometry import uv_cube
     from cupid.pipeline.stage1 import structure_from_cubes
     from cupid.tiny import TINY_CAMERA
-    from tests.meshes import suzanne, surface_voxels
+    from tests.helpers.meshes import suzanne, surface_voxels
 
     occ = np.zeros((64, 64, 64), dtype=bool)
     occ[tuple(surface_voxels(*suzanne(), res=64).T)] = True
@@ -171,19 +239,23 @@ def suzanne_structure() -> Any:
 
 
 @torch.no_grad()
-def run_pipeline(model_dir: Path, steps: int, dtype: torch.dtype, seed: int) -> dict[str, Any]:
+def run_pipeline(model_dir: Path, steps: int, dtype: str, device: str, seed: int) -> dict[str, Any]:
     """Load the model and run each stage once through the pipeline's own methods; returns rows + facts."""
     from cupid.export import ExportOptions, write_bundle
-    from cupid.pipeline.pipeline import CupidPipeline
+    from cupid.models.dtype import dtype_name
+    from cupid.pipeline.pipeline import CupidPipeline, resolve_device
     from cupid.pipeline.stage1 import pose_from_structure
     from cupid.preprocess import preprocess
     from cupid.progress import Progress
     from cupid.reconstruction import ReconstructedObject, Reconstruction
+    from cupid.sparse import SparseTensor
 
-    meter = StageMeter()
+    _count_cpu_flash_attention()
+    dev = resolve_device(device)
+    meter = StageMeter(dev)
     job = Progress()
     with meter("load"):
-        pipe = CupidPipeline.from_pretrained(model_dir, device="cpu", dtype=dtype)
+        pipe = CupidPipeline.from_pretrained(model_dir, device=str(dev), dtype=dtype)
     timers = {role: ForwardTimer(module) for role, module in pipe.models.items()}
     photo = synthetic_photo()
     with meter("preprocess"):
@@ -211,15 +283,42 @@ def run_pipeline(model_dir: Path, steps: int, dtype: torch.dtype, seed: int) -> 
         counts = json.loads((out_dir / "scene.json").read_text())["objects"][0]["counts"]
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+    # a step outside the guidance interval (the conditional pass alone), once per flow, for the estimate
+    ss_flow, sl_flow = pipe.models["sparse_structure_flow_model"], pipe.models["slat_flow_model"]
+    res = ss_flow.resolution
+    unguided = {"sparse_structure_flow_model": unguided_step(
+        pipe.ss_sampler, ss_flow, torch.randn(1, ss_flow.in_channels, res, res, res, device=dev), cond, dev)}
+    coords = slat.coords
+    voxel_cond = sl_flow.voxel_condition(SparseTensor(torch.rand(coords.shape[0], 2, device=dev), coords),
+                                         {"dino_cond": cond, "visual_cond": visual})
+    unguided["slat_flow_model"] = unguided_step(
+        pipe.slat_sampler, sl_flow, SparseTensor(torch.randn(coords.shape[0], sl_flow.out_channels, device=dev), coords),
+        {"dino_cond": cond, "visual_cond": visual, "voxel_cond": voxel_cond}, dev)
     samplers = {"sparse_structure_flow_model": pipe.ss_sampler, "slat_flow_model": pipe.slat_sampler}
-    flows = {role: {"calls": timers[role].calls, "seconds": timers[role].seconds,
-                    "default_steps": samplers[role].steps, "default_calls": flow_forwards(samplers[role])}
-             for role in samplers}
+    flows = {}
+    for role, sampler in samplers.items():
+        run = _with_steps(sampler, steps)
+        flows[role] = {"calls": timers[role].calls - 1, "seconds": timers[role].seconds - unguided[role][0],
+                       "unguided_step_s": unguided[role][0], "unguided_step_flops": unguided[role][1],
+                       "default_steps": sampler.steps,
+                       "run_steps": guided_steps(run), "default_run_steps": guided_steps(sampler),
+                       "batch_guidance": sampler.batch_guidance}
+    low = torch.float16 if dev.type == "cuda" else torch.bfloat16
     return {"rows": meter.rows, "per_stage_peak": meter.per_stage_peak, "flows": flows,
             "modules": {role: {"calls": t.calls, "seconds": t.seconds} for role, t in timers.items()},
             "voxels": int(structure.occupancy.sum()), "random_stage1_voxels": int(random_structure.occupancy.sum()),
             "pose_inliers": float(solution.inlier_ratio), "mesh_faces": int(mesh.faces.shape[0]),
-            "export_counts": counts, "threads": torch.get_num_threads(), "torch": torch.__version__}
+            "export_counts": counts, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": str(dev), "dtype": dtype_name(pipe.dtype),
+            "rates": {dtype_name(low): matrix_rate(low, dev), "float32": matrix_rate(torch.float32, dev)},
+            "weights_gb": sum(p.numel() * p.element_size() for m in pipe.models.values() for p in m.parameters()) / GB
+            + sum(p.numel() * p.element_size() for p in pipe.conditioner.parameters()) / GB}
+
+
+def _with_steps(sampler: Any, steps: int) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(sampler, steps=steps)
 
 
 # ---------------------------------------------------------------------------- driver
@@ -239,47 +338,69 @@ def _s(seconds: float) -> str:
     return f"{seconds:.2f}" if seconds < 1 else f"{seconds:.1f}"
 
 
-def report(r: dict[str, Any], steps: int, dtype: str, write_s: float | None) -> None:
-    """Print the markdown table (pasteable into the README) and the notes."""
+def report(r: dict[str, Any], steps: int, write_s: float | None) -> None:
+    """Print the markdown table (pasteable into the README), the 25-step estimate against the machine's
+    matrix-rate limit, and the notes."""
     rows = {row["stage"]: row for row in r["rows"]}
     ss, sl = r["flows"]["sparse_structure_flow_model"], r["flows"]["slat_flow_model"]
     mod = r["modules"]
     total = sum(row["seconds"] for row in rows.values())
-    peak = max(row["peak_gb"] for row in rows.values())
-    print(f"\nCUPID full-size pipeline on the CPU ({r['threads']} threads, torch {r['torch']}): {dtype}, random "
-          f"weights, {steps} sampler steps per flow (default {ss['default_steps']}), stage 2 on {r['voxels']} "
-          f"voxels (Suzanne at 64³)\n")
-    print("| stage | time (s) | peak RSS (GB) | peak − RSS at start (GB) |")
-    print("| --- | ---: | ---: | ---: |")
+    cuda = "gpu_peak_gb" in r["rows"][0]
+    peak_key = "gpu_peak_gb" if cuda else "peak_gb"
+    peak = max(row[peak_key] for row in rows.values())
+    print(f"\nCUPID full-size pipeline on {r['device']} ({r['threads']} CPU threads, torch {r['torch']}): "
+          f"{r['dtype']}, random weights, {steps} sampler steps per flow (default {ss['default_steps']}), stage 2 on "
+          f"{r['voxels']} voxels (Suzanne at 64³); weights in memory {r['weights_gb']:.2f} GB\n")
+    mem = "peak GPU memory (GB)" if cuda else "peak RSS (GB)"
+    print(f"| stage | time (s) | {mem} | peak − RSS at start (GB) | matrix TFLOP |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, row in rows.items():
-        print(f"| {name} | {_s(row['seconds'])} | {row['peak_gb']:.2f} | {row['peak_gb'] - row['start_gb']:.2f} |")
-    print(f"| **total** | **{total:.1f}** | **{peak:.2f}** | |")
+        print(f"| {name} | {_s(row['seconds'])} | {row[peak_key]:.2f} | {row['peak_gb'] - row['start_gb']:.2f} | "
+              f"{row['flops'] / 1e12:.2f} |")
+    print(f"| **total** | **{total:.1f}** | **{peak:.2f}** | | {sum(x['flops'] for x in rows.values()) / 1e12:.2f} |")
 
-    def per(role: str) -> float:
-        return mod[role]["seconds"] / max(mod[role]["calls"], 1)
+    # the default-step job: each flow's guided steps at the measured guided-step time, its other steps at
+    # the measured conditional-only step; everything else as measured once
+    est_s, est_flops = total, sum(x["flops"] for x in rows.values())
+    lines = []
+    for name, f in (("stage 1", ss), ("stage 2", sl)):
+        (g_run, u_run), (g_def, u_def) = f["run_steps"], f["default_run_steps"]
+        guided_s = (f["seconds"] - u_run * f["unguided_step_s"]) / max(g_run, 1)
+        flow_flops = f["unguided_step_flops"]
+        est_s += (g_def - g_run) * guided_s + (u_def - u_run) * f["unguided_step_s"]
+        est_flops += flow_flops * (2 * (g_def - g_run) + (u_def - u_run))
+        lines.append(f"{name}: {g_def} guided steps at {guided_s:.1f} s + {u_def} conditional-only at "
+                     f"{f['unguided_step_s']:.1f} s ({2 * flow_flops / 1e12:.1f} / {flow_flops / 1e12:.1f} TFLOP each; "
+                     f"guidance as {'one batch of two' if f['batch_guidance'] else 'two forwards'})")
+    low = next(k for k in r["rates"] if k != "float32")
+    print(f"\nA {ss['default_steps']}-step job (estimate from the per-step times above): **{est_s / 60:.1f} min**, "
+          f"{est_flops / 1e12:.0f} TFLOP of matrix work. This machine's matrix rate, measured now: "
+          f"{low} {r['rates'][low] / 1e9:.0f} GFLOP/s, float32 {r['rates']['float32'] / 1e9:.0f} GFLOP/s, so "
+          f"that work alone needs {est_flops / r['rates'][low] / 60:.1f} min at the {low} rate and "
+          f"{est_flops / r['rates']['float32'] / 60:.1f} min at the float32 rate; this run is "
+          f"{est_flops / r['rates'][low] / est_s:.2f}× the {low} limit and "
+          f"{est_flops / r['rates']['float32'] / est_s:.2f}× the float32 limit (1 = at the limit).")
+    print("\n".join(f"- {ln}" for ln in lines))
 
-    est = total + sum((f["default_calls"] - f["calls"]) * f["seconds"] / max(f["calls"], 1) for f in (ss, sl))
     load = rows["load"]
     notes = [
         f"load: CupidPipeline.from_pretrained of a just-written directory (warm page cache); afterwards "
-        f"{load['end_anon_gb']:.2f} GB is anonymous memory and {load['end_file_gb']:.2f} GB file pages of the "
-        f"safetensors checkpoints, which stay memory-mapped (clean and reclaimable, but counted in RSS).",
-        f"structure: stage-1 flow {ss['calls']} forwards (CFG doubles each step) at "
-        f"{per('sparse_structure_flow_model'):.1f} s, occupancy decoder "
+        f"{load['end_anon_gb']:.2f} GB is anonymous memory and {load['end_file_gb']:.2f} GB file pages.",
+        f"structure: stage-1 flow {ss['calls']} forwards, occupancy decoder "
         f"{_s(mod['sparse_structure_decoder']['seconds'])} s, UV decoder "
         f"{_s(mod['sparse_structure_uv_decoder']['seconds'])} s; its random output "
         f"({r['random_stage1_voxels']} voxels) is dropped.",
         f"pose: solve_camera on Suzanne's {r['voxels']} exact voxel/uv pairs (inlier ratio {r['pose_inliers']:.2f}).",
-        f"latent: stage-2 flow {sl['calls']} forwards at {per('slat_flow_model'):.1f} s, plus the SLat encoder "
-        f"once per condition, not per step ({mod['slat_encoder']['calls']} calls at {per('slat_encoder'):.1f} s).",
+        f"latent: stage-2 flow {sl['calls']} forwards, plus the SLat encoder once per run for the conditional "
+        f"pass only ({mod['slat_encoder']['calls']} calls, {_s(mod['slat_encoder']['seconds'])} s).",
         f"decode: mesh decoder + FlexiCubes {_s(mod['slat_decoder_mesh']['seconds'])} s, Gaussian decoder "
         f"{_s(mod['slat_decoder_gs']['seconds'])} s; random weights give a noisy {r['mesh_faces']}-face mesh.",
         f"export: write_bundle with the default ExportOptions -> {r['export_counts']}.",
-        "peak RSS: the process's resident peak during the stage, every loaded network included; total = the "
-        "largest." if r["per_stage_peak"] else "peak RSS: the kernel refused to reset it: each is the peak so far.",
-        f"Estimate, not a measurement: at the default {ss['default_steps']} steps the flows run "
-        f"{ss['default_calls']} + {sl['default_calls']} forwards instead of {ss['calls']} + {sl['calls']}; at the "
-        f"per-forward times above the whole job would take ~{est / 60:.0f} min.",
+        ("peak: torch.cuda.max_memory_allocated per stage." if cuda else
+         "peak RSS: the process's resident peak during the stage, every loaded network included; total = the "
+         "largest." if r["per_stage_peak"] else "peak RSS: the kernel refused to reset it: each is the peak so far."),
+        "matrix TFLOP: torch's FLOP counter (matrix products, convolutions and attention); the sparse "
+        "convolutions' gathers are not FLOPs.",
     ]
     if write_s is not None:
         notes.append(f"Writing the random model directory took {write_s:.0f} s (not part of the pipeline).")
@@ -289,7 +410,9 @@ def report(r: dict[str, Any], steps: int, dtype: str, write_s: float | None) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2, help="sampler steps of each flow (default 2)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="torso compute dtype")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="compute dtype (auto: as the pipeline picks it for the device)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-dir", type=Path, help="write the random model here (kept) or reuse it if present")
     parser.add_argument("--child-write", type=Path, help=argparse.SUPPRESS)
@@ -299,7 +422,7 @@ def main() -> None:
         print(json.dumps(write_model(a.child_write, a.seed)))
         return
     if a.child_run:
-        print(json.dumps(run_pipeline(a.child_run, a.steps, getattr(torch, a.dtype), a.seed)))
+        print(json.dumps(run_pipeline(a.child_run, a.steps, a.dtype, a.device, a.seed)))
         return
     model_dir = a.model_dir or Path(tempfile.mkdtemp(prefix="cupid_bench_model_"))
     try:
@@ -310,11 +433,11 @@ def main() -> None:
             _, write_s = _child(["--child-write", str(model_dir), "--seed", str(a.seed)])
         print("running the pipeline ...", file=sys.stderr, flush=True)
         result, _ = _child(["--child-run", str(model_dir), "--steps", str(a.steps), "--dtype", a.dtype,
-                            "--seed", str(a.seed)])
+                            "--device", a.device, "--seed", str(a.seed)])
     finally:
         if a.model_dir is None:
             shutil.rmtree(model_dir, ignore_errors=True)
-    report(result, a.steps, a.dtype, write_s)
+    report(result, a.steps, write_s)
 
 
 if __name__ == "__main__":
