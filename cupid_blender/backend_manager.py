@@ -31,6 +31,7 @@ class BackendConfig:
     python: str = "python3"
     model: str = ""
     device: str = "auto"
+    dtype: str = "auto"          # the networks' precision: auto, float32, bfloat16 or float16
     weights_dir: str = ""
     url: str = ""
     token: str = ""
@@ -115,7 +116,7 @@ class BackendManager:
         token_file = os.path.join(self._tmpdir, "token.json")
         self._log_path = os.path.join(self._tmpdir, "backend.log")
         cmd = [python, "-m", "cupid", "serve", "--port", "0", "--token-file", token_file,
-               "--device", config.device or "auto"]
+               "--device", config.device or "auto", "--dtype", config.dtype or "auto"]
         if config.model:
             cmd += ["--model", config.model]
         env = dict(os.environ)

@@ -52,7 +52,7 @@ def backend_config(context: Any) -> BackendConfig:
     if prefs is None:
         return BackendConfig()
     return BackendConfig(kind=prefs.backend_kind, python=bpy.path.abspath(prefs.python_path),
-                         model=active_model(prefs), device=prefs.device,
+                         model=active_model(prefs), device=prefs.device, dtype=prefs.dtype,
                          weights_dir=bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else "",
                          url=prefs.remote_url, token=prefs.remote_token)
 
@@ -225,6 +225,8 @@ class Run:
         wm.cupid_running, wm.cupid_stage, wm.cupid_progress = True, stage, progress.fraction
         if progress.device:
             wm.cupid_device = progress.device
+        if progress.dtype:
+            wm.cupid_dtype = progress.dtype
         return outcome
 
     def wait_here(self, context: Any) -> Outcome:
@@ -515,7 +517,9 @@ class CUPID_OT_start_backend(bpy.types.Operator):
         config = backend_config(context)
         try:
             client = MANAGER.client(config, timeout=120.0)
-            context.window_manager.cupid_device = str(client.health().get("device") or "")
+            health = client.health()
+            context.window_manager.cupid_device = str(health.get("device") or "")
+            context.window_manager.cupid_dtype = str(health.get("dtype") or "")
         except BaseException as exc:
             self.report({"ERROR"}, describe_error(exc))
             return {"CANCELLED"}

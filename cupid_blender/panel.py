@@ -5,20 +5,21 @@ from typing import Any
 
 import bpy
 
-from .io.settings import model_label, resolve_sampling
+from .io.settings import model_label, model_line, resolve_sampling
 from .operators import active_model, backend_status, cpu_warning, results_folder
 from .preferences import get_prefs
 from .results import FIT_PROP, JOB_PROP, parts, result_collection
 
 
 def _model_line(context: Any, prefs: Any) -> str:
-    """The model and device line, as the backend will run them."""
+    """The model, device and precision line, as the backend will run them."""
     if prefs is None:
         return "Model: (add-on preferences unavailable)"
-    device = context.window_manager.cupid_device or prefs.device
+    wm = context.window_manager
     if prefs.backend_kind == "REMOTE":
-        return f"Model: set on the remote service · Device: {context.window_manager.cupid_device or 'not asked yet'}"
-    return f"Model: {model_label(active_model(prefs))} · Device: {device}"
+        return model_line("set on the remote service", wm.cupid_device or "not asked yet", wm.cupid_dtype)
+    return model_line(model_label(active_model(prefs)), wm.cupid_device or prefs.device,
+                      wm.cupid_dtype or prefs.dtype)
 
 
 class CUPID_PT_reconstruct(bpy.types.Panel):

@@ -1,5 +1,5 @@
 """Add-on preferences: how to reach the backend (a local process or a remote URL + token),
-device, model, weights cache, where results are kept, and default sampler settings.
+device, precision, model, weights cache, where results are kept, and default sampler settings.
 
 Defaults for the local backend come from ``defaults.json`` next to this file when the extension
 was built from a checkout (install/build_extension.py writes the checkout's venv python, weights
@@ -59,6 +59,18 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
                ("cuda", "CUDA", "An NVIDIA GPU"), ("mps", "Apple MPS", "The GPU of an Apple Silicon Mac"),
                ("cpu", "CPU", "The processor: about half an hour per photo with the full model")],
         default="auto", description="What the local backend computes on")
+    dtype: EnumProperty(
+        name="Precision",
+        items=[("auto", "Automatic", "float16 on an NVIDIA GPU (as the release runs); on a CPU bfloat16 where it "
+                                     "has bf16 instructions (recent Xeons, Zen 4, Apple M2 and later), else "
+                                     "float32; float32 on Apple MPS"),
+               ("float32", "float32", "Full precision: the reference results, on any device; the most memory"),
+               ("bfloat16", "bfloat16", "Half the memory of float32; fast on GPUs and on CPUs with bf16 "
+                                        "instructions, several times slower than float32 on other CPUs"),
+               ("float16", "float16", "Half the memory of float32; the release's precision on NVIDIA GPUs; "
+                                      "slow on a CPU")],
+        default="auto", description="The precision the local backend's networks compute in (the panel shows "
+                                    "what it chose)")
     model: StringProperty(
         name="Model", default=_D.get("model", "hbb1/Cupid"),
         description="Model id or local model directory. The default is what install/setup.sh set up; when "
@@ -89,6 +101,7 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
         if self.backend_kind == "LOCAL":
             col.prop(self, "python_path")
             col.prop(self, "device")
+            col.prop(self, "dtype")
             col.prop(self, "model")
             col.prop(self, "weights_dir")
         else:

@@ -61,9 +61,12 @@ def _register_wm_props() -> None:
     wm.cupid_last_message = StringProperty(default="", options={"SKIP_SAVE"})
     wm.cupid_device = StringProperty(default="", options={"SKIP_SAVE"},
                                      description="The device the backend reported last")
+    wm.cupid_dtype = StringProperty(default="", options={"SKIP_SAVE"},
+                                    description="The precision the backend reported last")
 
 
-_WM_PROPS = ("cupid_running", "cupid_stage", "cupid_progress", "cupid_last_message", "cupid_device")
+_WM_PROPS = ("cupid_running", "cupid_stage", "cupid_progress", "cupid_last_message", "cupid_device",
+             "cupid_dtype")
 
 
 def register() -> None:

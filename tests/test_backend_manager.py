@@ -15,6 +15,8 @@ pytest.importorskip("bpy", reason="the extension package imports bpy")
 from cupid_blender.backend_manager import BackendConfig, BackendManager, BackendStartError  # noqa: E402
 from cupid_blender.client import BackendUnavailable  # noqa: E402
 
+from cupid.models.dtype import dtype_name, resolve_dtype  # noqa: E402
+
 PYTHON = sys.executable  # the backend environment (the venv running the tests)
 
 
@@ -37,7 +39,9 @@ def _config(model: Path | str, **kw) -> BackendConfig:
 def test_start_reuse_restart_after_crash_and_stop(manager, tiny):
     cfg = _config(tiny)
     client = manager.client(cfg, timeout=120)
-    assert client.health()["model_error"] is None
+    health = client.health()
+    assert health["model_error"] is None
+    assert health["dtype"] == dtype_name(resolve_dtype("auto", "cpu"))   # "auto" goes to the backend to decide
     pid = manager._proc.pid
     assert manager.running() and f"pid {pid}" in manager.status_text()
     assert manager.client(cfg) is client  # same config: the running backend is reused
@@ -75,6 +79,15 @@ def test_a_backend_that_dies_while_starting_reports_its_log(manager, tiny):
         manager.client(BackendConfig(python=PYTHON, model=str(tiny), device="tpu"), timeout=120)
     assert "unknown device 'tpu'" in str(ei.value)  # the backend's own message reaches the artist
     assert time.monotonic() - t0 < 60
+
+
+def test_the_precision_preference_reaches_the_backend(manager, tiny):
+    client = manager.client(_config(tiny, dtype="bfloat16"), timeout=120)
+    assert client.health()["dtype"] == "bfloat16"
+    assert "--dtype" in manager._proc.args and "bfloat16" in manager._proc.args
+    with pytest.raises(BackendStartError, match=r"exited \(code 2\) while starting") as ei:
+        manager.client(_config(tiny, dtype="half"), timeout=120)
+    assert "--dtype" in str(ei.value) and "invalid choice" in str(ei.value)
 
 
 def test_cancel_while_starting(manager, tiny):

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 from cupid.cli import main as cupid_main  # noqa: E402
 from cupid.export import load_bundle, read_gaussians_ply, render_silhouette  # noqa: E402
+from cupid.models.dtype import dtype_name, resolve_dtype  # noqa: E402
 from tests.blender_scripts import launch  # noqa: E402
 from tests.helpers.net import free_port  # noqa: E402
 
@@ -336,11 +337,13 @@ def test_6_a_remote_gpu_box(run, remote):
 
 def test_7_the_panel_shows_the_model_and_device_and_warns_about_the_cpu(run, inputs):
     m = run["result"]["model"]
+    dtype = dtype_name(resolve_dtype("auto", "cpu"))                   # what the backend chose on this machine
     assert m["tiny_config"] == str(inputs["model"])
-    assert "Model: tiny test model (random weights) · Device: cpu" in m["tiny_panel"]
+    assert f"Model: tiny test model (random weights) · Device: cpu ({dtype})" in m["tiny_panel"]
     assert not [t for t in m["tiny_panel"] if "Full-size model" in t]
     assert m["downloaded_config"] == "hbb1/Cupid"                      # downloaded: used, nothing changed
-    assert "Model: hbb1/Cupid · Device: cpu" in m["downloaded_panel"]
+    assert f"Model: hbb1/Cupid · Device: cpu ({dtype})" in m["downloaded_panel"]
+    assert "Model: full_model · Device: cuda (bfloat16)" in m["asked_panel"] and m["asked_config"] == "bfloat16"
     warning = [t for t in m["full_cpu_panel"] if t.startswith("Full-size model on the CPU")]
     assert warning and "about 36 min" in warning[0]
     assert not [t for t in m["full_cuda_panel"] if "Full-size model" in t]
@@ -367,8 +370,8 @@ def test_10_every_control_has_a_tooltip_and_a_readme_line(run):
     artist = README.read_text().split("## In Blender", 1)[1].split("## From the command line", 1)[0]
     controls = ["Photo", "Photo file", "Mask", "Mask file", "Mode", "Seed", "Steps", "Reconstruct", "Cancel",
                 "Set Active CUPID Camera", "Start Backend", "Stop Backend", "Backend Python", "URL", "Token",
-                "Device", "Model", "Weights cache", "Keep results beside the .blend file", "Results folder",
-                "Import CUPID Result (scene.json)", "Pick Objects", "Clear Picks", "Show Cut-out",
+                "Device", "Precision", "Model", "Weights cache", "Keep results beside the .blend file",
+                "Results folder", "Import CUPID Result (scene.json)", "Pick Objects", "Clear Picks", "Show Cut-out",
                 "Refine with This Camera"]
     missing = [c for c in controls if f"**{c}**" not in artist]
     assert not missing, f"README's artist section does not explain {missing}"

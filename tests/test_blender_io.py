@@ -207,3 +207,15 @@ def test_settings_decisions(tmp_path):
                                                (tmp_path / "b.jpg", None)]
     taken = {"", ".001"}
     assert settings.free_suffix(lambda s: s in taken) == ".002" and settings.free_suffix(lambda s: False) == ""
+
+
+def test_the_model_line_names_the_device_and_precision():
+    """The backend's answer (cpu, float32) once it gave one; before it, the preferences (auto hides)."""
+    line = settings.model_line
+    assert line("tiny test model (random weights)", "cpu", "float32") == \
+        "Model: tiny test model (random weights) · Device: cpu (float32)"
+    assert line("hbb1/Cupid", "cuda", "float16") == "Model: hbb1/Cupid · Device: cuda (float16)"
+    assert line("hbb1/Cupid", "auto", "bfloat16") == "Model: hbb1/Cupid · Device: auto (bfloat16)"   # asked for
+    assert line("hbb1/Cupid", "auto", "auto") == "Model: hbb1/Cupid · Device: auto"   # not chosen yet
+    assert line("set on the remote service", "not asked yet", "") == \
+        "Model: set on the remote service · Device: not asked yet"

@@ -99,7 +99,7 @@ class Service(QuietHandler):
     def do_GET(self) -> None:
         Service.log.append(("GET", self.path))
         if self.path == "/v1/health":
-            self._send(200, b'{"device": "cpu"}')
+            self._send(200, b'{"device": "cpu", "dtype": "bfloat16"}')
         elif self.path.endswith("/preview"):
             status, body = self.script["preview"]
             self._send(status, json.dumps(body).encode())
@@ -150,6 +150,8 @@ def test_the_job_fetches_the_preview_once_in_the_photos_pixels(service, tmp_path
     up = Upload(b"small copy", "monkey.png", None, 512, 384, 128, 96, b"ORIGINAL", "photo_original.png")
     job, previews, outcome = _run(service, JobRequest(up, "object", 0, 0, tmp_path / "results"))
     assert outcome.state == "done", outcome
+    progress, _ = job.poll()
+    assert (progress.device, progress.dtype) == ("cpu", "bfloat16")   # what the panel's line shows
     assert sum(1 for entry in Service.log if entry[1].endswith("/preview")) == 1
     first, second = previews
     assert second is None and first is not None

@@ -36,6 +36,7 @@ def test_reconstruct_writes_a_bundle(tiny, tmp_path):
     scene = json.loads((tmp_path / "out" / "scene.json").read_text())
     assert scene["schema"] == "cupid.scene/1" and scene["objects"][0]["glb"] == "object_0.glb"
     assert "latent" in r.stderr  # the per-stage progress bars
+    assert "device cpu, " in r.stderr and " (auto: this CPU has" in r.stderr   # the precision and why
 
 
 def test_reconstruct_pnp_flag(tiny, tmp_path):
@@ -82,3 +83,43 @@ def test_missing_model_and_offline_download(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
     r = cupid("download", "--cache-dir", str(tmp_path / "hf"))
     assert r.returncode == 2 and "could not download" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", [["reconstruct", "photo.png", "-o", "out"], ["serve"]])
+def test_dtype_flag_beside_device(command):
+    from cupid.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(command).dtype == "auto"
+    for name in ("float32", "bfloat16", "float16"):
+        assert parser.parse_args([*command, "--dtype", name, "--device", "cpu"]).dtype == name
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--dtype", "half"])
+
+
+def test_a_wrong_dtype_is_one_clear_line(tmp_path):
+    r = cupid("reconstruct", str(PHOTO), "-o", str(tmp_path / "o"), "--dtype", "half")
+    assert r.returncode == 2 and "--dtype" in r.stderr and "invalid choice" in r.stderr
+    assert "bfloat16" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_dtype_reaches_the_pipeline_and_is_announced(monkeypatch, capsys, tmp_path):
+    from cupid.cli import main
+    from cupid.errors import CliError
+    from cupid.models import dtype as policy
+    from cupid.pipeline import CupidPipeline
+
+    asked = []
+
+    def loaded(model, device="auto", dtype="auto"):
+        asked.append((device, dtype))
+        raise CliError("stop here")
+
+    monkeypatch.setattr(CupidPipeline, "from_pretrained", loaded)
+    monkeypatch.setattr(policy, "cpu_has_bf16", lambda: False)
+    assert main(["reconstruct", str(PHOTO), "-o", str(tmp_path / "o"), "--device", "cpu", "--dtype", "bfloat16"]) == 2
+    assert main(["reconstruct", str(PHOTO), "-o", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert asked == [("cpu", "bfloat16"), ("cpu", "float32")]
+    err = capsys.readouterr().err
+    assert "device cpu, bfloat16 (asked for; this CPU has no bf16 instructions: slower than float32)" in err
+    assert "device cpu, float32 (auto: this CPU has no bf16 instructions)" in err

@@ -72,7 +72,7 @@ class Stub(QuietHandler):
             return
         path = self.path
         if path == "/v1/health":
-            self._send(200, json.dumps({"version": "stub", "device": "cpu", "model_loaded": False,
+            self._send(200, json.dumps({"version": "stub", "device": "cpu", "dtype": "float32", "model_loaded": False,
                                         "queue_length": 0, "instance": Stub.instance}).encode())
         elif path == "/v1/busy":
             self.send_response(503)

@@ -178,6 +178,20 @@ def test_hf_id_offline_error_is_clear(monkeypatch, tmp_path):
         load_dinov2("facebook/dinov2-with-registers-large")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_dtype_asked_for_is_used_on_the_cpu(tmp_path, dtype):
+    m = _random_tiny(4)
+    torch.save(m.state_dict(), tmp_path / "tiny_hub.pth")
+    assert {p.dtype for p in load_dinov2(tmp_path / "tiny_hub.pth", num_heads=HEADS).parameters()} == {torch.float32}
+    cond = ImageConditioner(load_dinov2(tmp_path / "tiny_hub.pth", device="cpu", dtype=dtype, num_heads=HEADS))
+    assert cond.dtype == dtype and {p.dtype for p in cond.model.parameters()} == {dtype}
+    img = torch.rand(1, 3, IMG, IMG)
+    tok = cond.encode(img)
+    assert tok.dtype == torch.float32
+    err = (tok - ImageConditioner(m).encode(img)).abs().max()
+    assert 0 < err < (0.1 if dtype == torch.bfloat16 else 0.02)   # computed in low precision, same features
+
+
 def test_conditioner_normalisation_and_non_affine_layer_norm():
     m = _random_tiny(2)
     with torch.no_grad():  # a strongly affine final norm must NOT show up in the conditioning

@@ -22,6 +22,7 @@ from PIL import Image
 from helpers.bad_images import png_header_only
 from helpers.bundles import obj, reconstruction
 
+from cupid.models.dtype import dtype_name, resolve_dtype
 from cupid.server import ServerSettings
 from cupid_blender.client import BACKEND_RESTARTED, WRONG_TOKEN, BackendError, BackendUnavailable, CupidClient
 
@@ -101,6 +102,7 @@ def test_token_file_is_private_and_complete(server):
     assert data["url"] == f"http://127.0.0.1:{server.port}" and len(data["token"]) >= 32
     h = server.client.health()
     assert h["version"] and h["device"] == "cpu" and h["queue_length"] == 0 and h["model_error"] is None
+    assert h["dtype"] == dtype_name(resolve_dtype("auto", "cpu")) and not h["model_loaded"]  # known before loading
     assert len(h["instance"]) == 16 and h["limits"] == {
         "max_queue": 32, "max_queued_bytes": 1024 * MB, "max_result_bytes": 2048 * MB,
         "max_upload_bytes": 2 * MB, "result_ttl_s": 3600.0}
@@ -142,7 +144,7 @@ def test_openapi_describes_every_answer(server):
     assert "application/zip" in result["200"]["content"]
     assert {ref(result[c]) for c in ("404", "409", "410")} == {"ErrorResponse"}
     health = spec["components"]["schemas"]["Health"]["properties"]
-    assert {"instance", "limits", "queued_bytes", "result_bytes"} <= set(health)
+    assert {"instance", "limits", "queued_bytes", "result_bytes", "device", "dtype"} <= set(health)
     assert spec["components"]["schemas"]["JobStatus"]["properties"]["state"]["enum"] == [
         "queued", "running", "done", "failed", "cancelled"]
 

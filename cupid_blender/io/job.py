@@ -100,6 +100,7 @@ class Progress:
     stage: str
     fraction: float
     device: str = ""    # the backend's device, once it answered
+    dtype: str = ""     # and the precision its networks run in
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class ReconstructJob:
         self._preview_asked = False
         self._client: Any = None
         self._device = ""
+        self._dtype = ""
         self.workdir: Optional[Path] = None   # the download, inside the results folder
         self.job_id: Optional[str] = None
 
@@ -170,7 +172,7 @@ class ReconstructJob:
 
     # -- the worker thread's side --------------------------------------------------------------
     def _publish(self, state: str, stage: str, fraction: float) -> None:
-        self._events.put(Progress(state, stage, min(1.0, max(0.0, fraction)), self._device))
+        self._events.put(Progress(state, stage, min(1.0, max(0.0, fraction)), self._device, self._dtype))
 
     def _on_status(self, st: dict) -> None:
         state = str(st.get("state", ""))
@@ -220,7 +222,9 @@ class ReconstructJob:
         client = self._client = self._connect(self._cancel.is_set)
         if self.cancel_requested:
             return Outcome("cancelled")
-        self._device = str(client.health().get("device") or "")
+        health = client.health()
+        self._device = str(health.get("device") or "")
+        self._dtype = str(health.get("dtype") or "")
         r, up = self.request, self.request.upload
         if r.refine is not None:
             self._publish("queued", "refining", 0.0)

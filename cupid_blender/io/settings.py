@@ -1,6 +1,7 @@
 """Decisions taken from the artist's settings, in one place and without bpy: what "unset" means
-for seed and steps, where results are kept, which model runs, how long a CPU job takes, and which
-files of a folder a batch reconstructs.
+for seed and steps, where results are kept, which model runs (and the panel's line naming it with
+the device and precision), how long a CPU job takes, and which files of a folder a batch
+reconstructs.
 """
 from __future__ import annotations
 
@@ -87,6 +88,13 @@ def model_label(model: str) -> str:
     if is_tiny(model):
         return "tiny test model (random weights)"
     return model if "/" in model and not os.path.isdir(os.path.expanduser(model)) else Path(model).name or model
+
+
+def model_line(model: str, device: str, dtype: str) -> str:
+    """The panel's model line: 'Model: M · Device: cpu (float32)'; the precision is left out while
+    it is 'auto' and the backend has not said what it chose."""
+    precision = f" ({dtype})" if dtype and dtype != "auto" else ""
+    return f"Model: {model} · Device: {device}{precision}"
 
 
 def expected_cpu_seconds(steps: int) -> float:

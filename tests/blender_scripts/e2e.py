@@ -253,7 +253,7 @@ def main(cfg: dict) -> dict:
     out["remote_panel"] = labels(draw_panel(name, False))
     prefs.backend_kind = "LOCAL"
 
-    # 13. the model and device the panel shows; after `cupid download` the official weights
+    # 13. the model, device and precision the panel shows; after `cupid download` the official weights
     wm = bpy.context.window_manager
     out["model"] = {"tiny_panel": labels(draw_panel(name, False)), "tiny_config": operators.backend_config(
         bpy.context).model}
@@ -267,7 +267,10 @@ def main(cfg: dict) -> dict:
     out["model"]["full_cpu_panel"] = labels(draw_panel(name, False))
     prefs.device = "cuda"
     out["model"]["full_cuda_panel"] = labels(draw_panel(name, False))
-    prefs.model, prefs.device = tiny, "cpu"
+    prefs.dtype, wm.cupid_dtype = "bfloat16", ""      # a precision asked for, before the backend answered
+    out["model"]["asked_panel"] = labels(draw_panel(name, False))
+    out["model"]["asked_config"] = operators.backend_config(bpy.context).dtype
+    prefs.model, prefs.device, prefs.dtype = tiny, "cpu", "auto"
 
     # 14. results beside the saved .blend, else the preference's folder
     out["results_folder"] = {"saved": str(operators.results_folder(bpy.context))}

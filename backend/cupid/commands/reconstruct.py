@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from .. import config
 from ..errors import CliError
 from ..geometry.pnp import PNP_METHODS
+from .device import add_device_arguments, announce_device
 
 if TYPE_CHECKING:
     from ..geometry import CameraPose
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("object", "scene"), default="object", help="one object, or every object")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
     p.add_argument("--steps", type=int, default=0, help="sampler steps per stage (0: the model's default)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_device_arguments(p)
     p.add_argument("--pnp", choices=PNP_METHODS, default=None,
                    help="camera solver: robust (RANSAC + refinement, the default) or dlt (the release's, "
                         "to reproduce its results seed for seed); default: the model's pipeline.json")
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     print(f"loading model {args.model} ...")
-    pipe = CupidPipeline.from_pretrained(args.model, device=args.device)
+    device, dtype = announce_device(args.device, args.dtype)
+    pipe = CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype)
     try:
         out = reconstruct_bundle(pipe, args.photo, out_dir, mask=args.mask, mode=args.mode, seed=args.seed,
                                  steps=args.steps or None, progress=progress, pnp=args.pnp, camera=camera,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import config
 from ..errors import CliError
+from .device import add_device_arguments, announce_device
 
 MB = 1024 * 1024
 NAME = "serve"
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where {url, token} is kept (mode 0600); the token of an existing file is reused, so "
                         "clients stay set up across restarts (with --port 0 the file is removed at exit)")
     p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_device_arguments(p)
     p.add_argument("--max-upload-mb", type=int, default=64, help="largest accepted upload")
     p.add_argument("--result-ttl", type=float, default=3600.0, help="seconds a finished result is kept")
     p.add_argument("--preload", action="store_true", help="load the model at start, not at the first job")
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     _Server = _server_class()
 
-    from ..pipeline import CupidPipeline, resolve_device
+    from ..pipeline import CupidPipeline
     from ..server import ServerSettings, create_app
     from ..server.connections import bounded_protocol
 
@@ -156,17 +157,17 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.idle_timeout <= 0:
         raise CliError("--idle-timeout must be positive")
-    device = str(resolve_device(args.device))
+    device, dtype = announce_device(args.device, args.dtype)
     sock = bind(args.host, args.port)
     port = sock.getsockname()[1]
     token_file = Path(args.token_file).expanduser()
     token = existing_token(token_file)
     keep_token_file = token is not None or args.port != 0  # a fixed address keeps its token for the next start
     settings = ServerSettings(host=args.host, port=port, token=token or secrets.token_urlsafe(32), device=device,
-                              max_upload_bytes=args.max_upload_mb * MB, result_ttl=args.result_ttl,
+                              dtype=dtype, max_upload_bytes=args.max_upload_mb * MB, result_ttl=args.result_ttl,
                               preload=args.preload, max_queue=args.max_queue,
                               max_queued_bytes=args.max_queued_mb * MB, max_result_bytes=args.max_results_mb * MB)
-    app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device))
+    app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype))
     wildcard = args.host in WILDCARD_HOSTS
     local_url = f"http://{'[::1]' if args.host == '::' else '127.0.0.1'}:{port}" if wildcard else settings.url
     write_token_file(token_file, local_url, settings.token)

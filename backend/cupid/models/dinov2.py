@@ -362,7 +362,7 @@ def load_dinov2(path_or_id: str | os.PathLike = HF_DEFAULT_ID, device: str | tor
     """Load DINOv2 strictly, in eval mode, from a local hub .pth / HF .safetensors file (or a folder
     holding model.safetensors), a torch.hub name such as 'dinov2_vitl14_reg' (TRELLIS' setting; the
     torch hub cache is used first), or an HF repo id such as 'facebook/dinov2-with-registers-large'.
-    On the CPU float16 becomes float32."""
+    `dtype` (the whole network's) is honoured on every device; None: float32."""
     s = str(path_or_id)
     p = Path(s).expanduser()
     heads = num_heads

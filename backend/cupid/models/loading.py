@@ -1,9 +1,10 @@
 """Load official TRELLIS/CUPID checkpoints (`NAME.json` + `NAME.safetensors`) strictly.
 
 The network is built on the meta device (no random init, no memory), the safetensors weights are
-checked against it key by key and assigned, then cast for the target device: CPU runs float32
-(default) or bfloat16, since float16 matmuls on the CPU are slow and inexact; GPUs run the torso in
-float16 when the checkpoint was trained that way.
+checked against it key by key and assigned, then its torso is cast to the dtype asked for (any
+device honours any of float32/bfloat16/float16; which one a device should run is
+`cupid.models.dtype.resolve_dtype`'s choice). Without one the checkpoint's own default applies:
+float16 on a GPU when it was trained that way (`use_fp16`), float32 on the CPU.
 """
 from __future__ import annotations
 
@@ -65,20 +66,20 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: st
 
 
 def _target_dtype(device: torch.device, dtype: torch.dtype | None, use_fp16: bool) -> torch.dtype:
-    if device.type == "cpu":
-        if dtype in (None, torch.float16):
-            return torch.float32
+    """The dtype asked for, else the checkpoint's default for the device (float32 on the CPU)."""
+    if dtype is not None:
         return dtype
-    if dtype is None:
-        return torch.float16 if use_fp16 else torch.float32
-    return dtype
+    if device.type == "cpu":
+        return torch.float32
+    return torch.float16 if use_fp16 else torch.float32
 
 
 def load_model(stem: str | os.PathLike, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None, keep_low: bool = True, **overrides: Any) -> nn.Module:
     """Build the network named in STEM.json and load STEM.safetensors strictly, in eval mode.
 
-    `dtype` is the torso compute dtype; on the CPU None/float16 mean float32 and bfloat16 is allowed.
+    `dtype` is the torso compute dtype, honoured on every device (float16 on the CPU too: slow but
+    as asked); None: the checkpoint's default (float16 on a GPU when `use_fp16`, else float32).
     Embedders, input/output layers and norms stay float32 as in the original mixed-precision setup.
     `keep_low`: a float32 torso keeps the checkpoint's float16 weights and casts them at each use (exact;
     half the memory); False holds float32 copies.

@@ -26,6 +26,7 @@ from ..geometry import CameraPose, uncrop_uv, validate_camera, voxel_centers
 from ..hub import hub_file
 from ..models import load_model
 from ..models.dinov2 import ImageConditioner, load_dinov2
+from ..models.dtype import resolve_dtype
 from ..preprocess import Processed, load_photo, preprocess
 from ..progress import CancelCheck, Progress, ProgressCallback
 from ..reconstruction import Pairs, Preview, ReconstructedObject, Reconstruction
@@ -92,7 +93,8 @@ class CupidPipeline:
 
     def __init__(self, models: dict[str, torch.nn.Module], conditioner: ImageConditioner,
                  ss_sampler: FlowSampler, slat_sampler: FlowSampler, slat_normalization: dict[str, list[float]],
-                 device: torch.device, source: str = "", settings: dict[str, Any] | None = None):
+                 device: torch.device, source: str = "", settings: dict[str, Any] | None = None,
+                 dtype: torch.dtype = torch.float32):
         self.models = models
         self.conditioner = conditioner
         self.ss_sampler = ss_sampler
@@ -100,6 +102,7 @@ class CupidPipeline:
         self.slat_mean = torch.tensor(slat_normalization["mean"], dtype=torch.float32, device=device)
         self.slat_std = torch.tensor(slat_normalization["std"], dtype=torch.float32, device=device)
         self.device = device
+        self.dtype = dtype    # the networks' torso dtype (norms, embedders and outputs stay float32)
         self.source = source
         self.settings = dict(settings or {})  # the rest of pipeline.json (point-map model, export defaults)
         self._point_map_model: Any = None
@@ -110,8 +113,11 @@ class CupidPipeline:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = config.CUPID_MODEL_ID, device: str | None = "auto",
-                        dtype: torch.dtype | None = None) -> "CupidPipeline":
+                        dtype: str | torch.dtype | None = "auto") -> "CupidPipeline":
+        """Load every network of `model` on `device` in `dtype` (a name of DTYPE_CHOICES or a torch
+        dtype; 'auto'/None: `resolve_dtype`'s choice for the device)."""
         dev = resolve_device(device)
+        dtype = resolve_dtype(dtype, dev)
         args, base, local = _read_pipeline_json(model)
         missing = [r for r in config.RELEASE_MODELS if r not in args.get("models", {})]
         if missing:
@@ -139,7 +145,7 @@ class CupidPipeline:
             raise CheckpointError(f"{model}: pipeline.json has no slat_normalization")
         settings = {k: v for k, v in args.items() if k not in ("models", "sparse_structure_sampler", "slat_sampler",
                                                                "slat_normalization", "image_cond_model")}
-        return cls(models, conditioner, ss, slat, norm, dev, source=str(base), settings=settings)
+        return cls(models, conditioner, ss, slat, norm, dev, source=str(base), settings=settings, dtype=dtype)
 
     @property
     def export_settings(self) -> dict[str, Any]:

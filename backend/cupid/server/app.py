@@ -118,9 +118,9 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
 
     @api.get("/v1/health", response_model=Health)
     def health() -> Health:
-        """Version, device, this run's instance id, whether the model is loaded (or why loading it
-        failed), how many jobs wait or run and the bytes they hold, and the limits."""
-        return Health(version=__version__, device=settings.device, instance=jobs.instance,
+        """Version, device and precision, this run's instance id, whether the model is loaded (or why
+        loading it failed), how many jobs wait or run and the bytes they hold, and the limits."""
+        return Health(version=__version__, device=settings.device, dtype=settings.dtype, instance=jobs.instance,
                       model_loaded=jobs.model_loaded, model_error=jobs.model_error,
                       queue_length=jobs.queue_length(), **jobs.usage(),
                       limits=Limits(max_queue=settings.max_queue, max_queued_bytes=settings.max_queued_bytes,

@@ -63,6 +63,8 @@ class Limits(BaseModel):
 class Health(BaseModel):
     version: str
     device: str
+    dtype: str = Field(description="the networks' precision on that device (float32, bfloat16 or float16), "
+                                   "chosen at start, before the model loads")
     instance: str = Field(description="random per start: a different value means the backend restarted "
                                       "and its earlier jobs are gone")
     model_loaded: bool

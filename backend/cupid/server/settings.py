@@ -15,6 +15,7 @@ class ServerSettings:
     port: int
     token: str
     device: str = "auto"
+    dtype: str = "auto"                  # the networks' precision (`cupid serve` stores the resolved name)
     max_upload_bytes: int = 64 * MB
     result_ttl: float = 3600.0
     preload: bool = False

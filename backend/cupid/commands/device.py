@@ -1,0 +1,26 @@
+"""--device and --dtype, shared by the commands that load the model, and the line saying what they chose."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DTYPE_HELP = ("precision of the networks: auto (float16 on CUDA as the release; on a CPU bfloat16 where it has "
+              "bf16 instructions, else float32; float32 on Apple MPS), or float32, bfloat16, float16 as asked")
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    from ..models.dtype import DTYPE_CHOICES
+
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
+
+
+def announce_device(device: str | None, dtype: str | None) -> tuple[str, str]:
+    """Resolve --device and --dtype, say on stderr what they chose and why ('device cpu, float32 (auto:
+    this CPU has no bf16 instructions)'); (device name, dtype name)."""
+    from ..models.dtype import describe_dtype_choice, dtype_name, resolve_dtype
+    from ..pipeline import resolve_device
+
+    dev = resolve_device(device)
+    print(f"device {dev}, {describe_dtype_choice(dtype, dev)}", file=sys.stderr, flush=True)
+    return str(dev), dtype_name(resolve_dtype(dtype, dev))
