@@ -103,7 +103,8 @@ def test_full_size_blocks_in_low_precision_stay_close_to_float32(dtype, sparse):
 
 @pytest.fixture(scope="module")
 def runs(tiny_model):
-    """Every stage of one object run in float32 and in each low dtype (stage 2 with float32's camera)."""
+    """Every stage of one object run in float32 and in each low dtype (stage 2 with float32's camera, so
+    that it shows stage 2's own error)."""
     photo = preprocess(PHOTO)
     out = {}
     for dt in [torch.float32, *LOW]:
@@ -115,7 +116,7 @@ def runs(tiny_model):
             crop = photo.crop
             slat = pipe.sample_latent(first.structure, camera.in_crop(crop.offset, crop.size), cond, visual,
                                       _stream_after(first), None, Progress())
-            mesh, gaussians = pipe.decode(out[torch.float32]["slat"] if dt != torch.float32 else slat)
+            mesh, gaussians = pipe.decode(slat)
         out[dt] = {"pipe": pipe, "cond": cond, "first": first, "slat": slat, "mesh": mesh, "gaussians": gaussians}
     return out
 
@@ -130,11 +131,17 @@ def _stream_after(first) -> torch.Generator:
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_tiny_model_every_stage_in_low_precision(runs, dtype):
+    """The flows run in the low dtype; DINOv2, the decoders and the SLat encoder in float32 (their one
+    call per job makes the conditioning, the geometry and the camera: see `network_dtype`)."""
     ref, low = runs[torch.float32], runs[dtype]
-    torso = low["pipe"].models["sparse_structure_flow_model"].blocks[0].self_attn.to_qkv
-    assert low["pipe"].models["sparse_structure_flow_model"].dtype == dtype and torso.weight.dtype == dtype
-    # conditioning (DINOv2)
-    assert rel(low["cond"], ref["cond"]) < BOUND[dtype]
+    models = low["pipe"].models
+    for role in ("sparse_structure_flow_model", "slat_flow_model"):
+        assert models[role].dtype == dtype and models[role].blocks[0].self_attn.to_qkv.weight.dtype == dtype
+    for role in ("sparse_structure_decoder", "sparse_structure_uv_decoder", "slat_encoder", "slat_decoder_mesh",
+                 "slat_decoder_gs"):
+        assert getattr(models[role], "dtype", torch.float32) == torch.float32, role
+    # conditioning (DINOv2, float32): the same tokens
+    assert torch.equal(low["cond"], ref["cond"])
     # stage 1: occupancy and UV cube, then the camera solved from them
     s_ref, s_low = ref["first"].structure, low["first"].structure
     assert iou(s_low.occupancy, s_ref.occupancy) > 0.97
@@ -145,39 +152,44 @@ def test_tiny_model_every_stage_in_low_precision(runs, dtype):
     du = np.array([uv_low[k] - uv_ref[k] for k in common])
     assert np.abs(du).max() < 20 * BOUND[dtype] and np.sqrt((du ** 2).mean()) < BOUND[dtype]
     c_ref, c_low = ref["first"].camera, low["first"].camera
-    assert abs(c_low.K[0, 0] / c_ref.K[0, 0] - 1) < 0.02
-    assert rotation_angle_deg(c_low.R, c_ref.R) < 1.0
+    assert abs(c_low.K[0, 0] / c_ref.K[0, 0] - 1) < 0.005
+    assert rotation_angle_deg(c_low.R, c_ref.R) < 0.25
     # stage 2: the structured latent with the same camera and noise
-    assert rel(low["slat"].feats, ref["slat"].feats) < 5 * BOUND[dtype]
-    # decoding the same latent: Gaussians and the mesh
+    assert rel(low["slat"].feats, ref["slat"].feats) < BOUND[dtype]
+    # decoded from each run's latent: Gaussians and the mesh
     g_ref, g_low = ref["gaussians"], low["gaussians"]
     assert rel(g_low.get_xyz, g_ref.get_xyz) < BOUND[dtype]
-    assert rel(g_low.features_dc, g_ref.features_dc) < 5 * BOUND[dtype]
+    assert rel(g_low.features_dc, g_ref.features_dc) < BOUND[dtype]
     v_ref, v_low = ref["mesh"].vertices.float(), low["mesh"].vertices.float()
     extent = float((v_ref.max(0).values - v_ref.min(0).values).max())
     d = torch.cdist(v_low, v_ref)
     chamfer = float(d.min(1).values.mean() + d.min(0).values.mean()) / 2
-    assert chamfer < 0.01 * extent, (chamfer, extent)
+    assert chamfer < 1e-3 * extent, (chamfer, extent)
 
 
 # ---------------------------------------------------------------- the release-parity run in bfloat16
 
 @pytest.mark.parametrize("seed", [0, 7])
 def test_bf16_stage_one_agrees_with_the_release_run(tiny_model, seed):
-    """On the release-parity fixture (the release's own fp32 run of the same tiny weights and photo), a
-    bfloat16 stage 1 gives the same occupancy and the same DLT camera (focal within 1%, rotation within
-    0.5 degree), so auto bf16 on a bf16 CPU reconstructs the release's object in the release's camera."""
+    """On the release-parity fixture (the release's own fp32 run of the same tiny weights, photo and seed),
+    a bfloat16 stage-1 flow gives the release's latent to bf16's rounding, the same occupancy and the same
+    DLT camera (focal within 0.1%, rotation within 0.1 degree). (The tiny model's decoders are fitted to
+    its target, so occupancy and camera depend little on the latent; the latent check is the strict one.)"""
     ref = np.load(FIXTURES / "release_run" / "run.npz")
     p = f"seed{seed}."
     pipe = CupidPipeline.from_pretrained(tiny_model, device="cpu", dtype=torch.bfloat16)  # seed 0: the fixture's
     processed = preprocess(PHOTO)
+    seen = []
+    inner = pipe.ss_sampler.sample
+    pipe.ss_sampler.sample = lambda *a, **k: seen.append(inner(*a, **k)) or seen[-1]
     with torch.no_grad():
         cond, _ = pipe.condition(processed)
         structure = pipe.sample_structure(cond, seed, None, Progress())
+    assert rel(seen[0], torch.from_numpy(ref[p + "z"])) < BOUND[torch.bfloat16]
     want = np.zeros_like(structure.occupancy)
     want[tuple(ref[p + "coords"][:, 1:].T)] = True
     assert iou(structure.occupancy, want) > 0.97
     _, sol = pose_from_structure(structure, (0.0, 0.0), 518.0, (518, 518), method="dlt")
     K_rel, Rt_rel = ref[p + "K"], ref[p + "extrinsic"]
-    assert abs(sol.K[0, 0] / 518.0 / K_rel[0, 0] - 1) < 0.01
-    assert rotation_angle_deg(sol.R, Rt_rel[:3, :3]) < 0.5
+    assert abs(sol.K[0, 0] / 518.0 / K_rel[0, 0] - 1) < 1e-3
+    assert rotation_angle_deg(sol.R, Rt_rel[:3, :3]) < 0.1

@@ -126,16 +126,17 @@ class CupidPipeline:
         for role in config.RELEASE_MODELS:
             stem = args["models"][role]
             local_stem = Path(base) / stem
+            role_dtype = network_dtype(role, dtype)
             if local and Path(f"{local_stem}.json").is_file():
-                models[role] = load_model(local_stem, device=dev, dtype=dtype)
+                models[role] = load_model(local_stem, device=dev, dtype=role_dtype)
             elif local or stem.count("/") >= 3:
-                models[role] = load_model(stem if stem.count("/") >= 3 else local_stem, device=dev, dtype=dtype)
+                models[role] = load_model(stem if stem.count("/") >= 3 else local_stem, device=dev, dtype=role_dtype)
             else:
-                models[role] = load_model(f"{base}/{stem}", device=dev, dtype=dtype)
+                models[role] = load_model(f"{base}/{stem}", device=dev, dtype=role_dtype)
         cond_name = args.get("image_cond_model", config.DINOV2_ID)
         cond_path = Path(base) / cond_name if local else None
         dino = load_dinov2(cond_path if cond_path is not None and cond_path.exists() else cond_name,
-                           device=dev, dtype=dtype)
+                           device=dev, dtype=network_dtype("image_cond_model", dtype))
         conditioner = ImageConditioner(dino).to(dev)
         ss = FlowSampler.from_config({**config.SPARSE_STRUCTURE_SAMPLER,
                                       **_flat(args.get("sparse_structure_sampler", {}))})
@@ -388,6 +389,21 @@ class CupidPipeline:
         H, W = photo.shape[:2]
         camera = CameraPose(K_scene, np.eye(3), np.zeros(3), W, H)
         return Reconstruction(photo=photo, camera=camera, objects=objects, mode="scene", seed=seed)
+
+
+FLOW_ROLES = ("sparse_structure_flow_model", "slat_flow_model")
+
+
+def network_dtype(role: str, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype one network of the pipeline loads in (None: its checkpoint's default for the device).
+
+    The two flows run 2 x 25 times per job, so they take the run's dtype. The others (DINOv2, the
+    decoders, the SLat encoder) run once: their outputs are the conditioning, the occupancy, the UV cube
+    the camera is solved from, and the surface, and bfloat16's 8 bits would show in the camera (about 1
+    degree on the tiny model), so they keep their default: float32 on a CPU (computed from the stored
+    float16 weights, so no extra memory), float16 on CUDA where the release trains and runs them so.
+    float32 asked for means float32 everywhere."""
+    return dtype if role in FLOW_ROLES or dtype == torch.float32 else None
 
 
 def check_pnp(method: Any, what: str, error: type[CupidError] = InputError) -> str:
