@@ -160,7 +160,7 @@ def _count_cpu_flash_attention() -> None:
 
     @register_flop_formula(op)
     def _flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-        return sdpa_flop_count(query.shape, key.shape, value.shape)
+        return sdpa_flop_count(query, key, value)   # the counter hands formulas shapes
 
 
 def matrix_rate(dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
