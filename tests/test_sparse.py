@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from cupid.sparse import (SparseConv3d, SparseTensor, WindowPartition, build_neighbor_map, neighbor_map,
                           sparse_cat, sparse_downsample, sparse_self_attention, sparse_subdivide, sparse_upsample,
                           sparse_windowed_self_attention, windowed_attention)
+from cupid.sparse.conv import col2im_conv3d, gathered_conv3d, per_offset_conv3d
 
 
 def _random_sparse(batch: int = 2, res: int = 12, n: int = 300, channels: int = 5, seed: int = 0) -> SparseTensor:
@@ -23,10 +24,11 @@ def _random_sparse(batch: int = 2, res: int = 12, n: int = 300, channels: int = 
     return SparseTensor(feats, coords)
 
 
-def _dense_conv_at_sites(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor, res: int) -> torch.Tensor:
+def _dense_conv_at_sites(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None, res: int,
+                         dilation: int = 1) -> torch.Tensor:
     dense = x.dense((res, res, res))  # [B, C, X, Y, Z]
     k = weight.shape[1]
-    out = F.conv3d(dense, weight.permute(0, 4, 1, 2, 3), bias, padding=k // 2)
+    out = F.conv3d(dense, weight.permute(0, 4, 1, 2, 3), bias, padding=dilation * (k // 2), dilation=dilation)
     c = x.coords.long()
     return out[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
 
@@ -57,6 +59,69 @@ def test_conv_unsorted_rows_and_bfloat16() -> None:
     assert ((low.float() - ref).norm() / ref.norm()).item() < 2e-2
 
 
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (3, 2), (1, 1)])
+def test_conv_kernels_match_dense_conv(kernel: int, dilation: int) -> None:
+    x = _random_sparse(batch=3, res=10, n=150, channels=6, seed=4)  # ~15% occupancy: many missing neighbours
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(5, kernel, kernel, kernel, 6, generator=g)
+    bias = torch.randn(5, generator=g)
+    nmap = build_neighbor_map(x.coords, kernel, dilation)
+    n = x.coords.shape[0]
+    row_bytes = kernel ** 3 * 6 * 4
+    assert n % 7 != 0
+    for b in (bias, None):
+        ref = _dense_conv_at_sites(x, weight, b, 10, dilation)
+        per = per_offset_conv3d(x.feats, nmap, weight, b)
+        assert _rel(per, ref) < 1e-5
+        # one chunk, 7-row chunks (the last one short), 1-row chunks (budget below one row)
+        for chunk in (None, 7 * row_bytes, 1):
+            got = gathered_conv3d(x.feats, nmap, weight, b, chunk)
+            assert got.shape == (n, 5) and got.dtype == torch.float32
+            assert _rel(got, ref) < 1e-5 and _rel(got, per) < 1e-5
+        # col2im: all offsets in one GEMM, or groups of 2 (a short last group for k = 3), 7-row chunks
+        for max_bytes, chunk in ((None, None), (2 * (n + 1) * 5 * 4, 7 * 2 * 5 * 4)):
+            got = col2im_conv3d(x.feats, nmap, weight, b, max_bytes, chunk)
+            assert got.shape == (n, 5) and got.dtype == torch.float32
+            assert _rel(got, ref) < 1e-5 and _rel(got, per) < 1e-5
+    # bfloat16 in, bfloat16 out; both paths agree with the float32 result loosely
+    ref = _dense_conv_at_sites(x, weight, bias, 10, dilation)
+    wl, bl, fl = weight.bfloat16(), bias.bfloat16(), x.feats.bfloat16()
+    for got in (gathered_conv3d(fl, nmap, wl, bl, 7 * row_bytes // 2), per_offset_conv3d(fl, nmap, wl, bl),
+                col2im_conv3d(fl, nmap, wl, bl, 2 * (n + 1) * 5 * 2)):
+        assert got.dtype == torch.bfloat16
+        assert _rel(got, ref) < 2e-2
+
+
+@pytest.mark.parametrize("path", ["gathered", "col2im", "per_offset"])
+def test_conv_dispatch_and_empty_input(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cupid.sparse.conv as conv_mod
+    monkeypatch.setattr(conv_mod, "GATHER_MAX_WIDTH", 1 << 30 if path == "gathered" else 0)
+    monkeypatch.setattr(conv_mod, "COL2IM_MIN_RATIO", 1 if path == "col2im" else 1 << 30)
+    calls: list[str] = []
+    for name in ("gathered_conv3d", "col2im_conv3d", "per_offset_conv3d"):
+        real = getattr(conv_mod, name)
+        monkeypatch.setattr(conv_mod, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    x = _random_sparse(batch=2, res=8, n=60, channels=4, seed=5)
+    conv = SparseConv3d(4, 3, 3)
+    with torch.no_grad():
+        out = conv(x)
+        ref = _dense_conv_at_sites(x, conv.conv.weight, conv.conv.bias, 8)
+        assert calls == [f"{path}_conv3d"]
+        assert _rel(out.feats, ref) < 1e-5
+        empty = SparseTensor(torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.int32))
+        nothing = conv(empty)
+    assert nothing.feats.shape == (0, 3) and nothing.coords.shape == (0, 4)
+    nmap = build_neighbor_map(empty.coords, 3)
+    for kernel in (gathered_conv3d, col2im_conv3d, per_offset_conv3d):
+        assert kernel(empty.feats, nmap, conv.conv.weight, conv.conv.bias).shape == (0, 3)
+    # kernel 1 is a plain matmul whatever the width
+    assert conv_mod.choose_kernel(4, 3, build_neighbor_map(x.coords, 1)) == "per_offset"
+
+
 @pytest.mark.parametrize("dense_table", [True, False])
 def test_neighbor_map_pairs_and_caching(dense_table: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     import cupid.sparse.neighbors as nb
@@ -76,7 +141,10 @@ def test_neighbor_map_pairs_and_caching(dense_table: bool, monkeypatch: pytest.M
                 ref.add((i, j))
         assert got == ref, f"offset {(a, b, c)}"
         want += len(ref)
+        table = dict(enumerate(nmap.neighbor_table[:, k].tolist()))
+        assert table == {i: dict(ref).get(i, len(table)) for i in range(len(table))}
     assert nmap.num_pairs == want
+    assert nmap.neighbor_table is nmap.neighbor_table  # built once per map
     # cached per coordinate set: same tensor, derived tensors, and fresh tensors on the same coords
     first = neighbor_map(x)
     assert neighbor_map(x) is first

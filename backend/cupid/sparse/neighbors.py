@@ -7,7 +7,7 @@ coords[j] = coords[i] + (a, b, c) - k//2 (cross-correlation, as spconv and `torc
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,10 +21,29 @@ class NeighborMap:
     out_idx: list[torch.Tensor]  # per offset, int64 [P_k]
     in_idx: list[torch.Tensor]   # per offset, int64 [P_k]
     center: int
+    _table: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_pairs(self) -> int:
         return int(sum(t.numel() for t in self.out_idx))
+
+    @property
+    def neighbor_table(self) -> torch.Tensor:
+        """int64 [N, k³]: input row of each output row's neighbour per offset, N where it is missing.
+
+        N indexes a zero row appended to the features, so one `index_select` gathers a whole im2col
+        block. Built on first use and kept: the map is cached across sampler steps.
+        """
+        if self._table is None:
+            n, k3 = self.num_rows, len(self.out_idx)
+            outs = torch.cat(self.out_idx)
+            ins = torch.cat(self.in_idx)
+            offset = torch.repeat_interleave(torch.arange(k3, device=outs.device),
+                                             torch.tensor([t.numel() for t in self.out_idx], device=outs.device))
+            table = torch.full((n * k3,), n, dtype=torch.long, device=outs.device)
+            table[outs * k3 + offset] = ins
+            self._table = table.view(n, k3)
+        return self._table
 
 
 _DENSE_TABLE_MAX = 1 << 25  # grid cells (int64 entries) up to which a dense lookup table is used
