@@ -1,4 +1,4 @@
-"""Submanifold 3×3×3 conv on the CPU: cupid.sparse (both kernels) vs spconv 2.3.8 float32, same inputs.
+"""Submanifold 3×3×3 conv on the CPU: cupid.sparse's two kernels vs spconv 2.3.8 float32, same inputs.
 
 Yardsticks (issue #17): 128→128 on a 64³ sphere shell (~19.5k voxels), 1024→1024 on a 32³ shell (~5k),
 2048→128 on the 64³ shell; ours in the pipeline's dtype (--dtype), spconv always in float32. Neighbour
@@ -6,10 +6,12 @@ maps / spconv indices are built once ('warm', as inside a network).
 
 The machine is shared: the kernels run interleaved (A B C A B C ...), each run is tagged with the CPU
 time other processes used meanwhile (from /proc/stat), runs where they used more than --max-other
-cores are dropped while enough clean ones remain, and medians are compared.
+cores are dropped while enough clean ones remain (each round first waits for a quiet second), and
+medians are compared.
 
---sweep instead times gathered vs per-offset over channel widths and im2col chunk sizes, on the 64³
-shell and a thicker (denser) one: the measurement behind GATHER_MAX_WIDTH / GATHER_CHUNK_BYTES.
+--sweep instead times both kernels over channel widths and chunk sizes, on the 64³ shell
+and a thicker (denser) one: the measurement behind the thresholds in cupid/sparse/conv.py. Its first
+column is per-offset at its default chunk size.
 
 Run: PYTHONPATH=backend:. python bench/bench_sparse_conv.py [--dtype bfloat16] [--sweep]
 """
@@ -25,6 +27,8 @@ import torch
 
 from cupid.sparse import build_neighbor_map
 from cupid.sparse.conv import gathered_conv3d, per_offset_conv3d, use_gathered
+
+KERNELS = {"gathered": gathered_conv3d, "per_offset": per_offset_conv3d}
 
 
 def shell_coords(res: int = 64, radius: float | None = None, half_width: float = 1.0) -> torch.Tensor:
@@ -104,9 +108,10 @@ CASES = (  # (label, grid, cin, cout): the issue's yardsticks
 def compare(dtype: torch.dtype, rounds: int, max_other: float) -> None:
     import spconv.pytorch as spconv
 
-    print(f"ours in {str(dtype).split('.')[-1]}, spconv in float32; medians of interleaved runs (s)")
-    print(f"{'case':>15} {'voxels':>6} {'gathered':>9} {'per-off':>9} {'spconv':>9} {'g/sp':>6} {'p/sp':>6}"
-          f" {'used/sp':>8} {'used':>9} {'clean':>5} {'rel err':>8}")
+    print(f"ours in {str(dtype).split('.')[-1]}, spconv in float32; medians of interleaved runs (s),"
+          " ratios to spconv; * = the kernel submanifold_conv3d picks")
+    print(f"{'case':>15} {'voxels':>6} {'spconv':>8} " + " ".join(f"{k:>16}" for k in KERNELS)
+          + f" {'clean':>5} {'rel err':>8}")
     for label, res, cin, cout in CASES:
         coords = shell_coords(res)
         n = coords.shape[0]
@@ -123,26 +128,27 @@ def compare(dtype: torch.dtype, rounds: int, max_other: float) -> None:
         sp_in = spconv.SparseConvTensor(feats32, coords, [res] * 3, 1)
         ref(sp_in)  # fills sp_in.indice_dict["bench"]
         exact = per_offset_conv3d(feats32.double(), nmap, weight32.double(), bias32.double())
-        kernels = [lambda: gathered_conv3d(feats, nmap, weight, bias),
-                   lambda: per_offset_conv3d(feats, nmap, weight, bias)]
-        errs = [((f().double() - exact).norm() / exact.norm()).item() for f in kernels]
-        (tg, tp, ts), clean = interleaved(kernels + [lambda: ref(sp_in)], rounds, max_other)
-        gathered = use_gathered(cin, cout, nmap)
-        used = tg if gathered else tp
-        print(f"{label:>15} {n:>6} {tg:9.4f} {tp:9.4f} {ts:9.4f} {tg / ts:6.2f} {tp / ts:6.2f} {used / ts:8.2f}"
-              f" {'gathered' if gathered else 'per-off':>9} {clean:>5} {max(errs):8.1e}", flush=True)
+        runs = [lambda f=f: f(feats, nmap, weight, bias) for f in KERNELS.values()]
+        err = max(((f().double() - exact).norm() / exact.norm()).item() for f in runs)
+        (ts, *ours), clean = interleaved([lambda: ref(sp_in)] + runs, rounds, max_other)
+        picked = "gathered" if use_gathered(cin, cout, nmap) else "per_offset"
+        cells = [f"{t:8.4f} {t / ts:5.2f}{'*' if k == picked else ' '}" for k, t in zip(KERNELS, ours)]
+        print(f"{label:>15} {n:>6} {ts:8.4f}  " + " ".join(f"{c:>16}" for c in cells) + f" {clean:>5} {err:8.1e}",
+              flush=True)
 
 
 def sweep(dtype: torch.dtype, rounds: int, max_other: float, widths: list[tuple[int, int]],
-          chunks_mb: list[float]) -> None:
-    print(f"gathered / per-offset time, {str(dtype).split('.')[-1]}; per-offset seconds in the first column")
-    for res, half_width in ((64, 1.0), (64, 2.0)):
-        coords = shell_coords(res, half_width=half_width)
+          chunks_mb: list[float], half_widths: list[float]) -> None:
+    print(f"time / per-offset time, {str(dtype).split('.')[-1]}: gathered (im2col) per chunk size, per-offset"
+          " per gather chunk size")
+    for half_width in half_widths:
+        coords = shell_coords(64, half_width=half_width)
         n = coords.shape[0]
         nmap = build_neighbor_map(coords, 3)
         nmap.neighbor_table
-        print(f"{res}³ shell ±{half_width}: {n} voxels, {nmap.num_pairs / n:.1f} of 27 neighbours")
-        print(f"{'cin→cout':>10} {'per-off s':>9} " + " ".join(f"{c:>6g}MB" for c in chunks_mb) + "  clean")
+        print(f"64³ shell ±{half_width}: {n} voxels, {nmap.num_pairs / n:.1f} of 27 neighbours")
+        print(f"{'cin→cout':>10} {'per-off s':>9} " + " ".join(f"{f'g{c:g}MB':>7}" for c in chunks_mb)
+              + " ".join(f"{f'p{c:g}MB':>7}" for c in chunks_mb) + f" {'clean':>5} picked")
         for cin, cout in widths:
             g = torch.Generator().manual_seed(0)
             feats = torch.randn(n, cin, generator=g).to(dtype)
@@ -150,9 +156,10 @@ def sweep(dtype: torch.dtype, rounds: int, max_other: float, widths: list[tuple[
             bias = torch.randn(cout, generator=g).to(dtype)
             fns = [lambda: per_offset_conv3d(feats, nmap, weight, bias)]
             fns += [lambda c=c: gathered_conv3d(feats, nmap, weight, bias, int(c * 2 ** 20)) for c in chunks_mb]
+            fns += [lambda c=c: per_offset_conv3d(feats, nmap, weight, bias, int(c * 2 ** 20)) for c in chunks_mb]
             meds, clean = interleaved(fns, rounds, max_other)
-            print(f"{f'{cin}→{cout}':>10} {meds[0]:9.4f} " + " ".join(f"{m / meds[0]:8.2f}" for m in meds[1:])
-                  + f"  {clean:>5}", flush=True)
+            print(f"{f'{cin}→{cout}':>10} {meds[0]:9.4f} " + " ".join(f"{m / meds[0]:7.2f}" for m in meds[1:])
+                  + f" {clean:>5} {'gathered' if use_gathered(cin, cout, nmap) else 'per_offset'}", flush=True)
 
 
 def main() -> None:
@@ -161,15 +168,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-other", type=float, default=0.3, help="cores others may use during a kept round")
     ap.add_argument("--sweep", action="store_true", help="gathered vs per-offset over widths and chunk sizes")
-    ap.add_argument("--widths", default="8:64,64:64,96:96,128:128,192:192,256:256,384:384,512:512")
-    ap.add_argument("--chunks-mb", default="1,2,4,8,16")
+    ap.add_argument("--widths", default="8:64,64:64,64:128,128:128,128:64,192:192,256:64,256:256,768:192")
+    ap.add_argument("--chunks-mb", default="2,4,8")
+    ap.add_argument("--half-widths", default="1,2", help="sweep shells: half thicknesses in voxels")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu {torch.backends.cpu.get_cpu_capability()}")
     if args.sweep:
         widths = [tuple(int(v) for v in w.split(":")) for w in args.widths.split(",")]
-        sweep(dtype, args.rounds, args.max_other, widths, [float(c) for c in args.chunks_mb.split(",")])
+        sweep(dtype, args.rounds, args.max_other, widths, [float(c) for c in args.chunks_mb.split(",")],
+              [float(h) for h in args.half_widths.split(",")])
     else:
         compare(dtype, args.rounds, args.max_other)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cupid.sparse import (SparseConv3d, SparseTensor, WindowPartition, build_neighbor_map, neighbor_map,
                           sparse_cat, sparse_downsample, sparse_self_attention, sparse_subdivide, sparse_upsample,
                           sparse_windowed_self_attention, windowed_attention)
-from cupid.sparse.conv import col2im_conv3d, gathered_conv3d, per_offset_conv3d
+from cupid.sparse.conv import gathered_conv3d, per_offset_conv3d
 
 
 def _random_sparse(batch: int = 2, res: int = 12, n: int = 300, channels: int = 5, seed: int = 0) -> SparseTensor:
@@ -77,32 +77,27 @@ def test_conv_kernels_match_dense_conv(kernel: int, dilation: int) -> None:
         ref = _dense_conv_at_sites(x, weight, b, 10, dilation)
         per = per_offset_conv3d(x.feats, nmap, weight, b)
         assert _rel(per, ref) < 1e-5
+        # per-offset gathers in 3-row chunks (offsets' pair counts are not multiples of 3)
+        assert _rel(per_offset_conv3d(x.feats, nmap, weight, b, 3 * 6 * 4), per) < 1e-6
         # one chunk, 7-row chunks (the last one short), 1-row chunks (budget below one row)
         for chunk in (None, 7 * row_bytes, 1):
             got = gathered_conv3d(x.feats, nmap, weight, b, chunk)
             assert got.shape == (n, 5) and got.dtype == torch.float32
             assert _rel(got, ref) < 1e-5 and _rel(got, per) < 1e-5
-        # col2im: all offsets in one GEMM, or groups of 2 (a short last group for k = 3), 7-row chunks
-        for max_bytes, chunk in ((None, None), (2 * (n + 1) * 5 * 4, 7 * 2 * 5 * 4)):
-            got = col2im_conv3d(x.feats, nmap, weight, b, max_bytes, chunk)
-            assert got.shape == (n, 5) and got.dtype == torch.float32
-            assert _rel(got, ref) < 1e-5 and _rel(got, per) < 1e-5
     # bfloat16 in, bfloat16 out; both paths agree with the float32 result loosely
     ref = _dense_conv_at_sites(x, weight, bias, 10, dilation)
     wl, bl, fl = weight.bfloat16(), bias.bfloat16(), x.feats.bfloat16()
-    for got in (gathered_conv3d(fl, nmap, wl, bl, 7 * row_bytes // 2), per_offset_conv3d(fl, nmap, wl, bl),
-                col2im_conv3d(fl, nmap, wl, bl, 2 * (n + 1) * 5 * 2)):
+    for got in (gathered_conv3d(fl, nmap, wl, bl, 7 * row_bytes // 2), per_offset_conv3d(fl, nmap, wl, bl, 3 * 6 * 2)):
         assert got.dtype == torch.bfloat16
         assert _rel(got, ref) < 2e-2
 
 
-@pytest.mark.parametrize("path", ["gathered", "col2im", "per_offset"])
+@pytest.mark.parametrize("path", ["gathered", "per_offset"])
 def test_conv_dispatch_and_empty_input(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import cupid.sparse.conv as conv_mod
     monkeypatch.setattr(conv_mod, "GATHER_MAX_WIDTH", 1 << 30 if path == "gathered" else 0)
-    monkeypatch.setattr(conv_mod, "COL2IM_MIN_RATIO", 1 if path == "col2im" else 1 << 30)
     calls: list[str] = []
-    for name in ("gathered_conv3d", "col2im_conv3d", "per_offset_conv3d"):
+    for name in ("gathered_conv3d", "per_offset_conv3d"):
         real = getattr(conv_mod, name)
         monkeypatch.setattr(conv_mod, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
     x = _random_sparse(batch=2, res=8, n=60, channels=4, seed=5)
@@ -116,10 +111,10 @@ def test_conv_dispatch_and_empty_input(path: str, monkeypatch: pytest.MonkeyPatc
         nothing = conv(empty)
     assert nothing.feats.shape == (0, 3) and nothing.coords.shape == (0, 4)
     nmap = build_neighbor_map(empty.coords, 3)
-    for kernel in (gathered_conv3d, col2im_conv3d, per_offset_conv3d):
+    for kernel in (gathered_conv3d, per_offset_conv3d):
         assert kernel(empty.feats, nmap, conv.conv.weight, conv.conv.bias).shape == (0, 3)
     # kernel 1 is a plain matmul whatever the width
-    assert conv_mod.choose_kernel(4, 3, build_neighbor_map(x.coords, 1)) == "per_offset"
+    assert not conv_mod.use_gathered(4, 3, build_neighbor_map(x.coords, 1))
 
 
 @pytest.mark.parametrize("dense_table", [True, False])

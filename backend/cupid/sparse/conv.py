@@ -14,57 +14,39 @@ from .neighbors import NeighborMap, neighbor_map
 from .tensor import SparseTensor
 
 
-# Kernel choice (`choose_kernel`), set by interleaved measurement on a 2-core AVX2 CPU in float32
-# (bench/bench_sparse_conv.py --sweep): all three give the same result.
+# Kernel choice (`use_gathered`) and chunk sizes, set by interleaved measurement on a 2-core AVX2 CPU
+# in float32 (bench/bench_sparse_conv.py --sweep); both kernels give the same result.
 GATHER_MAX_WIDTH = 128  # im2col when max(Cin, Cout) is at most this
 GATHER_CHUNK_BYTES = 4 << 20  # im2col block per chunk: stays in cache between the gather and the GEMM
-COL2IM_MIN_RATIO = 4  # col2im when Cin >= this · Cout ...
-COL2IM_MAX_BYTES = 512 << 20  # ... and its partial outputs for COL2IM_MIN_GROUP offsets fit in this
-COL2IM_MIN_GROUP = 9
+PER_OFFSET_CHUNK_BYTES = 2 << 20  # per-offset gathered rows per GEMM, likewise
 
 
-def chunk_rows(row_bytes: int, n: int, chunk_bytes: int | None = None) -> int:
-    """Rows per gathered chunk: as many as fit `chunk_bytes` (default GATHER_CHUNK_BYTES), at least 1."""
-    limit = GATHER_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    return max(1, min(n, limit // row_bytes))
+def chunk_rows(row_bytes: int, n: int, chunk_bytes: int) -> int:
+    """Rows per gathered chunk: as many as fit `chunk_bytes`, at least 1, at most n."""
+    return max(1, min(n, chunk_bytes // row_bytes))
 
 
-def col2im_group(n: int, cout: int, k3: int, itemsize: int, max_bytes: int | None = None) -> int:
-    """Kernel offsets per col2im GEMM: as many as keep the [N+1, group·Cout] partials under max_bytes."""
-    limit = COL2IM_MAX_BYTES if max_bytes is None else max_bytes
-    return max(1, min(k3, limit // max(1, (n + 1) * cout * itemsize)))
+def use_gathered(cin: int, cout: int, nmap: NeighborMap) -> bool:
+    """Whether im2col (`gathered_conv3d`) beats `per_offset_conv3d` for this layer shape (by measurement).
 
-
-def choose_kernel(cin: int, cout: int, nmap: NeighborMap, itemsize: int = 4) -> str:
-    """'gathered', 'col2im' or 'per_offset': the fastest kernel for this layer shape (by measurement).
-
-    Narrow layers: per-offset GEMMs (K = Cin) run far below peak, so one im2col GEMM wins despite
-    multiplying the missing neighbours' zero rows (a third of them on a surface shell). Cin ≫ Cout:
-    per-offset moves Cin-wide rows and runs Cout-narrow GEMMs, col2im one wide GEMM and Cout-wide
-    gathers. Wide both ways: per-offset GEMMs run near peak and only existing pairs are multiplied.
+    Narrow layers: per-offset GEMMs (K = Cin, N = Cout) run far below peak, so one im2col GEMM wins
+    despite multiplying the missing neighbours' zero rows (a third of them on a surface shell). Wide
+    layers: per-offset GEMMs run near peak and multiply only existing pairs.
     """
     if nmap.num_pairs == nmap.num_rows:  # kernel 1 or no neighbours: a single matmul either way
-        return "per_offset"
-    if max(cin, cout) <= GATHER_MAX_WIDTH:
-        return "gathered"
-    k3 = len(nmap.out_idx)
-    if cin >= COL2IM_MIN_RATIO * cout and col2im_group(nmap.num_rows, cout, k3, itemsize) >= min(k3, COL2IM_MIN_GROUP):
-        return "col2im"
-    return "per_offset"
+        return False
+    return max(cin, cout) <= GATHER_MAX_WIDTH
 
 
 def submanifold_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor,
                        bias: torch.Tensor | None) -> torch.Tensor:
     """out[i] = bias + Σ_offsets W[offset] · feats[neighbour(i, offset)] over existing neighbours.
 
-    Runs the kernel `choose_kernel` picks for the layer's shape; they agree to rounding.
+    Runs `gathered_conv3d` or `per_offset_conv3d` as `use_gathered` says; they agree to rounding.
     """
     cout, cin = weight.shape[0], weight.shape[-1]
-    kernel = choose_kernel(cin, cout, nmap, weight.element_size())
-    if kernel == "gathered":
+    if use_gathered(cin, cout, nmap):
         return gathered_conv3d(feats, nmap, weight, bias)
-    if kernel == "col2im":
-        return col2im_conv3d(feats, nmap, weight, bias)
     return per_offset_conv3d(feats, nmap, weight, bias)
 
 
@@ -87,7 +69,8 @@ def gathered_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor
         return out
     table = nmap.neighbor_table
     padded = torch.cat([feats, feats.new_zeros(1, cin)])
-    rows = chunk_rows(k3 * cin * feats.element_size(), n, chunk_bytes)
+    rows = chunk_rows(k3 * cin * feats.element_size(), n,
+                      GATHER_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
     buf = feats.new_empty(rows * k3, cin)
     wt = w.t()
     b = bias.to(feats.dtype) if bias is not None else None
@@ -103,56 +86,15 @@ def gathered_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor
     return out
 
 
-def col2im_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor, bias: torch.Tensor | None,
-                  max_bytes: int | None = None, chunk_bytes: int | None = None) -> torch.Tensor:
-    """Multiply first, gather after: Z = feats · [W_0 … W_k³₋₁] ([N, k³·Cout], one wide GEMM), then
-    out[i] = bias + Σ_k Z[neighbour(i, k), k] (a Cout-wide gather and sum per chunk of output rows).
+def per_offset_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor, bias: torch.Tensor | None,
+                      chunk_bytes: int | None = None) -> torch.Tensor:
+    """Per kernel offset: gather the neighbour rows, GEMM, one scatter-add into the output.
 
-    Pays where Cin ≫ Cout: the gathers move Cout-wide rows instead of Cin-wide ones and the GEMM is
-    wide, though it also multiplies rows whose pair is missing. The offsets go in groups so the
-    partials stay under `max_bytes` (default COL2IM_MAX_BYTES). Low precision sums in float32.
-    """
-    cout, cin = weight.shape[0], weight.shape[-1]
-    n, k3 = nmap.num_rows, len(nmap.out_idx)
-    w = weight.reshape(cout, k3, cin)
-    if feats.dtype != w.dtype:
-        feats = feats.to(w.dtype)
-    acc_dtype = torch.float32 if feats.dtype in (torch.float16, torch.bfloat16) else feats.dtype
-    out = torch.empty(n, cout, dtype=acc_dtype, device=feats.device)
-    if n > 0:
-        table = nmap.neighbor_table
-        group = col2im_group(n, cout, k3, feats.element_size(), max_bytes)
-        z = feats.new_empty((n + 1) * group * cout)
-        rows = chunk_rows(group * cout * feats.element_size(), n, chunk_bytes)
-        buf = feats.new_empty(rows * group, cout)
-        for g0 in range(0, k3, group):
-            gs = min(group, k3 - g0)
-            zg = z[:(n + 1) * gs * cout].view(n + 1, gs * cout)
-            torch.mm(feats, w[:, g0:g0 + gs].transpose(0, 1).reshape(gs * cout, cin).t(), out=zg[:n])
-            zg[n].zero_()  # the missing neighbour's row
-            flat = zg.view((n + 1) * gs, cout)
-            idx = table[:, g0:g0 + gs] * gs + torch.arange(gs, device=table.device)
-            for s in range(0, n, rows):
-                e = min(n, s + rows)
-                b = buf[:(e - s) * gs]
-                torch.index_select(flat, 0, idx[s:e].reshape(-1), out=b)
-                part = b.view(e - s, gs, cout)
-                if g0 == 0:  # the first group writes the output rows, later ones add
-                    torch.sum(part, 1, dtype=acc_dtype, out=out[s:e])
-                else:
-                    out[s:e] += part.sum(1, dtype=acc_dtype)
-    if bias is not None:
-        out += bias.to(acc_dtype)
-    return out.to(feats.dtype)
-
-
-def per_offset_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor,
-                      bias: torch.Tensor | None) -> torch.Tensor:
-    """Per kernel offset: gather the neighbour rows, one GEMM, scatter-add into the output.
-
-    Only existing neighbour pairs are multiplied, which wins for wide channels where each offset's GEMM
-    is already large. The gather and GEMM results go to buffers reused across offsets (fresh large
-    allocations cost page faults on CPU). Low-precision inputs accumulate in float32.
+    Only existing neighbour pairs are multiplied, which wins for wide channels where each offset's
+    GEMM runs near peak. The gather goes in chunks of `chunk_bytes` (default PER_OFFSET_CHUNK_BYTES)
+    each multiplied while still in cache (Cin-wide rows would otherwise make a round trip through
+    memory); buffers are reused across offsets (fresh large allocations cost page faults on CPU).
+    Low-precision inputs accumulate in float32.
     """
     cout, cin = weight.shape[0], weight.shape[-1]
     w = weight.reshape(cout, -1, cin)
@@ -172,16 +114,21 @@ def per_offset_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tens
     most = max(sizes, default=0)
     if most == 0:
         return acc.to(feats.dtype) if low else acc
-    gbuf = feats.new_empty(most, cin)
+    rows = chunk_rows(cin * feats.element_size(), most,
+                      PER_OFFSET_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+    gbuf = feats.new_empty(rows, cin)
     mbuf = feats.new_empty(most, cout)
     for k in range(w.shape[1]):
         p = nmap.out_idx[k].numel()
         if k == nmap.center or p == 0:
             continue
-        g = gbuf[:p]
-        torch.index_select(feats, 0, nmap.in_idx[k], out=g)
+        wk = w[:, k].t()
+        for s in range(0, p, rows):
+            e = min(p, s + rows)
+            g = gbuf[:e - s]
+            torch.index_select(feats, 0, nmap.in_idx[k][s:e], out=g)
+            torch.mm(g, wk, out=mbuf[s:e])
         m = mbuf[:p]
-        torch.mm(g, w[:, k].t(), out=m)
         acc.index_add_(0, nmap.out_idx[k], m.to(acc_dtype) if low else m)
     return acc.to(feats.dtype) if low else acc
 
