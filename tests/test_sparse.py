@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cupid.sparse import (SparseConv3d, SparseTensor, WindowPartition, build_neighbor_map, neighbor_map,
+                          submanifold_conv3d,
                           sparse_cat, sparse_downsample, sparse_self_attention, sparse_subdivide, sparse_upsample,
                           sparse_windowed_self_attention, windowed_attention)
 from cupid.sparse.conv import gathered_conv3d, per_offset_conv3d
@@ -63,8 +64,15 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+@pytest.mark.parametrize("copy_max", [None, 0])
 @pytest.mark.parametrize("kernel,dilation", [(3, 1), (3, 2), (1, 1)])
-def test_conv_kernels_match_dense_conv(kernel: int, dilation: int) -> None:
+def test_conv_kernels_match_dense_conv(kernel: int, dilation: int, copy_max: int | None,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both kernels against dense conv3d; im2col also with missing neighbours zeroed after the gather
+    (copy_max 0: the path of inputs larger than GATHER_COPY_MAX_BYTES)."""
+    import cupid.sparse.conv as conv_mod
+    if copy_max is not None:
+        monkeypatch.setattr(conv_mod, "GATHER_COPY_MAX_BYTES", copy_max)
     x = _random_sparse(batch=3, res=10, n=150, channels=6, seed=4)  # ~15% occupancy: many missing neighbours
     g = torch.Generator().manual_seed(2)
     weight = torch.randn(5, kernel, kernel, kernel, 6, generator=g)
@@ -184,6 +192,89 @@ def test_subdivide() -> None:
             assert sub.coords[8 * i + j].tolist() == [bb, 2 * xx + a, 2 * yy + b, 2 * zz + c]
             assert torch.equal(sub.feats[8 * i + j], x.feats[i])
     assert sub.layout == [slice(s.start * 8, s.stop * 8) for s in x.layout]
+
+
+@pytest.mark.parametrize("copy_max", [None, 0])
+@pytest.mark.parametrize("cin,cout", [(6, 5), (160, 24)])
+def test_conv_on_parents_equals_conv_of_the_subdivided_copy(cin: int, cout: int, copy_max: int | None,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conv over a subdivision, reading each child's features from its parent's row
+    (`NeighborMap.on_parents`), equals the conv of the materialised 8× copy: both kernels (im2col for
+    narrow layers, per-offset for wide ones), with and without bias, float32 and bfloat16."""
+    import cupid.sparse.conv as conv_mod
+    if copy_max is not None:
+        monkeypatch.setattr(conv_mod, "GATHER_COPY_MAX_BYTES", copy_max)
+    parents = _random_sparse(batch=2, res=6, n=40, channels=cin, seed=7)
+    children = sparse_subdivide(parents)
+    nmap = build_neighbor_map(children.coords, 3)
+    on_parents = nmap.on_parents(8)
+    assert on_parents.num_rows == children.coords.shape[0] and on_parents.num_in_rows == parents.feats.shape[0]
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(cout, 3, 3, 3, cin, generator=g)
+    bias = torch.randn(cout, generator=g)
+    for b in (bias, None):
+        ref = per_offset_conv3d(children.feats, nmap, weight, b)
+        for kernel in (gathered_conv3d, per_offset_conv3d):
+            assert _rel(kernel(parents.feats, on_parents, weight, b), ref) < 1e-6
+            # small chunks: a chunk ends inside a parent's group of children
+            assert _rel(kernel(parents.feats, on_parents, weight, b, 3 * 27 * cin * 4), ref) < 1e-6
+    for kernel in (gathered_conv3d, per_offset_conv3d):
+        low = kernel(parents.feats.bfloat16(), on_parents, weight.bfloat16(), bias.bfloat16())
+        assert low.dtype == torch.bfloat16 and _rel(low, per_offset_conv3d(children.feats, nmap, weight, bias)) < 2e-2
+    conv = SparseConv3d(cin, cout, 3)
+    with torch.no_grad():
+        got = conv.forward_on_parents(parents, sparse_subdivide(parents.replace(parents.feats[:, :0])))
+        assert torch.equal(got.coords, children.coords)
+        assert _rel(got.feats, conv(children).feats) < 1e-6
+        with pytest.raises(ValueError, match="8 per parent"):
+            conv.forward_on_parents(parents, children[0])
+        with pytest.raises(ValueError, match="already on parents"):
+            on_parents.on_parents(8)
+        with pytest.raises(ValueError, match="rows but the neighbour map expects"):
+            submanifold_conv3d(children.feats, on_parents, weight, bias)
+
+
+@pytest.mark.parametrize("channels,out_channels", [(64, 16), (32, 32)])
+def test_subdivide_block_equals_the_subdivided_reference(channels: int, out_channels: int) -> None:
+    """SparseSubdivideBlock3d's frugal forward (first conv on the parents, skip on the parents added in
+    place) equals TRELLIS's formula out_layers(sub(act(x))) + skip(sub(x)), identity skip included."""
+    from cupid.models.structured_latent_vae import SparseSubdivideBlock3d
+    from cupid.sparse import SparseSubdivide
+
+    torch.manual_seed(0)
+    block = SparseSubdivideBlock3d(channels, 8, out_channels=out_channels, num_groups=8).eval()
+    with torch.no_grad():
+        for p in block.parameters():  # the last conv is zero-initialised: give every weight a value
+            p.normal_(0.0, 0.2)
+        x = _random_sparse(batch=2, res=8, n=60, channels=channels, seed=9)
+        sub = SparseSubdivide()
+        ref = block.out_layers(sub(block.act_layers(x))) + block.skip_connection(sub(x))
+        got = block(x)
+    assert torch.equal(got.coords, ref.coords)
+    assert _rel(got.feats, ref.feats) < 1e-6
+
+
+def test_group_norm_on_rows_equals_the_transposed_group_norm() -> None:
+    """SparseGroupNorm(32) normalises each batch item's rows as torch's GroupNorm on the item's [1, C, n]
+    transpose (TRELLIS's route), float32 straight on the rows, other dtypes through the transpose."""
+    from cupid.sparse import SparseGroupNorm, SparseGroupNorm32
+
+    x = _random_sparse(batch=3, res=8, n=90, channels=12, seed=11)
+    x = x.replace(x.feats * 3.0 + 5.0)  # an offset mean, as real activations have
+    norm = SparseGroupNorm(4, 12)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+        ref = torch.cat([torch.nn.functional.group_norm(x.feats[sl].t()[None], 4, norm.weight, norm.bias, norm.eps)[0].t()
+                         for sl in x.layout])
+        got = norm(x).feats
+        assert _rel(got, ref) < 1e-6
+        low = norm.to(torch.bfloat16)(x.type(torch.bfloat16)).feats
+        assert low.dtype == torch.bfloat16 and _rel(low, ref) < 2e-2
+        norm32 = SparseGroupNorm32(4, 12)
+        norm32.load_state_dict(norm.float().state_dict())
+        got32 = norm32(x.type(torch.bfloat16))
+        assert got32.dtype == torch.bfloat16 and _rel(got32.feats, ref) < 2e-2
 
 
 def _naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,10 @@ from .tensor import SparseTensor
 GATHER_MAX_WIDTH = 128  # im2col when max(Cin, Cout) is at most this
 GATHER_CHUNK_BYTES = 4 << 20  # im2col block per chunk: stays in cache between the gather and the GEMM
 PER_OFFSET_CHUNK_BYTES = 2 << 20  # per-offset gathered rows per GEMM, likewise
+# im2col reads missing neighbours from a zero row appended to a copy of the input; above this input
+# size it gathers from the input itself and zeroes those rows per chunk instead, so that the layers of
+# the mesh decoder at 256³ (200 MB inputs) do not hold a second copy at the decode's memory peak
+GATHER_COPY_MAX_BYTES = 32 << 20
 
 
 def chunk_rows(row_bytes: int, n: int, chunk_bytes: int) -> int:
@@ -45,6 +49,8 @@ def submanifold_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Ten
     Runs `gathered_conv3d` or `per_offset_conv3d` as `use_gathered` says; they agree to rounding.
     """
     cout, cin = weight.shape[0], weight.shape[-1]
+    if feats.shape[0] != nmap.num_in_rows:
+        raise ValueError(f"features have {feats.shape[0]} rows but the neighbour map expects {nmap.num_in_rows}")
     if use_gathered(cin, cout, nmap):
         return gathered_conv3d(feats, nmap, weight, bias)
     return per_offset_conv3d(feats, nmap, weight, bias)
@@ -57,7 +63,9 @@ def gathered_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor
 
     One GEMM instead of k³ small ones and no scatter-adds; it multiplies the zero rows too, so it pays
     where per-offset GEMMs are too small to run at full speed (narrow channels). The matmul runs in the
-    input dtype (oneDNN accumulates low precision in float32 internally).
+    input dtype (oneDNN accumulates low precision in float32 internally). With `nmap.in_group` > 1,
+    `feats` holds one row per parent (`NeighborMap.on_parents`). Missing neighbours read a zero row
+    appended to a copy of `feats`, or, above GATHER_COPY_MAX_BYTES, are zeroed after the gather.
     """
     cout, cin = weight.shape[0], weight.shape[-1]
     n, k3 = nmap.num_rows, len(nmap.out_idx)
@@ -68,7 +76,9 @@ def gathered_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor
     if n == 0:
         return out
     table = nmap.neighbor_table
-    padded = torch.cat([feats, feats.new_zeros(1, cin)])
+    missing = nmap.num_in_rows
+    copy = feats.numel() * feats.element_size() <= GATHER_COPY_MAX_BYTES
+    source = torch.cat([feats, feats.new_zeros(1, cin)]) if copy else feats
     rows = chunk_rows(k3 * cin * feats.element_size(), n,
                       GATHER_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
     buf = feats.new_empty(rows * k3, cin)
@@ -77,7 +87,13 @@ def gathered_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor
     for s in range(0, n, rows):
         e = min(n, s + rows)
         g = buf[:(e - s) * k3]
-        torch.index_select(padded, 0, table[s:e].reshape(-1), out=g)
+        idx = table[s:e].reshape(-1)
+        if copy:
+            torch.index_select(source, 0, idx, out=g)
+        else:
+            absent = idx == missing
+            torch.index_select(source, 0, idx.masked_fill(absent, 0), out=g)
+            g.masked_fill_(absent[:, None], 0)
         g = g.view(e - s, k3 * cin)
         if b is not None:
             torch.addmm(b, g, wt, out=out[s:e])
@@ -88,13 +104,15 @@ def gathered_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor
 
 def per_offset_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tensor, bias: torch.Tensor | None,
                       chunk_bytes: int | None = None) -> torch.Tensor:
-    """Per kernel offset: gather the neighbour rows, GEMM, one scatter-add into the output.
+    """Per kernel offset and chunk of pairs: gather the neighbour rows, GEMM, scatter-add into the output.
 
     Only existing neighbour pairs are multiplied, which wins for wide channels where each offset's
-    GEMM runs near peak. The gather goes in chunks of `chunk_bytes` (default PER_OFFSET_CHUNK_BYTES)
-    each multiplied while still in cache (Cin-wide rows would otherwise make a round trip through
-    memory); buffers are reused across offsets (fresh large allocations cost page faults on CPU).
-    Low-precision inputs accumulate in float32.
+    GEMM runs near peak. Chunks of `chunk_bytes` (default PER_OFFSET_CHUNK_BYTES) of gathered rows are
+    multiplied and added while still in cache (Cin-wide rows would otherwise make a round trip through
+    memory), into two chunk-sized buffers reused throughout (fresh large allocations cost page faults on
+    the CPU, and an offset-sized product buffer would be as large as the output). Each offset's rows
+    are distinct, so the sums run in the same order as one scatter per offset. Low-precision inputs
+    accumulate in float32. With `nmap.in_group` > 1 the centre term is computed once per parent row.
     """
     cout, cin = weight.shape[0], weight.shape[-1]
     w = weight.reshape(cout, -1, cin)
@@ -107,6 +125,8 @@ def per_offset_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tens
         acc = torch.addmm(bias.to(feats.dtype), feats, center)
     else:
         acc = feats @ center
+    if nmap.in_group > 1:
+        acc = acc.repeat_interleave(nmap.in_group, 0)
     low = acc.dtype != acc_dtype
     if low:
         acc = acc.to(acc_dtype)
@@ -117,7 +137,7 @@ def per_offset_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tens
     rows = chunk_rows(cin * feats.element_size(), most,
                       PER_OFFSET_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
     gbuf = feats.new_empty(rows, cin)
-    mbuf = feats.new_empty(most, cout)
+    mbuf = feats.new_empty(rows, cout)
     for k in range(w.shape[1]):
         p = nmap.out_idx[k].numel()
         if k == nmap.center or p == 0:
@@ -125,11 +145,10 @@ def per_offset_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tens
         wk = w[:, k].t()
         for s in range(0, p, rows):
             e = min(p, s + rows)
-            g = gbuf[:e - s]
+            g, m = gbuf[:e - s], mbuf[:e - s]
             torch.index_select(feats, 0, nmap.in_idx[k][s:e], out=g)
-            torch.mm(g, wk, out=mbuf[s:e])
-        m = mbuf[:p]
-        acc.index_add_(0, nmap.out_idx[k], m.to(acc_dtype) if low else m)
+            torch.mm(g, wk, out=m)
+            acc.index_add_(0, nmap.out_idx[k][s:e], m.to(acc_dtype) if low else m)
     return acc.to(feats.dtype) if low else acc
 
 
@@ -161,6 +180,16 @@ class SubMConv3d(nn.Module):
         nmap = neighbor_map(x, self.kernel_size, self.dilation)
         return x.replace(submanifold_conv3d(x.feats, nmap, self.weight, self.bias))
 
+    def forward_on_parents(self, parents: SparseTensor, children: SparseTensor, group: int = 8) -> SparseTensor:
+        """`forward` of `children` whose every row carries its parent's features (a subdivision:
+        rows parent*group ... parent*group + group-1), read from `parents` without making that copy.
+        Only `children`'s coordinates are used; the result lives on them."""
+        if children.coords.shape[0] != parents.feats.shape[0] * group:
+            raise ValueError(f"{children.coords.shape[0]} child rows are not {group} per parent "
+                             f"({parents.feats.shape[0]} parents)")
+        nmap = neighbor_map(children, self.kernel_size, self.dilation).on_parents(group)
+        return children.replace(submanifold_conv3d(parents.feats, nmap, self.weight, self.bias))
+
 
 class SparseConv3d(nn.Module):
     """TRELLIS's `sp.SparseConv3d` for stride 1 (submanifold); the only form its networks use."""
@@ -183,3 +212,7 @@ class SparseConv3d(nn.Module):
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         return self.conv(x)
+
+    def forward_on_parents(self, parents: SparseTensor, children: SparseTensor, group: int = 8) -> SparseTensor:
+        """See `SubMConv3d.forward_on_parents`."""
+        return self.conv.forward_on_parents(parents, children, group)

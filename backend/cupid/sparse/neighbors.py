@@ -14,14 +14,37 @@ import torch
 
 @dataclass
 class NeighborMap:
-    """Pairs per kernel offset; `center` is the identity offset handled as a plain matmul."""
+    """Pairs per kernel offset; `center` is the identity offset handled as a plain matmul.
+
+    `in_group` > 1 (see `on_parents`): the input features are stored once per parent voxel, each parent
+    standing for `in_group` consecutive rows of the grid the map was built on (a subdivided grid), so
+    in_idx index parents and the centre offset maps output row i to input row i // in_group.
+    """
 
     kernel_size: int
     num_rows: int
     out_idx: list[torch.Tensor]  # per offset, int64 [P_k]
     in_idx: list[torch.Tensor]   # per offset, int64 [P_k]
     center: int
+    in_group: int = 1
     _table: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def num_in_rows(self) -> int:
+        """Rows of the input features (the missing-neighbour marker of `neighbor_table`)."""
+        return self.num_rows // self.in_group
+
+    def on_parents(self, group: int) -> "NeighborMap":
+        """This map for input features stored per parent: the map's grid is a subdivision whose rows
+        parent*group ... parent*group + group-1 are one parent's children (`sparse_subdivide`'s order),
+        every child carrying its parent's features. A convolution over the children then gathers from
+        the parents' rows and never materialises the `group`-times larger copy."""
+        if self.in_group != 1:
+            raise ValueError("the map is already on parents")
+        if group < 1 or self.num_rows % group:
+            raise ValueError(f"{self.num_rows} rows are not whole groups of {group}")
+        return NeighborMap(self.kernel_size, self.num_rows, self.out_idx,
+                           [torch.div(t, group, rounding_mode="floor") for t in self.in_idx], self.center, group)
 
     @property
     def num_pairs(self) -> int:
@@ -29,20 +52,19 @@ class NeighborMap:
 
     @property
     def neighbor_table(self) -> torch.Tensor:
-        """int64 [N, k³]: input row of each output row's neighbour per offset, N where it is missing.
+        """int64 [N, k³]: input row of each output row's neighbour per offset, `num_in_rows` where it is
+        missing.
 
-        N indexes a zero row appended to the features, so one `index_select` gathers a whole im2col
-        block. Built on first use and kept: the map is cached across sampler steps.
+        That index is a zero row appended to the input features, so one `index_select` gathers a whole
+        im2col block. Built on first use and kept: the map is cached across sampler steps.
         """
         if self._table is None:
-            n, k3 = self.num_rows, len(self.out_idx)
-            outs = torch.cat(self.out_idx)
-            ins = torch.cat(self.in_idx)
-            offset = torch.repeat_interleave(torch.arange(k3, device=outs.device),
-                                             torch.tensor([t.numel() for t in self.out_idx], device=outs.device))
-            table = torch.full((n * k3,), n, dtype=torch.long, device=outs.device)
-            table[outs * k3 + offset] = ins
-            self._table = table.view(n, k3)
+            table = torch.full((self.num_rows, len(self.out_idx)), self.num_in_rows, dtype=torch.long,
+                               device=self.out_idx[self.center].device)
+            for k, (outs, ins) in enumerate(zip(self.out_idx, self.in_idx)):
+                if outs.numel():  # column by column: no temporaries as large as the table
+                    table[:, k].index_copy_(0, outs, ins)
+            self._table = table
         return self._table
 
 

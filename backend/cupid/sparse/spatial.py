@@ -60,7 +60,8 @@ def sparse_subdivide(x: SparseTensor) -> SparseTensor:
     base = x.coords.clone()
     base[:, 1:] *= 2
     new_coords = (base.unsqueeze(1) + child.unsqueeze(0)).reshape(-1, 4)
-    new_feats = x.feats.unsqueeze(1).expand(x.feats.shape[0], 8, *x.feats.shape[1:]).reshape(-1, *x.feats.shape[1:])
+    n = x.feats.shape[0]
+    new_feats = x.feats.unsqueeze(1).expand(n, 8, *x.feats.shape[1:]).reshape(n * 8, *x.feats.shape[1:])
     scale = tuple(s / 2 for s in x.scale)
     return x.derived(new_feats, new_coords, scale)
 

@@ -37,9 +37,18 @@ class SparseSubdivideBlock3d(nn.Module):
                                 else SparseConv3d(channels, self.out_channels, 1))
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        h = self.sub(self.act_layers(x))
-        x = self.sub(x)
-        return self.out_layers(h) + self.skip_connection(x)
+        """out_layers(sub(act(x))) + skip(sub(x)), computed without the two 8×-larger subdivided inputs
+        (the block's memory peak at 256³): the first conv gathers from the parents' rows
+        (`forward_on_parents`), and the skip, a 1×1 conv or identity, acts per row and so commutes with
+        subdivision: it runs on the parents and is added to each parent's 8 children in place."""
+        children = self.sub(x.replace(x.feats[:, :0]))  # the finer grid's coordinates, no features
+        h = self.out_layers[0].forward_on_parents(self.act_layers(x), children, 8)
+        for layer in self.out_layers[1:]:
+            h = layer(h)
+        skip = self.skip_connection(x).feats
+        out = h.feats.view(skip.shape[0], 8, -1)
+        out += skip.unsqueeze(1).to(out.dtype)
+        return h
 
 
 class SLatMeshDecoder(SparseTransformerBase):
