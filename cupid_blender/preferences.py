@@ -30,6 +30,16 @@ def build_defaults() -> Dict[str, str]:
 _D = build_defaults()
 
 
+def forget_backend_report(self: Any, context: Any) -> None:
+    """Update callback of the settings that choose the backend: what the running backend reported
+    (device, precision) is stale once one changes, so the panel shows the new choice until the
+    backend started with it answers."""
+    wm = getattr(context, "window_manager", None)
+    if wm is not None and hasattr(wm, "cupid_device"):
+        wm.cupid_device = ""
+        wm.cupid_dtype = ""
+
+
 class CUPID_AddonPreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
 
@@ -38,13 +48,16 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
         items=[("LOCAL", "Local process", "Start `cupid serve` on this computer with the Python below"),
                ("REMOTE", "Remote service", "Use a `cupid serve` already running elsewhere, e.g. on a GPU box "
                                             "(its URL and token)")],
-        default="LOCAL", description="Where reconstructions run")
+        default="LOCAL", update=forget_backend_report,
+        description="Where reconstructions run")
     python_path: StringProperty(
         name="Backend Python", subtype="FILE_PATH", default=_D.get("python", "python3"),
+        update=forget_backend_report,
         description="Python of the environment where the `cupid` backend is installed (install/setup.sh "
                     "makes .venv/bin/python)")
     remote_url: StringProperty(
         name="URL", default="http://127.0.0.1:8765",
+        update=forget_backend_report,
         description="Address of the remote `cupid serve`, as it prints it on start "
                     "('reachable from other machines at http://…:8765'); through an SSH tunnel: "
                     "http://127.0.0.1:8765")
@@ -58,7 +71,8 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
         items=[("auto", "Auto", "CUDA when available, else Apple MPS, else CPU"),
                ("cuda", "CUDA", "An NVIDIA GPU"), ("mps", "Apple MPS", "The GPU of an Apple Silicon Mac"),
                ("cpu", "CPU", "The processor: about half an hour per photo with the full model")],
-        default="auto", description="What the local backend computes on")
+        default="auto", update=forget_backend_report,
+        description="What the local backend computes on")
     dtype: EnumProperty(
         name="Precision",
         items=[("auto", "Automatic", "float16 on an NVIDIA GPU (as the release runs); on a CPU bfloat16 where it "
@@ -69,10 +83,12 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
                                         "instructions, several times slower than float32 on other CPUs"),
                ("float16", "float16", "Half the memory of float32; the release's precision on NVIDIA GPUs; "
                                       "slow on a CPU")],
-        default="auto", description="The precision the local backend's networks compute in (the panel shows "
-                                    "what it chose)")
+        default="auto", update=forget_backend_report,
+        description="The precision the local backend's networks compute in (the panel shows what it "
+                    "chose)")
     model: StringProperty(
         name="Model", default=_D.get("model", "hbb1/Cupid"),
+        update=forget_backend_report,
         description="Model id or local model directory. The default is what install/setup.sh set up; when "
                     "that was the tiny offline test model, the official weights replace it as soon as "
                     "`cupid download` has fetched them into the weights cache")

@@ -344,6 +344,8 @@ def test_7_the_panel_shows_the_model_and_device_and_warns_about_the_cpu(run, inp
     assert m["downloaded_config"] == "hbb1/Cupid"                      # downloaded: used, nothing changed
     assert f"Model: hbb1/Cupid · Device: cpu ({dtype})" in m["downloaded_panel"]
     assert "Model: full_model · Device: cuda (bfloat16)" in m["asked_panel"] and m["asked_config"] == "bfloat16"
+    # changing a backend setting forgets what the running backend reported (the panel said it stale)
+    assert m["forgotten"] == {"before": ["cpu", dtype], "after": ["", ""]}
     warning = [t for t in m["full_cpu_panel"] if t.startswith("Full-size model on the CPU")]
     assert warning and "about 36 min" in warning[0]
     assert not [t for t in m["full_cuda_panel"] if "Full-size model" in t]

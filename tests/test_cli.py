@@ -76,6 +76,7 @@ def test_bad_input_is_one_clear_line(tiny, tmp_path):
         assert r.returncode == 2, (extra, r.stderr)
         assert message in r.stderr, (extra, r.stderr)
         assert "Traceback" not in r.stderr, r.stderr
+        assert "loading model" not in r.stdout, (extra, r.stdout)   # refused before the model loads
 
 
 def test_missing_model_and_offline_download(tmp_path):

@@ -263,11 +263,14 @@ def main(cfg: dict) -> dict:
     out["model"]["downloaded_panel"] = labels(draw_panel(name, False))
     os.environ["HF_HUB_CACHE"] = hub
     tiny = prefs.model
-    prefs.model, wm.cupid_device = cfg["full_model"], ""
+    reported = (wm.cupid_device, wm.cupid_dtype)
+    prefs.model = cfg["full_model"]   # another backend: what the running one reported no longer holds
+    out["model"]["forgotten"] = {"before": reported, "after": (wm.cupid_device, wm.cupid_dtype)}
     out["model"]["full_cpu_panel"] = labels(draw_panel(name, False))
     prefs.device = "cuda"
     out["model"]["full_cuda_panel"] = labels(draw_panel(name, False))
-    prefs.dtype, wm.cupid_dtype = "bfloat16", ""      # a precision asked for, before the backend answered
+    wm.cupid_dtype = "float32"                          # as if a backend had answered
+    prefs.dtype = "bfloat16"                            # a precision asked for, before the backend answered
     out["model"]["asked_panel"] = labels(draw_panel(name, False))
     out["model"]["asked_config"] = operators.backend_config(bpy.context).dtype
     prefs.model, prefs.device, prefs.dtype = tiny, "cpu", "auto"

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import CupidPipeline
     from ..run import reconstruct_bundle
     from ..scene.masks import parse_box, parse_point
+    from ..server.inputs import decode_inputs
 
     if not Path(args.photo).is_file():
         raise CliError(f"photo not found: {args.photo}")
@@ -101,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         bar.n = int(fraction * 1000)
         bar.refresh()
 
+    # a photo or mask that cannot be used is refused before the model loads (as the service does)
+    decode_inputs(Path(args.photo).read_bytes(), Path(args.mask).read_bytes() if args.mask else None, args.mode)
     print(f"loading model {args.model} ...")
     device, dtype = announce_device(args.device, args.dtype)
     pipe = CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype)
