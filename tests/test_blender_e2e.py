@@ -339,6 +339,9 @@ def test_7_the_panel_shows_the_model_and_device_and_warns_about_the_cpu(run, inp
     m = run["result"]["model"]
     dtype = dtype_name(resolve_dtype("auto", "cpu"))                   # what the backend chose on this machine
     assert m["tiny_config"] == str(inputs["model"])
+    # switched back from the remote service: its report is not shown as the local backend's
+    assert "Model: tiny test model (random weights) · Device: cpu" in run["result"]["local_again_panel"]
+    assert run["result"]["local_again_start"]["ret"] == ["FINISHED"]     # Start Backend asks the local one
     assert f"Model: tiny test model (random weights) · Device: cpu ({dtype})" in m["tiny_panel"]
     assert not [t for t in m["tiny_panel"] if "Full-size model" in t]
     assert m["downloaded_config"] == "hbb1/Cupid"                      # downloaded: used, nothing changed

@@ -349,6 +349,8 @@ def test_bad_uploads_are_refused_and_the_server_lives(server, name, data, status
     with pytest.raises(BackendError) as err:
         server.client.submit(data, name)
     assert err.value.status == status and message in err.value.message
+    if message in ("not a readable image", "too large"):
+        assert f"photo {name} (upload)" in err.value.message   # named as its sender named it
     assert server.client.health()["version"]
 
 

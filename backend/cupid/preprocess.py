@@ -59,7 +59,8 @@ class Processed:
         return self.photo.shape[1], self.photo.shape[0]
 
 
-def _open(source: ImageSource, what: str) -> Image.Image:
+def _open(source: ImageSource, what: str, name: str | None = None) -> Image.Image:
+    """`source` opened as an image; errors name it as `what` plus the file's or upload's `name`."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
@@ -68,7 +69,7 @@ def _open(source: ImageSource, what: str) -> Image.Image:
             arr = np.clip(arr.astype(np.float32) * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
         return Image.fromarray(arr.squeeze())
     if isinstance(source, (bytes, bytearray)):
-        data, name = bytes(source), "(upload)"
+        data, name = bytes(source), f"{Path(name).name} (upload)" if name else "(upload)"
     else:
         path = Path(os.fspath(source))
         if not path.is_file():
@@ -108,9 +109,10 @@ def _to_rgba(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGBA"))
 
 
-def load_photo(source: ImageSource) -> np.ndarray:
-    """The photo as HxWx4 uint8 (alpha 255 where the file has none); clear errors for bad files."""
-    rgba = _to_rgba(_open(source, "photo"))
+def load_photo(source: ImageSource, name: str | None = None) -> np.ndarray:
+    """The photo as HxWx4 uint8 (alpha 255 where the file has none); clear errors for bad files, which
+    name an upload (bytes) by `name`, the file name its sender gave."""
+    rgba = _to_rgba(_open(source, "photo", name))
     h, w = rgba.shape[:2]
     if min(w, h) < config.MIN_IMAGE_SIDE:
         raise InputError(f"the photo is {w}x{h} pixels; CUPID needs at least "
@@ -118,9 +120,9 @@ def load_photo(source: ImageSource) -> np.ndarray:
     return rgba
 
 
-def load_mask(source: ImageSource, size: tuple[int, int]) -> np.ndarray:
+def load_mask(source: ImageSource, size: tuple[int, int], name: str | None = None) -> np.ndarray:
     """A mask image (alpha if it has one, else grey) as HxW float32 in [0, 1], sized like the photo."""
-    img = _open(source, "mask")
+    img = _open(source, "mask", name)
     img = ImageOps.exif_transpose(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         m = np.asarray(img.convert("RGBA"))[..., 3]
@@ -195,6 +197,10 @@ def _cut_out(rgba: np.ndarray, remover: Remover) -> tuple[np.ndarray, float]:
     return cut, max(photo.size) / max(small.size)
 
 
+EMPTY_OBJECT_MASK = ("the object mask is empty: the photo's alpha (or the mask) is above 80% nowhere; give an "
+                     "RGBA cut-out of the object or a mask that covers it")
+
+
 def preprocess(photo: ImageSource, mask: ImageSource | None = None, remover: Remover | None = None) -> Processed:
     """Load the photo (and mask), find the object, crop around it and build both network inputs.
 
@@ -221,8 +227,7 @@ def preprocess(photo: ImageSource, mask: ImageSource | None = None, remover: Rem
     if crop is None:
         if removed:
             raise InputError("no object found in the photo; give a mask")
-        raise InputError("the object mask is empty: the photo's alpha (or the mask) is above 80% nowhere; give an "
-                         "RGBA cut-out of the object or a mask that covers it")
+        raise InputError(EMPTY_OBJECT_MASK)
     if int(crop.size) // 2 == 0:
         raise InputError("the object is only a pixel or two across: too small to reconstruct")
     pixels = crop_pixels(image, crop)

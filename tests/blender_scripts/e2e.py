@@ -252,6 +252,9 @@ def main(cfg: dict) -> dict:
     out["remote_stop"] = call("stop_backend")
     out["remote_panel"] = labels(draw_panel(name, False))
     prefs.backend_kind = "LOCAL"
+    # back on the local backend: the remote service's report is forgotten until the local one answers
+    out["local_again_panel"] = labels(draw_panel(name, False))
+    out["local_again_start"] = call("start_backend")
 
     # 13. the model, device and precision the panel shows; after `cupid download` the official weights
     wm = bpy.context.window_manager

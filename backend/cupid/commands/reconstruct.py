@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     # a photo or mask that cannot be used is refused before the model loads (as the service does)
-    decode_inputs(Path(args.photo).read_bytes(), Path(args.mask).read_bytes() if args.mask else None, args.mode)
+    decode_inputs(Path(args.photo), Path(args.mask) if args.mask else None, args.mode)
     print(f"loading model {args.model} ...")
     device, dtype = announce_device(args.device, args.dtype)
     pipe = CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype)

@@ -19,6 +19,24 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return out.transpose(1, 2)
 
 
+def empty_context_items(context: torch.Tensor) -> torch.Tensor:
+    """bool [B]: the batch items whose cross-attention context is all zeros (guidance's unconditional
+    pass: the release conditions it on `zeros_like(cond)`)."""
+    return ~context.reshape(context.shape[0], -1).ne(0).any(1)
+
+
+def empty_context_output(to_kv: nn.Linear, to_out: nn.Linear, like: torch.Tensor) -> torch.Tensor:
+    """[C]: cross-attention's output for an all-zero context, whatever the queries.
+
+    Every key is then to_kv's bias (and equally normalised), so the softmax weights are uniform and each
+    query's result is the one value row; the output is to_out of it. Computing it from one zero row skips
+    the queries' projection, the attention and the output projection of those items (exact up to
+    rounding: the full computation sums identical rows)."""
+    zero = like.new_zeros(1, to_kv.in_features)
+    v = to_kv(zero)[:, to_out.in_features:]  # to_kv's output is [k | v]
+    return to_out(v)[0]
+
+
 class MultiHeadRMSNorm(nn.Module):
     """Per-head RMS norm of queries/keys with learnt `gamma` [heads, dim]; float32 inside."""
 
@@ -63,12 +81,23 @@ class MultiHeadAttention(nn.Module):
         self.to_out = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if self._type == "cross":
+            if context is None:
+                raise ValueError("cross attention needs a context tensor")
+            empty = empty_context_items(context)
+            if bool(empty.any()):  # items with a zero context get the constant output, the rest attend
+                out = empty_context_output(self.to_kv, self.to_out, x).expand(*x.shape).clone()
+                keep = ~empty
+                if bool(keep.any()):
+                    out[keep] = self._attend(x[keep], context[keep])
+                return out
+        return self._attend(x, context)
+
+    def _attend(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         b, l, _ = x.shape
         if self._type == "self":
             q, k, v = self.to_qkv(x).reshape(b, l, 3, self.num_heads, -1).unbind(2)
         else:
-            if context is None:
-                raise ValueError("cross attention needs a context tensor")
             q = self.to_q(x).reshape(b, l, self.num_heads, -1)
             k, v = self.to_kv(context).reshape(b, context.shape[1], 2, self.num_heads, -1).unbind(2)
         if self.qk_rms_norm:

@@ -163,7 +163,8 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
         mask_data = await mask.read() if mask is not None else None
 
         def take_in() -> Job:
-            inputs = decode_inputs(data, mask_data, mode)
+            inputs = decode_inputs(data, mask_data, mode, image.filename,
+                                   mask.filename if mask is not None else None)
             if picks is not None:
                 check_prompts(*picks, (inputs.photo.shape[1], inputs.photo.shape[0]))
             return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks)
@@ -193,7 +194,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
         data = await image.read()
 
         def run() -> bytes:
-            photo = load_photo(data)
+            photo = load_photo(data, image.filename)
             if picks is not None:
                 check_prompts(*picks, (photo.shape[1], photo.shape[0]))   # before the model loads
             pipe = jobs.pipeline()

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.lib import format as npformat
 
 from ..errors import InputError
-from ..preprocess import load_mask, load_photo, object_crop
+from ..preprocess import EMPTY_OBJECT_MASK, load_mask, load_photo, object_crop
 from .errors import DiskFull, is_disk_full
 
 
@@ -46,11 +46,13 @@ def _as_uint8(alpha: np.ndarray) -> np.ndarray:
     return q if np.array_equal(q.astype(np.float32) / 255.0, alpha) else alpha.astype(np.float32)
 
 
-def decode_inputs(image: bytes, mask: bytes | None, mode: str) -> JobInputs:
-    """Decode and check an upload; raises InputError with the reason (answered as 422 bad_input)."""
+def decode_inputs(image: bytes | Path, mask: bytes | Path | None, mode: str, image_name: str | None = None,
+                  mask_name: str | None = None) -> JobInputs:
+    """Decode and check an upload (or, for the CLI, files); raises InputError with the reason (answered as
+    422 bad_input), naming an upload by the file name its sender gave."""
     if not image:
         raise InputError("the uploaded image is empty")
-    photo = load_photo(image)
+    photo = load_photo(image, image_name)
     size = (photo.shape[1], photo.shape[0])
     if mode == "scene":
         if mask is None:
@@ -59,13 +61,12 @@ def decode_inputs(image: bytes, mask: bytes | None, mode: str) -> JobInputs:
         alphas = load_object_masks(mask, size).alphas
         return JobInputs(photo, np.stack([_as_uint8(a) for a in alphas]))
     if mask is not None:
-        alpha = np.rint(load_mask(mask, size) * 255.0).astype(np.uint8)
+        alpha = np.rint(load_mask(mask, size, mask_name) * 255.0).astype(np.uint8)
         if object_crop(alpha) is None:
             raise InputError("the mask is empty: it is above 80% nowhere; send a mask that covers the object")
         return JobInputs(photo, alpha)
     if photo[..., 3].min() < 255 and object_crop(photo[..., 3]) is None:
-        raise InputError("the photo's alpha is above 80% nowhere: upload a cut-out whose object is opaque, "
-                         "or send a mask")
+        raise InputError(EMPTY_OBJECT_MASK)
     return JobInputs(photo)  # an opaque photo: the pipeline cuts the object out (only the model can tell)
 
 

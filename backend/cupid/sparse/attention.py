@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..modules.attention import MultiHeadRMSNorm, scaled_dot_product_attention
+from ..modules.attention import (MultiHeadRMSNorm, empty_context_items, empty_context_output,
+                                 scaled_dot_product_attention)
 from .tensor import SparseTensor
 
 
@@ -44,13 +45,17 @@ def sparse_self_attention(qkv: SparseTensor) -> SparseTensor:
     return qkv.replace(varlen_attention(q, k, v, lens, lens))
 
 
-def sparse_cross_attention(q: SparseTensor, kv: torch.Tensor) -> SparseTensor:
-    """Voxels of item b (q feats [T, H, C]) attend to dense context kv[b] ([B, L, 2, H, C])."""
+def cross_attention_rows(q: torch.Tensor, lens: Sequence[int], kv: torch.Tensor) -> torch.Tensor:
+    """The lens[b] rows of item b (q [T, H, C], items in order) attend to dense context kv[b]
+    ([B, L, 2, H, C]) -> [T, H, C]."""
     k, v = kv.unbind(2)
     b, l = k.shape[:2]
-    out = varlen_attention(q.feats, k.reshape(b * l, *k.shape[2:]), v.reshape(b * l, *v.shape[2:]),
-                           q.seq_lens(), [l] * b)
-    return q.replace(out)
+    return varlen_attention(q, k.reshape(b * l, *k.shape[2:]), v.reshape(b * l, *v.shape[2:]), lens, [l] * b)
+
+
+def sparse_cross_attention(q: SparseTensor, kv: torch.Tensor) -> SparseTensor:
+    """Voxels of item b (q feats [T, H, C]) attend to dense context kv[b] ([B, L, 2, H, C])."""
+    return q.replace(cross_attention_rows(q.feats, q.seq_lens(), kv))
 
 
 class WindowPartition:
@@ -194,11 +199,30 @@ class SparseMultiHeadAttention(nn.Module):
         else:
             if context is None:
                 raise ValueError("cross attention needs a context tensor")
-            q = self.to_q(x.feats).reshape(x.feats.shape[0], heads, -1)
-            kv = self.to_kv(context).reshape(*context.shape[:2], 2, heads, -1)
-            if self.qk_rms_norm:
-                k, v = kv.unbind(2)
-                q = self.q_rms_norm(q)
-                kv = torch.stack([self.k_rms_norm(k), v], dim=2)
-            h = sparse_cross_attention(x.replace(q), kv)
+            return x.replace(self._cross(x, context))
         return h.replace(self.to_out(h.feats.reshape(h.feats.shape[0], -1)))
+
+    def _cross(self, x: SparseTensor, context: torch.Tensor) -> torch.Tensor:
+        """Cross-attention output rows [T, C]; items with an all-zero context get the constant output
+        (`empty_context_output`) and only the others' voxels attend."""
+        empty = empty_context_items(context).tolist()
+        if not any(empty):
+            return self._cross_rows(x.feats, x.seq_lens(), context)
+        out = empty_context_output(self.to_kv, self.to_out, x.feats).expand(x.feats.shape[0], -1).clone()
+        keep = [i for i, e in enumerate(empty) if not e]
+        if keep:
+            rows = torch.cat([torch.arange(x.layout[i].start, x.layout[i].stop, device=x.device) for i in keep])
+            out[rows] = self._cross_rows(x.feats[rows], [x.seq_lens()[i] for i in keep], context[keep])
+        return out
+
+    def _cross_rows(self, feats: torch.Tensor, lens: list[int], context: torch.Tensor) -> torch.Tensor:
+        """Rows of item i (lens[i] of them, in order) attend to context[i]; to_out applied."""
+        heads = self.num_heads
+        q = self.to_q(feats).reshape(feats.shape[0], heads, -1)
+        kv = self.to_kv(context).reshape(*context.shape[:2], 2, heads, -1)
+        if self.qk_rms_norm:
+            k, v = kv.unbind(2)
+            q = self.q_rms_norm(q)
+            kv = torch.stack([self.k_rms_norm(k), v], dim=2)
+        h = cross_attention_rows(q, lens, kv)
+        return self.to_out(h.reshape(h.shape[0], -1))
