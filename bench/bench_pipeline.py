@@ -197,10 +197,15 @@ def guided_steps(sampler: Any) -> tuple[int, int]:
     return guided, sampler.steps - guided
 
 
-def unguided_step(sampler: Any, model: torch.nn.Module, x: Any, cond: Any, device: torch.device) -> tuple[float, int]:
-    """One step outside the guidance interval (the conditional pass alone): its seconds, then (a second,
-    untimed run) its matrix FLOPs. A guided step is the same network on a batch of two: twice the FLOPs."""
+def step_costs(sampler: Any, model: torch.nn.Module, x: Any, cond: Any, neg_cond: Any,
+               device: torch.device) -> tuple[float, int, int]:
+    """A step outside the guidance interval (the conditional pass alone): its seconds; then, in untimed
+    runs, its matrix FLOPs and those of a guided step as the sampler runs it (both passes, one batch of
+    two unless `batch_guidance` is off; the unconditional pass's cross-attention is a constant and is
+    not computed, so a guided step is less than twice the work)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from cupid.sampler import GuidancePair
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -209,10 +214,15 @@ def unguided_step(sampler: Any, model: torch.nn.Module, x: Any, cond: Any, devic
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    counter = FlopCounterMode(display=False)
-    with counter:
-        sampler.velocity(model, x, 0.0, cond, None)
-    return seconds, counter.get_total_flops()
+    flops = []
+    t_guided = 0.5 * (sampler.cfg_interval[0] + sampler.cfg_interval[1])
+    for t, neg in ((0.0, None), (t_guided, neg_cond)):
+        pair = GuidancePair.build(x, cond, neg, {}) if neg is not None and sampler.batch_guidance else None
+        counter = FlopCounterMode(display=False)
+        with counter:
+            sampler.velocity(model, x, t, cond, neg, pair)
+        flops.append(counter.get_total_flops())
+    return seconds, flops[0], flops[1]
 
 
 def synthetic_photo(width: int = 1024, height: int = 768) -> np.ndarray:
@@ -282,23 +292,27 @@ def run_pipeline(model_dir: Path, steps: int, dtype: str, device: str, seed: int
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     sampled = {role: (t.calls, t.seconds) for role, t in timers.items()}   # the run itself, before the extras
-    # a step outside the guidance interval (the conditional pass alone), once per flow, for the estimate
+    # per flow, for the estimate: a step outside the guidance interval timed, and both kinds counted
     ss_flow, sl_flow = pipe.models["sparse_structure_flow_model"], pipe.models["slat_flow_model"]
     res = ss_flow.resolution
-    unguided = {"sparse_structure_flow_model": unguided_step(
-        pipe.ss_sampler, ss_flow, torch.randn(1, ss_flow.in_channels, res, res, res, device=dev), cond, dev)}
+    costs = {"sparse_structure_flow_model": step_costs(
+        pipe.ss_sampler, ss_flow, torch.randn(1, ss_flow.in_channels, res, res, res, device=dev), cond,
+        torch.zeros_like(cond), dev)}
     coords = slat.coords
-    voxel_cond = sl_flow.voxel_condition(SparseTensor(torch.rand(coords.shape[0], 2, device=dev), coords),
-                                         {"dino_cond": cond, "visual_cond": visual})
-    unguided["slat_flow_model"] = unguided_step(
+    uvs = SparseTensor(torch.rand(coords.shape[0], 2, device=dev), coords)
+    cond_d = {"dino_cond": cond, "visual_cond": visual}
+    neg_d = {"dino_cond": torch.zeros_like(cond), "visual_cond": torch.zeros_like(visual)}
+    cond_d["voxel_cond"], neg_d["voxel_cond"] = sl_flow.voxel_condition(uvs, cond_d), sl_flow.voxel_condition(uvs, neg_d)
+    costs["slat_flow_model"] = step_costs(
         pipe.slat_sampler, sl_flow, SparseTensor(torch.randn(coords.shape[0], sl_flow.out_channels, device=dev), coords),
-        {"dino_cond": cond, "visual_cond": visual, "voxel_cond": voxel_cond}, dev)
+        cond_d, neg_d, dev)
     samplers = {"sparse_structure_flow_model": pipe.ss_sampler, "slat_flow_model": pipe.slat_sampler}
     flows = {}
     for role, sampler in samplers.items():
         run = _with_steps(sampler, steps)
         flows[role] = {"calls": sampled[role][0], "seconds": sampled[role][1],
-                       "unguided_step_s": unguided[role][0], "unguided_step_flops": unguided[role][1],
+                       "unguided_step_s": costs[role][0], "unguided_step_flops": costs[role][1],
+                       "guided_step_flops": costs[role][2],
                        "default_steps": sampler.steps,
                        "run_steps": guided_steps(run), "default_run_steps": guided_steps(sampler),
                        "batch_guidance": sampler.batch_guidance}
@@ -364,11 +378,11 @@ def report(r: dict[str, Any], steps: int, write_s: float | None) -> None:
     for name, f in (("stage 1", ss), ("stage 2", sl)):
         (g_run, u_run), (g_def, u_def) = f["run_steps"], f["default_run_steps"]
         guided_s = (f["seconds"] - u_run * f["unguided_step_s"]) / max(g_run, 1)
-        flow_flops = f["unguided_step_flops"]
+        flow_flops, guided_flops = f["unguided_step_flops"], f["guided_step_flops"]
         est_s += (g_def - g_run) * guided_s + (u_def - u_run) * f["unguided_step_s"]
-        est_flops += flow_flops * (2 * g_def + u_def)
+        est_flops += guided_flops * g_def + flow_flops * u_def
         lines.append(f"{name}: {g_def} guided steps at {guided_s:.1f} s + {u_def} conditional-only at "
-                     f"{f['unguided_step_s']:.1f} s ({2 * flow_flops / 1e12:.1f} / {flow_flops / 1e12:.1f} TFLOP each; "
+                     f"{f['unguided_step_s']:.1f} s ({guided_flops / 1e12:.1f} / {flow_flops / 1e12:.1f} TFLOP each; "
                      f"guidance as {'one batch of two' if f['batch_guidance'] else 'two forwards'})")
     low = next(k for k in r["rates"] if k != "float32")
     print(f"\nA {ss['default_steps']}-step job (estimate from the per-step times above): **{est_s / 60:.1f} min**, "
@@ -398,8 +412,8 @@ def report(r: dict[str, Any], steps: int, write_s: float | None) -> None:
         ("peak: torch.cuda.max_memory_allocated per stage." if cuda else
          "peak RSS: the process's resident peak during the stage, every loaded network included; total = the "
          "largest." if r["per_stage_peak"] else "peak RSS: the kernel refused to reset it: each is the peak so far."),
-        "TFLOP: torch's FLOP counter (matrix products, convolutions and attention) on one extra "
-        "conditional-only step per flow; the sparse convolutions' gathers are not FLOPs.",
+        "TFLOP: torch's FLOP counter (matrix products, convolutions and attention) on one extra guided and "
+        "one extra conditional-only step per flow; the sparse convolutions' gathers are not FLOPs.",
     ]
     if write_s is not None:
         notes.append(f"Writing the random model directory took {write_s:.0f} s (not part of the pipeline).")

@@ -73,7 +73,8 @@ def cpu_warning(context: Any, steps: int) -> Optional[str]:
     device = context.window_manager.cupid_device or prefs.device
     if device != "cpu":
         return None
-    minutes = expected_cpu_seconds(steps) / 60.0
+    dtype = context.window_manager.cupid_dtype or prefs.dtype
+    minutes = expected_cpu_seconds(steps, dtype) / 60.0
     return f"Full-size model on the CPU: about {minutes:.0f} min per photo (a GPU takes a minute or two)"
 
 

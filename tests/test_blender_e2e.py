@@ -350,7 +350,7 @@ def test_7_the_panel_shows_the_model_and_device_and_warns_about_the_cpu(run, inp
     # changing a backend setting forgets what the running backend reported (the panel said it stale)
     assert m["forgotten"] == {"before": ["cpu", dtype], "after": ["", ""]}
     warning = [t for t in m["full_cpu_panel"] if t.startswith("Full-size model on the CPU")]
-    assert warning and "about 36 min" in warning[0]
+    assert warning and "about 37 min" in warning[0]   # precision not known yet: float32's time
     assert not [t for t in m["full_cuda_panel"] if "Full-size model" in t]
 
 

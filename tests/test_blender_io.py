@@ -200,7 +200,10 @@ def test_settings_decisions(tmp_path):
     assert settings.hub_caches({"HF_HOME": "/h"}, home) == [Path("/h/hub")]
     assert settings.hub_caches({}, home) == [home / ".cache" / "huggingface" / "hub"]
     assert settings.folder_name("a/b: c?") == "a_b_ c_" and settings.folder_name("..") == "result"
-    assert 30 * 60 < settings.expected_cpu_seconds(0) < 40 * 60
+    assert 30 * 60 < settings.expected_cpu_seconds(0) < 40 * 60                  # float32, or not known yet
+    assert settings.expected_cpu_seconds(0, "auto") == settings.expected_cpu_seconds(25, "float32")
+    assert 20 * 60 < settings.expected_cpu_seconds(0, "bfloat16") < 30 * 60
+    assert settings.expected_cpu_seconds(2, "bfloat16") < settings.expected_cpu_seconds(25, "bfloat16")
     for name in ("b.jpg", "a.png", "a_mask.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert settings.batch_inputs(tmp_path) == [(tmp_path / "a.png", tmp_path / "a_mask.png"),

@@ -15,9 +15,10 @@ UNSET = -1                   # seed / steps of the panel and the operator: "use 
 MODEL_DEFAULT_STEPS = 25     # what steps = 0 means: the model's own default (TRELLIS pipeline.json)
 OFFICIAL_MODEL = "hbb1/Cupid"
 RESULTS_FOLDER = "cupid_results"   # beside the saved .blend, or inside the preference's folder
-# A full-size job on a 2-core CPU (README "Measured here": 274 s at 2 sampler steps, 36 min at 25):
-CPU_FIXED_S = 61.0           # load, DINOv2, decoding and export
-CPU_PER_STEP_S = 84.0        # one sampler step of both flows, guidance included
+# A full-size job on a 2-core CPU (README "Measured here": bench/bench_pipeline.py on an AMD EPYC with
+# AVX512-BF16, 25 min at 25 steps in bfloat16, 37 min in float32):
+CPU_FIXED_S = 80.0           # load, DINOv2, the decoders, the SLat encoder and export
+CPU_PER_STEP_S = {"bfloat16": 57.0, "float32": 85.0}   # one step of both flows (25-step average, guidance included)
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".exr")
 MASK_SUFFIX = "_mask"        # batch: NAME_mask.png is the mask of NAME.jpg
 
@@ -97,9 +98,11 @@ def model_line(model: str, device: str, dtype: str) -> str:
     return f"Model: {model} · Device: {device}{precision}"
 
 
-def expected_cpu_seconds(steps: int) -> float:
-    """Rough time of one full-size job on a CPU at `steps` sampler steps (0: the model's default)."""
-    return CPU_FIXED_S + CPU_PER_STEP_S * (steps or MODEL_DEFAULT_STEPS)
+def expected_cpu_seconds(steps: int, dtype: str = "float32") -> float:
+    """Rough time of one full-size job on a CPU at `steps` sampler steps (0: the model's default) in the
+    precision the backend runs the flows in; float32's (the slower) while it is not known ("auto")."""
+    per_step = CPU_PER_STEP_S.get(dtype, CPU_PER_STEP_S["float32"])
+    return CPU_FIXED_S + per_step * (steps or MODEL_DEFAULT_STEPS)
 
 
 def batch_inputs(directory: str | os.PathLike) -> list[tuple[Path, Optional[Path]]]:
