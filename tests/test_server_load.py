@@ -62,7 +62,9 @@ def test_the_queue_refuses_past_its_cap_with_memory_flat(tiny_model, tmp_path):
         assert h["queue_length"] == cap and h["queued_bytes"] == (cap - 1) * decoded + monkey
         assert all((e.code, e.status) == ("busy", 503) and e.retry_after and e.retry_after >= 1 for e in refused)
         assert "try again" in refused[0].message
-        assert rss1 - rss0 < 0.25 * held and rss2 - rss1 < 0.25 * held
+        # holding the photos would add all of `held`; half of it leaves room for the allocator's per-thread
+        # arenas and the running blocker's own allocations (CI once saw +40 MB of the 140 MB)
+        assert rss1 - rss0 < 0.5 * held and rss2 - rss1 < 0.5 * held
         t0 = time.monotonic()
         for job in [*waiting, blocker]:
             s.client.cancel(job)
