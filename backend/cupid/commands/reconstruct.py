@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,9 +91,16 @@ def run(args: argparse.Namespace) -> int:
         prompts = ([list(parse_point(p)) for p in args.point], [list(parse_box(b)) for b in args.box])
     out_dir = Path(args.output)
     bars: dict[str, tqdm] = {}
-    state = {"stage": None}
+    state = {"stage": None, "tenth": -1}
+    live = sys.stderr.isatty()  # a bar redrawn in place on a terminal; plain lines into a log file
 
     def progress(stage: str, fraction: float) -> None:
+        if not live:
+            tenth = int(fraction * 10)
+            if stage != state["stage"] or tenth != state["tenth"]:
+                state["stage"], state["tenth"] = stage, tenth
+                print(f"{stage:>9} {tenth * 10:3d}% of job", file=sys.stderr, flush=True)
+            return
         if stage != state["stage"]:
             if state["stage"] in bars:
                 bars[state["stage"]].close()
