@@ -125,10 +125,11 @@ def test_the_choice_says_why(cpu):
 
 
 def test_this_machine_is_read_from_its_own_cpuinfo():
-    """The real /proc/cpuinfo decides here (an AVX2-only EPYC gets float32)."""
+    """The real /proc/cpuinfo decides here (an AVX2-only CPU gets float32, one with AVX512-BF16 bfloat16)."""
     info = Path("/proc/cpuinfo")
     if not info.is_file():
-        pytest.skip("reads Linux's /proc/cpuinfo, which this system lacks (macOS and Windows: the sysctl and parser tests cover them)")
+        pytest.skip("this checks Linux's /proc/cpuinfo, which this system does not have; on macOS and Windows "
+                    "the sysctl and flag-parser tests above cover the choice")
     flags = set()
     for line in info.read_text().splitlines():
         if line.lower().startswith(("flags", "features")):

@@ -206,13 +206,14 @@ class SparseMultiHeadAttention(nn.Module):
         """Cross-attention output rows [T, C]; items with an all-zero context get the constant output
         (`empty_context_output`) and only the others' voxels attend."""
         empty = empty_context_items(context).tolist()
+        lens = x.seq_lens()
         if not any(empty):
-            return self._cross_rows(x.feats, x.seq_lens(), context)
+            return self._cross_rows(x.feats, lens, context)
         out = empty_context_output(self.to_kv, self.to_out, x.feats).expand(x.feats.shape[0], -1).clone()
         keep = [i for i, e in enumerate(empty) if not e]
         if keep:
             rows = torch.cat([torch.arange(x.layout[i].start, x.layout[i].stop, device=x.device) for i in keep])
-            out[rows] = self._cross_rows(x.feats[rows], [x.seq_lens()[i] for i in keep], context[keep])
+            out[rows] = self._cross_rows(x.feats[rows], [lens[i] for i in keep], context[keep])
         return out
 
     def _cross_rows(self, feats: torch.Tensor, lens: list[int], context: torch.Tensor) -> torch.Tensor:
