@@ -28,6 +28,7 @@ from ..reconstruction import ReconstructedObject, Reconstruction
 from .fit import fit_ious
 from .glb import write_glb
 from .mesh import TexturedMesh, postprocess_mesh
+from .texturing import texture_objects
 from .overlay import render_overlay
 from .ply import gaussians_to_arrays, write_gaussians_ply
 
@@ -41,6 +42,7 @@ IMAGE_FILE = "input.png"
 OVERLAY_FILE = "overlay.png"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _RESERVED = {"input", "overlay", "scene"}
+MIN_TEXTURE, MAX_TEXTURE = 16, 16384
 
 
 class BundleError(CupidError):
@@ -53,11 +55,16 @@ class BundleError(CupidError):
 @dataclass
 class ExportOptions:
     """Knobs of the export. `target_faces=None` keeps the cleaned mesh at full resolution;
-    `texture=False` skips xatlas and baking (the NPZ then has colours but no uv)."""
+    `texture=False` skips xatlas and baking (the NPZ then has colours but no uv).
+    `photo_texture` projects the photo's own pixels onto what its camera sees (`cupid.export.texturing`);
+    the texture is then as large as the seen surface needs (at least `texture_size`, at most
+    `max_texture_size`), else `texture_size`."""
 
     target_faces: int | None = 20_000
     texture: bool = True
     texture_size: int = 1024
+    photo_texture: bool = True
+    max_texture_size: int = 4096
     chart_iterations: int = 1
     glb: bool = True
     gaussians: bool = True
@@ -72,6 +79,15 @@ class ExportOptions:
         if unknown:
             raise InputError(f"unknown export settings {unknown}: known are {sorted(known)}")
         return cls(**dict(settings or {}))
+
+    def check(self) -> "ExportOptions":
+        """These options, or InputError naming the one out of range."""
+        for name in ("texture_size", "max_texture_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not MIN_TEXTURE <= value <= MAX_TEXTURE:
+                raise InputError(f"{name} must be a whole number of texels from {MIN_TEXTURE} to {MAX_TEXTURE}, "
+                                 f"got {value!r}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +133,27 @@ def _photo_array(photo: Any) -> np.ndarray:
             arr = np.round(np.nan_to_num(arr) * 255.0)
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr[..., :3])
+
+
+def _write_grey(path: Path, grey: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(grey, dtype=np.uint8), mode="L").save(path, format="PNG")
+
+
+def _object_mask(obj: ReconstructedObject, width: int, height: int) -> np.ndarray | None:
+    """The object's mask in the photo (float [H, W] in [0, 1]), None when it has none."""
+    if obj.mask is None:
+        return None
+    m = np.asarray(obj.mask, dtype=np.float32)
+    if m.ndim == 3 and m.shape[2] == 1:
+        m = m[..., 0]
+    if m.shape != (height, width):
+        raise InputError(f"object {obj.name!r}: its mask is {m.shape[1] if m.ndim > 1 else '?'}x{m.shape[0]} "
+                         f"but the photo is {width}x{height}")
+    if m.size and float(np.nanmax(m)) > 1.0:
+        m = m / 255.0
+    return np.clip(np.nan_to_num(m), 0.0, 1.0)
 
 
 def _check_placement(obj: ReconstructedObject) -> Similarity:
@@ -174,7 +211,7 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
     fraction)` is called after each object and at the end. scene.json is written last, so an
     interrupted export leaves a directory that `load_bundle` refuses rather than a half-valid bundle.
     """
-    opts = options or ExportOptions()
+    opts = (options or ExportOptions()).check()
     img = _photo_array(reconstruction.photo)
     camera = reconstruction.camera
     validate_camera(camera)
@@ -193,33 +230,61 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
     out.mkdir(parents=True, exist_ok=True)
 
     _write_png(out / IMAGE_FILE, img)
-    entries: list[dict] = []
-    overlay_meshes = []
+    masks = [_object_mask(o, w, h) for o in objects]
+    steps = 2 * len(objects) + 1
+    placements: list[Similarity] = []
+    meshes: list[TexturedMesh] = []
     for k, spec in enumerate(objects):
         if progress is not None:
-            progress("export", k / (len(objects) + 1))
-        placement = _check_placement(spec)
-        tm: TexturedMesh = spec.textured if spec.textured is not None else postprocess_mesh(
+            progress("export", k / steps)
+        placements.append(_check_placement(spec))
+        meshes.append(spec.textured if spec.textured is not None else postprocess_mesh(
             spec.vertices, spec.faces, spec.vertex_colors, target_faces=opts.target_faces,
-            texture_size=opts.texture_size, unwrap=opts.texture, chart_iterations=opts.chart_iterations)
+            texture_size=opts.texture_size, unwrap=opts.texture, chart_iterations=opts.chart_iterations,
+            bake=False))
+    textures = texture_objects(
+        img, camera, meshes, placements, masks, photo_texture=opts.photo_texture, texture_size=opts.texture_size,
+        max_texture_size=opts.max_texture_size,
+        progress=None if progress is None else lambda k: progress("export", (len(objects) + k) / steps))
+    entries: list[dict] = []
+    overlay_meshes = []
+    taken: set[str] = {IMAGE_FILE, OVERLAY_FILE, SCENE_FILE}
+
+    def file_name(stem: str, ext: str) -> str:
+        name = f"{stem}{ext}"
+        if name in taken:
+            raise InputError(f"two files of the bundle would be called {name!r}: rename the objects")
+        taken.add(name)
+        return name
+
+    for spec, tm, tex, placement, mask in zip(objects, meshes, textures, placements, masks):
         arrays = {"vertices": tm.vertices.astype(np.float32), "faces": tm.faces.astype(np.int32),
                   "colors": tm.colors.astype(np.float32)}
         if tm.uv is not None:
             arrays["uv"] = tm.uv.astype(np.float32)
-        entry: dict[str, Any] = {"name": spec.name, "mesh": f"{spec.name}.npz"}
+        entry: dict[str, Any] = {"name": spec.name, "mesh": file_name(spec.name, ".npz")}
         write_npz(out / entry["mesh"], arrays)
-        if tm.texture is not None:
-            entry["texture"] = f"{spec.name}.png"
-            _write_png(out / entry["texture"], tm.texture)
+        if tex.texture is not None:
+            entry["texture"] = file_name(spec.name, ".png")
+            _write_png(out / entry["texture"], tex.texture)
+        if tex.generated is not None:
+            entry["texture_generated"] = file_name(f"{spec.name}_generated", ".png")
+            _write_png(out / entry["texture_generated"], tex.generated)
+            entry["photo_weight"] = file_name(f"{spec.name}_photo_weight", ".png")
+            _write_grey(out / entry["photo_weight"], tex.weight)
+        if mask is not None:
+            entry["mask"] = file_name(f"{spec.name}_mask", ".png")
+            _write_grey(out / entry["mask"], np.round(mask * 255.0))
+        entry.update(tex.info)
         if opts.glb:
-            entry["glb"] = f"{spec.name}.glb"
-            write_glb(out / entry["glb"], tm.vertices, tm.faces, tm.uv, tm.texture, tm.colors,
+            entry["glb"] = file_name(spec.name, ".glb")
+            write_glb(out / entry["glb"], tm.vertices, tm.faces, tm.uv, tex.texture, tm.colors,
                       name=spec.name)
         n_gauss = None
         if opts.gaussians and spec.gaussians is not None:
             g = gaussians_to_arrays(spec.gaussians)
             n_gauss = len(g)
-            entry["gaussians"] = f"{spec.name}.ply"
+            entry["gaussians"] = file_name(spec.name, ".ply")
             write_gaussians_ply(out / entry["gaussians"], g)
         transform = placement.to_dict()
         entry["transform"] = {"scale": transform["scale"], "R": _floats(transform["R"]), "t": _floats(transform["t"])}
@@ -232,7 +297,7 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
         entries.append(entry)
         overlay_meshes.append((placement.apply(tm.vertices.astype(np.float64)), tm.faces, tm.colors))
 
-    ious = fit_ious([(v, f) for v, f, _ in overlay_meshes], [o.mask for o in objects], camera)
+    ious = fit_ious([(v, f) for v, f, _ in overlay_meshes], masks, camera)
     for entry, iou in zip(entries, ious):
         if iou is not None:
             entry["fit"] = {"iou": round(iou, 6)}
@@ -252,6 +317,8 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
                    for k, v in camera.to_dict().items() if k in ("convention", "K", "R", "t")},
         "objects": entries,
         "overlay": OVERLAY_FILE,
+        "export": {"photo_texture": bool(opts.photo_texture), "texture_size": int(opts.texture_size),
+                   "max_texture_size": int(opts.max_texture_size)},
     }
     text = dumps_scene(scene)
     (out / SCENE_FILE).write_text(text, encoding="utf-8")
@@ -326,6 +393,29 @@ def _read_mesh(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError as exc:
+        raise BundleError(f"{path.name} is not a readable image: {exc}") from exc
+
+
+def _check_texture_sizes(root: Path, obj: dict) -> None:
+    """The photo texture's three PNGs share one size (and `texture_size` says it)."""
+    keys = [k for k in ("texture", "texture_generated", "photo_weight") if k in obj]
+    if len(keys) < 2 and "texture_size" not in obj:
+        return
+    sizes = {k: _png_size(root / obj[k]) for k in keys}
+    expect = {(int(obj["texture_size"]),) * 2} if "texture_size" in obj and "texture" in obj else set()
+    if len(set(sizes.values()) | expect) > 1:
+        raise BundleError(f"object {obj['name']!r}: its textures differ in size "
+                          f"({', '.join(f'{k} {w}x{h}' for k, (w, h) in sizes.items())}"
+                          f"{', texture_size ' + str(obj['texture_size']) if 'texture_size' in obj else ''})")
+
+
 def load_bundle(directory: str | Path, *, check_meshes: bool = True) -> Bundle:
     """Read and validate a bundle directory (or the path of its scene.json).
 
@@ -358,7 +448,7 @@ def load_bundle(directory: str | Path, *, check_meshes: bool = True) -> Bundle:
     names = []
     for obj in scene["objects"]:
         names.append(obj["name"])
-        for key in ("mesh", "texture", "glb", "gaussians"):
+        for key in ("mesh", "texture", "texture_generated", "photo_weight", "mask", "glb", "gaussians"):
             if key in obj:
                 files.append((f"object {obj['name']!r} {key}", obj[key]))
         tr = obj["transform"]
@@ -379,6 +469,8 @@ def load_bundle(directory: str | Path, *, check_meshes: bool = True) -> Bundle:
     if size != (scene["image"]["width"], scene["image"]["height"]):
         raise BundleError(f"the bundle photo is {size[0]}x{size[1]} but scene.json says "
                           f"{scene['image']['width']}x{scene['image']['height']}")
+    for obj in scene["objects"]:
+        _check_texture_sizes(root, obj)
     bundle = Bundle(root, scene)
     if check_meshes:
         for obj in scene["objects"]:

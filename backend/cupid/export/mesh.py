@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from .raster import rasterize
+from .raster import sample_texture
+from .texels import finish_texture, texel_map
 
 __all__ = ["TexturedMesh", "clean_mesh", "simplify_mesh", "unwrap_uv", "bake_texture",
            "sample_texture", "postprocess_mesh"]
@@ -152,62 +153,22 @@ def unwrap_uv(vertices, faces, *, texture_size: int = 1024, padding: int = 4,
             np.asarray(uv, dtype=np.float64))
 
 
-def _dilate(img: np.ndarray, mask: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grow the covered region by `iterations` texels, each new texel taking the mean of its
-    covered 3x3 neighbours, so bilinear/mipmapped lookups near seams never fetch background."""
-    import cv2
-
-    img = img.astype(np.float32).copy()
-    m = mask.astype(np.float32)
-    for _ in range(int(iterations)):
-        if m.min() > 0:
-            break
-        acc = cv2.boxFilter(img * m[..., None], -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
-        cnt = cv2.boxFilter(m, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
-        grow = (m == 0) & (cnt > 0)
-        img[grow] = acc[grow] / cnt[grow][:, None]
-        m[grow] = 1.0
-    return img, m > 0
-
-
 def bake_texture(uv, faces, colors, *, texture_size: int = 1024, dilate: int = 8,
                  background=(0.5, 0.5, 0.5)) -> np.ndarray:
     """Rasterise the mesh in UV space and interpolate vertex colours per texel -> uint8 [S, S, 3].
 
     Texel (row i, col j) has its centre at uv = ((j + .5)/S, 1 - (i + .5)/S).
     """
-    s = int(texture_size)
-    uv = np.asarray(uv, dtype=np.float64)
-    xy = np.stack([uv[:, 0] * s, (1.0 - uv[:, 1]) * s], axis=1)
-    frags = rasterize(xy, faces, s, s)
-    img = frags.interpolate(np.asarray(colors, dtype=np.float32), faces)
-    img, covered = _dilate(img, frags.mask, dilate)
-    img[~covered] = np.asarray(background, dtype=np.float32)
-    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
-
-
-def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of a uint8 texture at uv (v up) -> float [N, 3] in [0, 1]."""
-    tex = np.asarray(texture, dtype=np.float64) / 255.0
-    h, w = tex.shape[:2]
-    uv = np.asarray(uv, dtype=np.float64)
-    x = uv[:, 0] * w - 0.5
-    y = (1.0 - uv[:, 1]) * h - 0.5
-    x0 = np.clip(np.floor(x), 0, w - 1).astype(int)
-    y0 = np.clip(np.floor(y), 0, h - 1).astype(int)
-    x1 = np.clip(x0 + 1, 0, w - 1)
-    y1 = np.clip(y0 + 1, 0, h - 1)
-    fx = np.clip(x - x0, 0, 1)[:, None]
-    fy = np.clip(y - y0, 0, 1)[:, None]
-    top = tex[y0, x0] * (1 - fx) + tex[y0, x1] * fx
-    bot = tex[y1, x0] * (1 - fx) + tex[y1, x1] * fx
-    return top * (1 - fy) + bot * fy
+    texels = texel_map(uv, faces, texture_size)
+    img = texels.image(texels.interpolate(colors, faces))
+    return finish_texture(img, texels.covered(), dilate, background)
 
 
 def postprocess_mesh(vertices, faces, colors=None, *, target_faces: int | None = 20_000,
                      ratio: float | None = None, texture_size: int = 1024, unwrap: bool = True,
-                     dilate: int = 8, chart_iterations: int = 1) -> TexturedMesh:
-    """clean -> simplify -> (xatlas UVs -> baked texture). The full export path for one object."""
+                     dilate: int = 8, chart_iterations: int = 1, bake: bool = True) -> TexturedMesh:
+    """clean -> simplify -> (xatlas UVs -> baked texture). The full export path for one object.
+    `bake=False` stops after the UVs (texture None): the photo texture bakes at a size of its own."""
     v, f, c = clean_mesh(vertices, faces, colors)
     if target_faces is not None or ratio is not None:
         v, f, c = simplify_mesh(v, f, c, target_faces=target_faces if ratio is None else None, ratio=ratio)
@@ -216,6 +177,6 @@ def postprocess_mesh(vertices, faces, colors=None, *, target_faces: int | None =
         return TexturedMesh(v.astype(np.float32), f.astype(np.int32), c.astype(np.float32))
     vmap, fu, uv = unwrap_uv(v, f, texture_size=texture_size, chart_iterations=chart_iterations)
     cu = c[vmap]
-    tex = bake_texture(uv, fu, cu, texture_size=texture_size, dilate=dilate)
+    tex = bake_texture(uv, fu, cu, texture_size=texture_size, dilate=dilate) if bake else None
     return TexturedMesh(v[vmap].astype(np.float32), fu.astype(np.int32), cu.astype(np.float32),
                         uv.astype(np.float32), tex)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Fragments", "rasterize", "rasterize_mesh", "project_points", "render_silhouette"]
+__all__ = ["Fragments", "rasterize", "rasterize_mesh", "project_points", "render_silhouette", "sample_image",
+           "sample_texture", "render_textured"]
 
 # candidates evaluated per batch: bounds peak memory to roughly 100 bytes x this number
 _CANDIDATE_BUDGET = 1 << 21
@@ -196,3 +197,69 @@ def rasterize_mesh(vertices, faces, K, R, t, width: int, height: int) -> Fragmen
 def render_silhouette(vertices, faces, K, R, t, width: int, height: int) -> np.ndarray:
     """bool [H, W]: pixels whose centre is covered by the mesh seen through (K, R, t)."""
     return rasterize_mesh(vertices, faces, K, R, t, width, height).mask
+
+
+def sample_image(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of an [H, W, C] (or [H, W]) image at continuous pixel coordinates (corner
+    convention: the centre of pixel (i, j) is (j + 0.5, i + 0.5)), clamped at the border ->
+    float32 [N, C] (or [N]) in the image's own units. Only the four neighbours of each point are
+    converted, so a uint8 photo of any size is never copied as floats."""
+    img = np.asarray(image)
+    h, w = img.shape[:2]
+    fx = np.asarray(x, dtype=np.float64).reshape(-1) - 0.5
+    fy = np.asarray(y, dtype=np.float64).reshape(-1) - 0.5
+    x0 = np.clip(np.floor(fx), 0, w - 1).astype(np.int64)
+    y0 = np.clip(np.floor(fy), 0, h - 1).astype(np.int64)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    ax = np.clip(fx - x0, 0.0, 1.0).astype(np.float32)
+    ay = np.clip(fy - y0, 0.0, 1.0).astype(np.float32)
+    if img.ndim == 3:
+        ax, ay = ax[:, None], ay[:, None]
+    top = img[y0, x0].astype(np.float32) * (1 - ax) + img[y0, x1].astype(np.float32) * ax
+    bot = img[y1, x0].astype(np.float32) * (1 - ax) + img[y1, x1].astype(np.float32) * ax
+    return top * (1 - ay) + bot * ay
+
+
+def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of a uint8 texture at uv (v up) -> float [N, 3] in [0, 1]."""
+    h, w = np.asarray(texture).shape[:2]
+    uv = np.asarray(uv, dtype=np.float64)
+    return sample_image(texture, uv[:, 0] * w, (1.0 - uv[:, 1]) * h).astype(np.float64) / 255.0
+
+
+def render_textured(meshes, K, R, t, width: int, height: int, background=(0.0, 0.0, 0.0)
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Textured meshes seen through an OpenCV camera, sharing one z-buffer: (float32 [H, W, 3] in [0, 1],
+    int32 [H, W] index of the mesh seen at each pixel, -1 where none). `meshes` are (world vertices
+    [V, 3], faces [F, 3], uv [V, 2] (v up), uint8 texture [S, S, 3]) tuples. Each pixel takes its
+    texture at the perspective-correct uv of its centre (bilinear): what a renderer without lighting
+    shows, so a texture that reproduces the photo re-renders as the photo."""
+    h, w = int(height), int(width)
+    image = np.empty((h, w, 3), np.float32)
+    image[:] = np.asarray(background, np.float32)
+    ids = np.full((h, w), -1, np.int32)
+    if not meshes:
+        return image, ids
+    verts, faces, owner, offset = [], [], [], 0
+    for k, (v, f, _, _) in enumerate(meshes):
+        v = np.asarray(v, np.float64).reshape(-1, 3)
+        f = np.asarray(f, np.int64).reshape(-1, 3)
+        verts.append(v)
+        faces.append(f + offset)
+        owner.append(np.full(len(f), k, np.int32))
+        offset += len(v)
+    F = np.concatenate(faces)
+    frags = rasterize_mesh(np.concatenate(verts), F, K, R, t, w, h)
+    m = frags.mask
+    ids[m] = np.concatenate(owner)[frags.face_id[m]]
+    uv_all = np.concatenate([np.asarray(uv, np.float64).reshape(-1, 2) for _, _, uv, _ in meshes])
+    uv_px = np.einsum("nk,nkc->nc", frags.bary[m].astype(np.float64), uv_all[F[frags.face_id[m]]])
+    colour = np.empty((uv_px.shape[0], 3), np.float32)
+    who = ids[m]
+    for k, (_, _, _, texture) in enumerate(meshes):
+        sel = who == k
+        if np.any(sel):
+            colour[sel] = sample_texture(texture, uv_px[sel])
+    image[m] = colour
+    return image, ids
