@@ -830,3 +830,22 @@ def test_disk_full_is_disk_full_naming_the_directory_with_no_partial_files(tiny_
         assert s.client.wait(job, poll=0.1, timeout=120)["state"] == "done"
     finally:
         s.stop()
+
+
+def test_photo_texture_form_field_and_a_refine_reprojects(server, tmp_path):
+    """`photo_texture=false` keeps the generated texture alone; a refine of that job (default on) projects
+    the photo through the given camera, and says so in its bundle."""
+    job = server.client.submit(PHOTO, "monkey.png", seed=3, steps=1, photo_texture=False)
+    assert server.client.wait(job, poll=0.1, timeout=120)["state"] == "done"
+    plain = json.loads((server.client.result(job, tmp_path / "a", free=False) / "scene.json").read_text())
+    assert plain["export"]["photo_texture"] is False
+    assert "photo_weight" not in plain["objects"][0] and "mask" in plain["objects"][0]
+    camera = {k: np.asarray(plain["camera"][k]) for k in ("K", "R", "t")}
+    camera["K"][0, 0] *= 1.05
+    refined = server.client.refine(job, camera, steps=1)
+    assert server.client.wait(refined, poll=0.1, timeout=120)["state"] == "done"
+    scene = json.loads((server.client.result(refined, tmp_path / "b") / "scene.json").read_text())
+    obj = scene["objects"][0]
+    assert scene["export"]["photo_texture"] is True and {"texture_generated", "photo_weight"} <= set(obj)
+    assert obj["photo_texture"]["seen_texels"] > 0
+    np.testing.assert_allclose(scene["camera"]["K"], camera["K"], rtol=1e-9)

@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="scene mode: pick an object by a click at pixel X,Y of the photo (repeat for more objects)")
     p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
                    help="scene mode: pick an object by a box around it, in the photo's pixels (repeatable)")
+    p.add_argument("--photo-texture", action=argparse.BooleanOptionalAction, default=None,
+                   help="project the photo's own pixels onto the surface its camera sees (default: on, or the "
+                        "model's setting); --no-photo-texture keeps the generated texture alone")
+    p.add_argument("--max-texture-size", type=int, default=None, metavar="TEXELS",
+                   help="the largest texture the photo texture may choose, 16 to 16384 (default: 4096, or the "
+                        "model's setting)")
     p.add_argument("--camera", metavar="CAMERA.json",
                    help="use this camera instead of solving one: JSON with K, R, t (OpenCV, in the photo's pixels), "
                         "e.g. a bundle's preview.json or scene.json (object mode)")
@@ -72,6 +78,8 @@ def write_preview(out_dir: Path, preview: "Preview") -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..errors import InputError
+    from ..export import ExportOptions
     from ..pipeline import CupidPipeline
     from ..run import reconstruct_bundle
     from ..scene.masks import parse_box, parse_point
@@ -82,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     if args.mask and not Path(args.mask).is_file():
         raise CliError(f"mask not found: {args.mask}")
     camera = read_camera_json(args.camera, args.photo) if args.camera else None
+    export = {"photo_texture": args.photo_texture, "max_texture_size": args.max_texture_size}
+    if args.max_texture_size is not None:   # refused now, not after the reconstruction
+        try:
+            ExportOptions(max_texture_size=args.max_texture_size).check()
+        except InputError as exc:
+            raise CliError(exc.message.replace("max_texture_size", "--max-texture-size")) from None
     prompts = None
     if args.point or args.box:
         if args.mode != "scene":
@@ -118,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = reconstruct_bundle(pipe, args.photo, out_dir, mask=args.mask, mode=args.mode, seed=args.seed,
                                  steps=args.steps or None, progress=progress, pnp=args.pnp, camera=camera,
-                                 prompts=prompts, on_stage_one=lambda first: write_preview(out_dir, first.preview()))
+                                 prompts=prompts, on_stage_one=lambda first: write_preview(out_dir, first.preview()),
+                                 export=export)
     finally:
         for bar in bars.values():
             bar.close()

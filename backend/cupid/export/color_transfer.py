@@ -24,18 +24,37 @@ __all__ = ["ColorTransfer", "fit_color_transfer", "srgb_to_linear", "linear_to_s
 RIDGE = 1e-4          # pull towards A = I, in units of colour variance (linear light, [0, 1]²)
 IRLS_ROUNDS = 3       # robust re-weighting rounds (Cauchy weights)
 MIN_SAMPLES = 16      # fewer seen texels than this: no transfer
+MAX_SAMPLES = 200_000  # pairs the fit looks at (evenly spread over the seen texels)
+
+
+_LEVELS = 65535   # the transfer curves are tabulated at 16 bits: far finer than the 8-bit textures they feed
+
+
+def _curve(c: np.ndarray, table: np.ndarray) -> np.ndarray:
+    idx = np.clip(np.asarray(c, dtype=np.float32), 0.0, 1.0) * np.float32(_LEVELS) + np.float32(0.5)
+    return table[idx.astype(np.int32)]
+
+
+def _srgb_decode(c: np.ndarray) -> np.ndarray:
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_encode(c: np.ndarray) -> np.ndarray:
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
+
+
+_TO_LINEAR = _srgb_decode(np.linspace(0.0, 1.0, _LEVELS + 1)).astype(np.float32)
+_TO_SRGB = _srgb_encode(np.linspace(0.0, 1.0, _LEVELS + 1)).astype(np.float32)
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1)."""
-    c = np.asarray(c, dtype=np.float32)
-    return np.where(c <= 0.04045, c / 12.92, ((np.maximum(c, 0.0) + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1), float32."""
+    return _curve(c, _TO_LINEAR)
 
 
 def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    """Linear light in [0, 1] -> sRGB-encoded values."""
-    c = np.clip(np.asarray(c, dtype=np.float32), 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055).astype(np.float32)
+    """Linear light (clipped to [0, 1]) -> sRGB-encoded values, float32."""
+    return _curve(c, _TO_SRGB)
 
 
 @dataclass
@@ -65,13 +84,18 @@ def fit_color_transfer(generated: np.ndarray, photo: np.ndarray, weights: np.nda
     """The affine linear-light map taking `generated` sRGB colours [N, 3] to `photo` sRGB colours
     [N, 3] (the same surface points), each pair weighted by `weights` [N] (e.g. how surely the
     photo sees it). Returns the identity with `samples=0` when fewer than MIN_SAMPLES pairs count."""
-    g = srgb_to_linear(np.asarray(generated, dtype=np.float32).reshape(-1, 3)).astype(np.float64)
-    p = srgb_to_linear(np.asarray(photo, dtype=np.float32).reshape(-1, 3)).astype(np.float64)
+    g = np.asarray(generated, dtype=np.float32).reshape(-1, 3)
+    p = np.asarray(photo, dtype=np.float32).reshape(-1, 3)
     w0 = np.ones(len(g)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-    keep = (w0 > 0) & np.isfinite(g).all(1) & np.isfinite(p).all(1)
-    g, p, w0 = g[keep], p[keep], w0[keep]
-    if len(g) < MIN_SAMPLES:
+    keep = np.flatnonzero((w0 > 0) & np.isfinite(g).all(1) & np.isfinite(p).all(1))
+    n = len(keep)
+    if n < MIN_SAMPLES:
         return ColorTransfer()
+    if n > MAX_SAMPLES:      # an evenly spread subset fits as well, and a 4096² texture has millions
+        keep = keep[np.linspace(0, n - 1, MAX_SAMPLES).astype(np.int64)]
+    g = srgb_to_linear(g[keep]).astype(np.float64)
+    p = srgb_to_linear(p[keep]).astype(np.float64)
+    w0 = w0[keep]
     w = w0.copy()
     A, b = np.eye(3), np.zeros(3)
     for _ in range(max(1, int(rounds))):
@@ -86,4 +110,4 @@ def fit_color_transfer(generated: np.ndarray, photo: np.ndarray, weights: np.nda
         r = np.linalg.norm(g @ A.T + b - p, axis=1)
         scale = 1.5 * max(float(np.median(r)), 1e-4)
         w = w0 / (1.0 + (r / scale) ** 2)
-    return ColorTransfer(A, b, int(len(g)))
+    return ColorTransfer(A, b, int(n))

@@ -28,7 +28,7 @@ placement and the camera), so it does not depend on how the world is oriented.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -62,6 +62,7 @@ class PhotoView:
     scale: float
     depth: np.ndarray      # float32 [h, w]
     ids: np.ndarray        # int32 [h, w]
+    _risk: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def focal(self) -> float:
@@ -82,6 +83,19 @@ class PhotoView:
             import cv2
             m = cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA)
         return (self.ids == k) & (m > 0.5)
+
+    def contour_risk(self) -> np.ndarray:
+        """bool [h, w]: pixels whose 3×3 neighbourhood spans more than half an OCCLUSION_STEP of depth
+        (relative): the only places an occluding contour can be (`_same_surface` looks closer)."""
+        if self._risk is None:
+            import cv2
+            finite = np.isfinite(self.depth)
+            far = float(self.depth[finite].max()) if finite.any() else 1.0
+            z = np.where(finite, self.depth, far).astype(np.float32)
+            box = np.ones((3, 3), np.uint8)
+            lo, hi = cv2.erode(z, box), cv2.dilate(z, box)
+            self._risk = finite & (hi - lo > 0.5 * OCCLUSION_STEP * lo)
+        return self._risk
 
     def edge_distance(self, region: np.ndarray) -> np.ndarray:
         """float32 [h, w]: distance in PHOTO pixels from each z-buffer pixel's centre to the edge of
@@ -217,11 +231,10 @@ def project_photo(view: PhotoView, k: int, texels: TexelMap, vertices_cam: np.nd
     rows = np.flatnonzero(front_face[texels.face])
     if rows.size == 0:
         return empty
-    p = texels.interpolate(v, f, rows).astype(np.float64)
-    nrm = texels.interpolate(vn, f, rows).astype(np.float64)
-    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-30)
-    ray = -p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-30)
-    cos = np.einsum("ij,ij->i", nrm, ray)
+    p = texels.interpolate(v, f, rows)                     # float32: depth tests need 1e-3, not 1e-7
+    nrm = texels.interpolate(vn, f, rows)
+    nrm /= np.maximum(np.sqrt(np.einsum("ij,ij->i", nrm, nrm)), 1e-30)[:, None]
+    cos = -np.einsum("ij,ij->i", nrm, p) / np.maximum(np.sqrt(np.einsum("ij,ij->i", p, p)), 1e-30)
     tan = np.sqrt(np.maximum(1.0 - cos ** 2, 0.0)) / np.maximum(cos, 1e-3)
     region = view.region(k, mask)
     ok, x, y, pix = _visible(view, k, p, region, tan)
@@ -241,7 +254,9 @@ def project_photo(view: PhotoView, k: int, texels: TexelMap, vertices_cam: np.nd
         import cv2
         photo = cv2.GaussianBlur(np.ascontiguousarray(photo), (0, 0), float(blur_sigma))
     colour = sample_bicubic(photo, x, y)
-    edge = ~_same_surface(view, pix, p, nrm)
+    near = view.contour_risk().reshape(-1)[pix]     # only there can a neighbour be another surface
+    edge = np.zeros(len(pix), dtype=bool)
+    edge[near] = ~_same_surface(view, pix[near], p[near].astype(np.float64), nrm[near].astype(np.float64))
     if np.any(edge):   # next to an occluding contour: the photo's own pixel, not a mix of both surfaces
         H, W = photo.shape[:2]
         colour[edge] = photo[np.clip(y[edge].astype(np.int64), 0, H - 1), np.clip(x[edge].astype(np.int64), 0, W - 1)]

@@ -38,8 +38,9 @@ class TexelMap:
         """Per-vertex attributes [V, C] at the texels (or at the texels `rows` selects) -> float32 [N, C]."""
         attrs = np.asarray(attrs, dtype=np.float32)
         face, bary = (self.face, self.bary) if rows is None else (self.face[rows], self.bary[rows])
-        tri = np.asarray(faces)[face]
-        return np.einsum("nk,nkc->nc", bary, attrs[tri])
+        corner = attrs[np.asarray(faces)]          # [F, 3, C]: one gather per texel, not three
+        per = corner.reshape(len(corner), -1)[face].reshape(len(face), 3, -1)
+        return np.einsum("nk,nkc->nc", bary, per)
 
     def covered(self) -> np.ndarray:
         """bool [S, S]: the texels some triangle covers."""

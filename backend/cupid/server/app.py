@@ -144,6 +144,9 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
                                                                "to reuse")] = "",
                      camera: Annotated[str, Form(description='refine: JSON {"K", "R", "t"}, OpenCV, in the '
                                                              "photo's pixels")] = "",
+                     photo_texture: Annotated[bool, Form(description="project the photo's own pixels onto the "
+                                                                     "surface its camera sees (a refine: through "
+                                                                     "the given camera)")] = True,
                      ) -> JobStatus:
         """Queue a reconstruction of `image` (with an optional `mask`, or scene `prompts`), or with
         `from_job` + `camera` a refine: stage 2 of that job again, seen by the given camera. The upload
@@ -152,7 +155,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
             if image is not None or mask is not None:
                 raise InputError("a refine (from_job) reuses that job's photo: send no image or mask")
             cam = _camera_field(camera)
-            return JobStatus(**jobs.submit_refine(from_job, cam, steps).public())
+            return JobStatus(**jobs.submit_refine(from_job, cam, steps, photo_texture=photo_texture).public())
         if image is None:
             raise InputError("form field 'image' is required")
         picks = parse_prompts(prompts) if prompts.strip() else None
@@ -167,7 +170,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
                                    mask.filename if mask is not None else None)
             if picks is not None:
                 check_prompts(*picks, (inputs.photo.shape[1], inputs.photo.shape[0]))
-            return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks)
+            return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks, photo_texture=photo_texture)
 
         # off the event loop (a large photo must not stall other requests), one upload at a time
         job = await asyncio.get_running_loop().run_in_executor(intake, take_in)

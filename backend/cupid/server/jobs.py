@@ -49,6 +49,7 @@ class Job:
     number: int
     pnp: str | None = None         # camera solver; None: the model's default
     prompts: Any = None            # scene mode: (points, boxes) picking the objects
+    photo_texture: bool = True     # project the photo's pixels onto the textures (export)
     refine_from: Any = None        # a refine: the source job's kept stage 1 (cupid.pipeline.StageOne)
     camera: Any = None             # a refine: the camera to use (cupid.geometry.CameraPose)
     stage_one: Any = None          # object mode: stage 1's result, kept while the result is (for refines)
@@ -148,13 +149,13 @@ class JobQueue:
                            f"{self.retry_after()} s", self.retry_after())
 
     def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int, pnp: str | None = None,
-               prompts: Any = None) -> Job:
+               prompts: Any = None, photo_texture: bool = True) -> Job:
         """Admit a job (or raise Busy / TooLarge), spool its inputs to disk (or raise DiskFull), queue it."""
         nbytes = inputs.nbytes
         with self._lock:
             self.check_room(nbytes)
             job = Job(id=secrets.token_hex(8), mode=mode, seed=seed, steps=steps, number=next(self._counter),
-                      pnp=pnp, prompts=prompts, input_bytes=nbytes)
+                      pnp=pnp, prompts=prompts, input_bytes=nbytes, photo_texture=photo_texture)
             job.inputs_dir = self._dir.path / "inputs" / job.id
             self._jobs[job.id] = job
             self._queued_bytes += nbytes
@@ -168,7 +169,7 @@ class JobQueue:
         self._queue.put(job)
         return job
 
-    def submit_refine(self, from_job: str, camera: dict, steps: int) -> Job:
+    def submit_refine(self, from_job: str, camera: dict, steps: int, photo_texture: bool = True) -> Job:
         """Queue a refine: stage 2, decoding and export of job `from_job`'s kept stage 1 with `camera`
         (K, R, t in the photo's pixels), checked here against that stage 1 (InputError: 422)."""
         from ..geometry import CameraPose
@@ -184,7 +185,7 @@ class JobQueue:
             cam = CameraPose.from_dict({**camera, "width": width, "height": height})
             self._pipeline.check_camera(cam, first.structure, first.processed)
             job = Job(id=secrets.token_hex(8), mode="object", seed=source.seed, steps=steps,
-                      number=next(self._counter), refine_from=first, camera=cam)
+                      number=next(self._counter), refine_from=first, camera=cam, photo_texture=photo_texture)
             self._jobs[job.id] = job
         self._queue.put(job)
         return job
@@ -321,15 +322,17 @@ class JobQueue:
             def keep_stage_one(first: Any) -> None:
                 job.stage_one, job.preview = first, first.preview().to_dict()
 
+            export = {"photo_texture": job.photo_texture}
             if job.refine_from is not None:
                 keep_stage_one(replace(job.refine_from, camera=job.camera))  # a refine can be refined again
                 bundle = refine_bundle(pipe, job.refine_from, job.camera, out, steps=job.steps or None,
-                                       progress=progress, should_cancel=job.cancel.is_set)
+                                       progress=progress, should_cancel=job.cancel.is_set, export=export)
             else:
                 data = job_inputs.load(job.inputs_dir)
                 bundle = reconstruct_bundle(pipe, data.photo, out, mask=data.pipeline_mask(job.mode), mode=job.mode,
                                             seed=job.seed, steps=job.steps or None, progress=progress,
                                             should_cancel=job.cancel.is_set, pnp=job.pnp, prompts=job.prompts,
+                                            export=export,
                                             **({"on_stage_one": keep_stage_one} if job.mode == "object" else {}))
                 del data
             job.refine_from = None
