@@ -137,7 +137,8 @@ def prepare_inputs(context: Any, filepath: str = "", image: str = "", mask: str 
         mask_source = settings.mask.name if settings.mask is not None else settings.mask_path
     photo = read_input(source, "photo")
     mask_picture = read_input(mask_source, "mask") if mask_source else None
-    return prepare_upload(photo, mask_picture, mode.lower()), photo.stem
+    keep_detail = bool(getattr(settings, "photo_texture", True))   # the photo texture wants every pixel
+    return prepare_upload(photo, mask_picture, mode.lower(), keep_detail), photo.stem
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +342,9 @@ def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: st
     if warning:
         op.report({"WARNING"}, f"CUPID: {warning}")
         print(f"CUPID: {warning}", flush=True)
-    return Run(context, JobRequest(upload, mode.lower(), seed, steps, results_folder(context)), name)
+    photo_texture = bool(getattr(getattr(context.scene, "cupid", None), "photo_texture", True))
+    return Run(context, JobRequest(upload, mode.lower(), seed, steps, results_folder(context),
+                                   photo_texture=photo_texture), name)
 
 
 SEED_HELP = "Random seed (-1: the preferences' default; 0 is a seed like any other)"

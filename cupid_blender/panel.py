@@ -8,7 +8,7 @@ import bpy
 from .io.settings import model_label, model_line, resolve_sampling
 from .operators import active_model, backend_status, cpu_warning, results_folder
 from .preferences import get_prefs
-from .results import FIT_PROP, JOB_PROP, parts, result_collection
+from .results import FIT_PROP, JOB_PROP, PHOTO_FACTOR_PROP, parts, photo_mix_nodes, result_collection
 
 
 def _model_line(context: Any, prefs: Any) -> str:
@@ -50,6 +50,7 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(s, "seed")
         row.prop(s, "steps")
+        layout.prop(s, "photo_texture")
 
         layout.label(text=_model_line(context, prefs), icon="INFO")
         _, steps = resolve_sampling(s.seed, s.steps, 0, prefs.default_steps if prefs else 0)
@@ -118,6 +119,8 @@ def _draw_result(layout: Any, context: Any, running: bool) -> None:
     box.label(text=f"Result: {coll.name}", icon="OUTLINER_COLLECTION")
     for line in fit_lines(coll):
         box.label(text=line, icon="CHECKMARK")
+    if photo_mix_nodes(coll):
+        box.prop(coll, PHOTO_FACTOR_PROP, slider=True)
     if not running:
         row = box.row()
         row.enabled = JOB_PROP in coll

@@ -1,11 +1,14 @@
 """Panel inputs (per scene) and job progress (per window manager, never saved in .blend files)."""
 from __future__ import annotations
 
+from typing import Any
+
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
                        IntVectorProperty, PointerProperty, StringProperty)
 
 from .io.settings import UNSET
+from .results import set_photo_texture
 
 MODES = [("OBJECT", "Object", "Reconstruct the photo's main object: the photo's transparency or the mask "
                               "says which pixels are the object"),
@@ -51,6 +54,14 @@ class CUPID_SceneSettings(bpy.types.PropertyGroup):
                               description="Objects picked on the photo (scene mode): one object per click or box")
     picks_size: IntVectorProperty(name="Picked photo size", size=2, default=(0, 0),
                                   description="The size of the photo the picks were made on (pixels)")
+    photo_texture: BoolProperty(name="Photo on Texture", default=True,
+                                description="Paint the photo's own pixels (full resolution) onto the surface its "
+                                            "camera sees, and match the hidden side's colours to them. Off: the "
+                                            "generated texture alone")
+
+
+def _photo_texture_changed(coll: Any, _context: Any) -> None:
+    set_photo_texture(coll, coll.cupid_photo_texture)
 
 
 def _register_wm_props() -> None:
@@ -73,6 +84,10 @@ def register() -> None:
     bpy.utils.register_class(CUPID_Pick)
     bpy.utils.register_class(CUPID_SceneSettings)
     bpy.types.Scene.cupid = PointerProperty(type=CUPID_SceneSettings)
+    bpy.types.Collection.cupid_photo_texture = FloatProperty(
+        name="Photo Texture", default=1.0, min=0.0, max=1.0, subtype="FACTOR", update=_photo_texture_changed,
+        description="How much of the photo the result's textures show where the photo sees the surface: "
+                    "1 the photo's own pixels, 0 the generated texture alone")
     _register_wm_props()
 
 
@@ -82,5 +97,7 @@ def unregister() -> None:
             delattr(bpy.types.WindowManager, name)
     if hasattr(bpy.types.Scene, "cupid"):
         del bpy.types.Scene.cupid
+    if hasattr(bpy.types.Collection, "cupid_photo_texture"):
+        del bpy.types.Collection.cupid_photo_texture
     bpy.utils.unregister_class(CUPID_SceneSettings)
     bpy.utils.unregister_class(CUPID_Pick)

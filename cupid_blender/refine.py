@@ -60,7 +60,9 @@ def prepare_refine(context: Any, collection: str, steps: int) -> tuple[JobReques
     prefs = get_prefs(context)
     _, steps = resolve_sampling(UNSET, steps, 0, prefs.default_steps if prefs else 0)
     base, _ = result_identity(coll)
-    request = JobRequest(None, "object", 0, steps, results_folder(context), Refine(str(job), camera, restore))
+    photo_texture = bool(getattr(getattr(context.scene, "cupid", None), "photo_texture", True))
+    request = JobRequest(None, "object", 0, steps, results_folder(context), Refine(str(job), camera, restore),
+                         photo_texture=photo_texture)
     return request, base, coll
 
 

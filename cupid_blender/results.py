@@ -22,6 +22,8 @@ JOB_PROP = "cupid_job"
 JOB_SIZE_PROP = "cupid_job_size"
 PART_PROP = "cupid_part"
 FIT_PROP = "cupid_fit_iou"
+PHOTO_MIX_NODE = "CUPID Photo Texture"   # the Mix node of a photo-textured material (generated -> photo)
+PHOTO_FACTOR_PROP = "cupid_photo_texture"   # the result's Photo Texture factor (a Collection property)
 
 _DATA = {"MESH": "meshes", "CAMERA": "cameras", "POINTCLOUD": "pointclouds", "MATERIAL": "materials",
          "IMAGE": "images", "COLLECTION": "collections", "OBJECT": "objects"}
@@ -54,6 +56,24 @@ def parts(coll: Any) -> list:
 
 def result_camera(coll: Any) -> Optional[Any]:
     return next((o for o in parts(coll) if o.type == "CAMERA"), None)
+
+
+def photo_mix_nodes(coll: Any) -> list:
+    """The Photo Texture mix nodes of the materials of a result's parts."""
+    out = []
+    for obj in parts(coll):
+        if obj.type != "MESH":
+            continue
+        for mat in obj.data.materials:
+            if mat is not None and mat.use_nodes and PHOTO_MIX_NODE in mat.node_tree.nodes:
+                out.append(mat.node_tree.nodes[PHOTO_MIX_NODE])
+    return out
+
+
+def set_photo_texture(coll: Any, factor: float) -> None:
+    """Show `factor` of the photo on the result's photo-textured materials (0: the generated texture)."""
+    for node in photo_mix_nodes(coll):
+        node.inputs[0].default_value = min(max(float(factor), 0.0), 1.0)
 
 
 def remove_blocks(blocks: Iterable[Any]) -> None:

@@ -33,7 +33,8 @@ from .io.clipping import clip_range
 from .io.bundle import SceneBuildError, bundle_name, read_bundle
 from .io.gaussians import GaussianFileError, read_gaussians
 from .io.settings import free_suffix
-from .results import BUNDLE_PROP, FIT_PROP, NAME_PROP, PART_PROP, SUFFIX_PROP, result_identity, take_over
+from .results import (BUNDLE_PROP, FIT_PROP, NAME_PROP, PART_PROP, PHOTO_FACTOR_PROP, PHOTO_MIX_NODE, SUFFIX_PROP,
+                      result_identity, set_photo_texture, take_over)
 
 RESOLUTION_PROP = "cupid_resolution"
 PIXEL_ASPECT_PROP = "cupid_pixel_aspect"
@@ -146,7 +147,33 @@ def create_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: Optional
     return mesh
 
 
-def _material(name: str, image: Any, use_colors: bool, created: Created) -> Any:
+def _socket(sockets: Any, identifier: str) -> Any:
+    return next(s for s in sockets if s.identifier == identifier)
+
+
+def _photo_mix(nodes: Any, links: Any, photo: Any, generated: Any, weight: Any, at: Any) -> Any:
+    """The photo texture's nodes: the generated texture and the final one (the photo where it sees the
+    surface) mixed by the result's Photo Texture factor; the texture is generated + weight·(photo -
+    generated), so the factor f shows generated + f·weight·(photo - generated). The weight image is
+    there for the artist (e.g. as a mask), unconnected."""
+    gen = nodes.new("ShaderNodeTexImage")
+    gen.image, gen.interpolation, gen.label = generated, "Linear", "Generated Texture"
+    gen.location = (at.x - 700, at.y - 300)
+    mix = nodes.new("ShaderNodeMix")
+    mix.data_type, mix.blend_type = "RGBA", "MIX"
+    mix.name = mix.label = PHOTO_MIX_NODE
+    mix.location = (at.x - 250, at.y)
+    mix.inputs[0].default_value = 1.0
+    links.new(gen.outputs["Color"], _socket(mix.inputs, "A_Color"))
+    links.new(photo.outputs["Color"], _socket(mix.inputs, "B_Color"))
+    w = nodes.new("ShaderNodeTexImage")
+    w.image, w.label = weight, "Photo Weight"
+    w.location = (at.x - 700, at.y - 600)
+    return _socket(mix.outputs, "Result_Color")
+
+
+def _material(name: str, image: Any, use_colors: bool, created: Created, generated: Any = None,
+              weight: Any = None) -> Any:
     mat = created.add("materials", bpy.data.materials.new(name))
     mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
@@ -160,8 +187,12 @@ def _material(name: str, image: Any, use_colors: bool, created: Created) -> Any:
         tex = nodes.new("ShaderNodeTexImage")
         tex.image = image
         tex.interpolation = "Linear"
-        tex.location = (bsdf.location.x - 400, bsdf.location.y)
-        links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+        tex.location = (bsdf.location.x - 700, bsdf.location.y)
+        colour = tex.outputs["Color"]
+        if generated is not None and weight is not None:
+            tex.label = "Photo Texture"
+            colour = _photo_mix(nodes, links, tex, generated, weight, bsdf.location)
+        links.new(colour, bsdf.inputs["Base Color"])
     elif use_colors:
         col = nodes.new("ShaderNodeVertexColor")
         col.layer_name = "Color"
@@ -298,7 +329,11 @@ def _build(data: Any, scene: Any, base: str, sfx: str, created: Created,
         label = f"{base} {od.name}"
         mesh = created.add("meshes", create_mesh(label + sfx, od.vertices, od.faces, od.uv, od.colors))
         image = _load_image(od.texture, f"{label} texture{sfx}", created) if od.texture else None
-        mesh.materials.append(_material(label + sfx, image, od.colors is not None, created))
+        generated = weight = None
+        if image is not None and od.texture_generated is not None and od.photo_weight is not None:
+            generated = _load_image(od.texture_generated, f"{label} generated{sfx}", created)
+            weight = _load_image(od.photo_weight, f"{label} photo weight{sfx}", created, colorspace="Non-Color")
+        mesh.materials.append(_material(label + sfx, image, od.colors is not None, created, generated, weight))
         obj = created.add("objects", bpy.data.objects.new(label + sfx, mesh))
         coll.objects.link(obj)
         obj.matrix_world = Matrix(od.matrix_world.tolist())
@@ -348,6 +383,7 @@ def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Opt
         if replace is not None:
             take_over(replace, result.collection, [block for _, block in created.items], build_sfx, sfx)
             result.collection = replace
+            set_photo_texture(replace, getattr(replace, PHOTO_FACTOR_PROP, 1.0))   # the artist's factor stays
         result.collection[BUNDLE_PROP] = bpy.path.relpath(str(data.root)) if bpy.data.filepath else str(data.root)
         if replace is not None:
             scene[SYNCED_PROP] = result.camera.name   # renamed: the scene took this camera's photo size

@@ -227,6 +227,11 @@ def test_reconstruct_builds_collection_objects_material_camera(run):
     assert cam["show_background"] and cam["background_size"] == [[w, h]]
     assert mesh["faces"] > 100 and mesh["uv_layers"] >= 1 and mesh["materials"]
     assert mesh["texture_images"] or mesh["color_attributes"]
+    # the photo texture (on by default): the material mixes the generated texture and the photo's by the
+    # result box's Photo Texture factor
+    assert res["photo_mix"] == {"default": 1.0, "slid": 0.25,
+                                "inputs": ["monkey object_0 generated", "monkey object_0 texture"]}, res.get("photo_mix")
+    assert len(mesh["texture_images"]) == 3
     assert run["result"]["backend_running"] and not run["result"]["backend_running_after_disable"]
 
 
@@ -377,10 +382,11 @@ def test_10_every_control_has_a_tooltip_and_a_readme_line(run):
                 "Set Active CUPID Camera", "Start Backend", "Stop Backend", "Backend Python", "URL", "Token",
                 "Device", "Precision", "Model", "Weights cache", "Keep results beside the .blend file",
                 "Results folder", "Import CUPID Result (scene.json)", "Pick Objects", "Clear Picks", "Show Cut-out",
-                "Refine with This Camera"]
+                "Refine with This Camera", "Photo on Texture", "Photo Texture"]
     missing = [c for c in controls if f"**{c}**" not in artist]
     assert not missing, f"README's artist section does not explain {missing}"
-    assert set(r["panel_props"]) == {"image", "filepath", "mask", "mask_path", "mode", "seed", "steps"}
+    assert set(r["panel_props"]) == {"image", "filepath", "mask", "mask_path", "mode", "seed", "steps",
+                                     "photo_texture"}
 
 
 def test_10_stop_backend_says_stopped_and_input_errors_come_at_submit(run):

@@ -96,12 +96,22 @@ def test_a_big_photo_goes_up_downscaled_with_its_mask():
     assert xs.max() == pytest.approx(2350 * 1024 / 3000 - 1, abs=1)
 
 
+def test_with_the_photo_texture_a_big_photo_goes_up_whole():
+    up = prepare_upload(_photo(3000, 2250, (750, 400, 2350, 2000), name="big.png", data=None), None,
+                        "object", keep_detail=True)
+    assert not up.downscaled and (up.upload_width, up.upload_height) == (3000, 2250) and up.original is None
+    assert _decode(up.image).shape == (2250, 3000, 4)     # the cut-out at full size, alpha and all
+
+
 def test_upload_scale_rules():
     assert upload_scale(480, 360, 300) == 1.0                    # smaller than the model uses
     assert upload_scale(2000, 1500, 600) == 1.0                   # would gain little: kept
     assert upload_scale(6000, 4500, 3750) == pytest.approx(1024 / 6000)
     assert upload_scale(6000, 4500, 1000) == pytest.approx(518 / 1000)
     assert upload_scale(8000, 6000, 20) == pytest.approx(np.sqrt(MAX_UPLOAD_PIXELS / 48e6))  # 12 MP at most
+    # the photo texture paints the photo's own pixels onto the object: it goes up whole, up to 12 MP
+    assert upload_scale(6000, 4500, 1000, keep_detail=True) == pytest.approx(np.sqrt(MAX_UPLOAD_PIXELS / 27e6))
+    assert upload_scale(3000, 2250, 1920, keep_detail=True) == 1.0
     assert scaled_size(6000, 4500, 1024 / 6000) == (1024, 768)
     assert scaled_size(6001, 4003, 0.25) == (1500, 1001)         # no exact ratio nearby: per axis
 

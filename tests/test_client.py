@@ -210,6 +210,9 @@ def test_submit_sends_a_well_formed_multipart_form(stub):
     assert f["image"]["data"] == image and f["image"]["filename"] == "my photo.png"
     assert f["mask"]["data"] == mask
     assert (f["mode"]["data"], f["seed"]["data"], f["steps"]["data"]) == (b"scene", b"42", b"7")
+    assert f["photo_texture"]["data"] == b"true"
+    CupidClient(stub, TOKEN).submit(image, "p.png", photo_texture=False)
+    assert Stub.received[-1]["photo_texture"]["data"] == b"false"
 
 
 def test_refine_sends_the_job_and_the_camera_and_no_image(stub):
@@ -220,7 +223,8 @@ def test_refine_sends_the_job_and_the_camera_and_no_image(stub):
     job = CupidClient(stub, TOKEN).refine("abc", {"K": K, "R": np.eye(3), "t": (0, 0, 2.5)}, steps=3)
     assert job == "job1"
     f = Stub.received[-1]
-    assert set(f) == {"from_job", "camera", "steps"} and f["from_job"]["data"] == b"abc"
+    assert set(f) == {"from_job", "camera", "steps", "photo_texture"} and f["from_job"]["data"] == b"abc"
+    assert f["photo_texture"]["data"] == b"true"
     camera = json.loads(f["camera"]["data"])
     assert camera == {"K": K.tolist(), "R": np.eye(3).tolist(), "t": [0.0, 0.0, 2.5]}
     assert f["steps"]["data"] == b"3"

@@ -269,3 +269,52 @@ def test_the_camera_clips_to_its_objects_near_and_far(tmp_path):
         cd = res.camera.data
         assert cd.clip_start < depth - radius and cd.clip_end > depth + radius, (depth, cd.clip_start, cd.clip_end)
         assert cd.clip_start > 0 and cd.clip_end / cd.clip_start < 1e7   # depth precision kept
+
+
+def _photo_textured_bundle(tmp: Path) -> Path:
+    """One sphere whose mask is its silhouette: the export projects the photo onto it."""
+    from cupid.export import render_silhouette
+
+    W, H = 160, 120
+    cam = _camera(W, H)
+    v, f = _icosphere(2)
+    spec = ObjectSpec("object_0", v, f, np.clip(0.5 + v, 0, 1).astype(np.float32))
+    spec.mask = render_silhouette(v, f, cam["K"], cam["R"], cam["t"], W, H).astype(np.float32)
+    photo = np.random.default_rng(1).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    return write_bundle(reconstruction(photo, cam, [spec]), tmp,
+                        ExportOptions(target_faces=None, texture_size=128, glb=False, gaussians=False, overlay=False))
+
+
+def test_a_photo_texture_mixes_generated_and_photo_by_the_results_factor(tmp_path):
+    from cupid_blender.results import PHOTO_MIX_NODE, photo_mix_nodes, set_photo_texture
+
+    root = _photo_textured_bundle(tmp_path / "b")
+    data = sb.read_bundle(root)
+    od = data.objects[0]
+    assert od.texture_generated.name == "object_0_generated.png" and od.photo_weight.name == "object_0_photo_weight.png"
+    res = sb.build_from_bundle(root, bpy.context.scene, name="ball")
+    mat = res.objects[0].data.materials[0]
+    mix = mat.node_tree.nodes[PHOTO_MIX_NODE]
+    assert photo_mix_nodes(res.collection) == [mix] and mix.inputs[0].default_value == 1.0
+    a, b = (next(s for s in mix.inputs if s.identifier == k).links[0].from_node.image for k in ("A_Color", "B_Color"))
+    assert (a.name, b.name) == ("ball object_0 generated", "ball object_0 texture")
+    assert b.colorspace_settings.name == "sRGB" and a.colorspace_settings.name == "sRGB"
+    weight = next(n.image for n in mat.node_tree.nodes if n.type == "TEX_IMAGE" and n.label == "Photo Weight")
+    assert weight.colorspace_settings.name == "Non-Color" and weight.packed_file is not None
+    out = next(s for s in mix.outputs if s.identifier == "Result_Color")
+    assert out.links[0].to_node.type == "BSDF_PRINCIPLED"
+    set_photo_texture(res.collection, 0.3)
+    assert mix.inputs[0].default_value == pytest.approx(0.3)
+    # removing the result removes all three images
+    from cupid_blender.results import remove_result
+    n_images = len(bpy.data.images)
+    remove_result(res.collection)
+    assert len(bpy.data.images) == n_images - 4   # photo, texture, generated, weight
+
+
+def test_a_bundle_without_the_photo_texture_builds_one_texture(tmp_path):
+    root = _bundle(tmp_path / "b", 200, 100, n_objects=1)
+    assert sb.read_bundle(root).objects[0].texture_generated is None
+    res = sb.build_from_bundle(root, bpy.context.scene)
+    nodes = res.objects[0].data.materials[0].node_tree.nodes
+    assert not [n for n in nodes if n.type == "MIX"] and len([n for n in nodes if n.type == "TEX_IMAGE"]) == 1

@@ -36,6 +36,8 @@ class ObjectData:
     matrix_world: np.ndarray        # float64 [4, 4]
     gaussians: Optional[Path] = None  # the 3DGS PLY (object frame), when the bundle has one
     fit_iou: Optional[float] = None   # how well it explains the photo (scene.json's "fit": {"iou"})
+    texture_generated: Optional[Path] = None  # photo texture: the generated colours alone (same uv) ...
+    photo_weight: Optional[Path] = None       # ... and how much of each texel the photo gave (grey)
 
 
 @dataclass
@@ -149,15 +151,19 @@ def read_bundle(directory: str | os.PathLike) -> BundleData:
             name = str(obj["name"])
             mesh = _read_mesh(_file(root, obj["mesh"], f"object {name!r} mesh"), name)
             tex = _file(root, obj["texture"], f"object {name!r} texture") if obj.get("texture") else None
+            generated, weight = (_file(root, obj[key], f"object {name!r} {key}") if obj.get(key) and tex else None
+                                 for key in ("texture_generated", "photo_weight"))
             gs = _file(root, obj["gaussians"], f"object {name!r} gaussians") if obj.get("gaussians") else None
             mw = finite_array(obj["matrix_world"], (4, 4), f"object {name!r} matrix_world")
             fit = _fit_iou(obj.get("fit"))
         except (KeyError, TypeError, AttributeError) as exc:
             raise SceneBuildError(f"scene.json: object #{k} is incomplete ({exc!r})") from exc
         if tex is not None and mesh.get("uv") is None:
-            tex = None  # a texture without uv cannot be mapped; vertex colours take over
+            tex = generated = weight = None  # a texture without uv cannot be mapped; vertex colours take over
+        if generated is None or weight is None:
+            generated = weight = None        # the photo texture's mix needs both
         data.append(ObjectData(name, mesh["vertices"], mesh["faces"], mesh.get("uv"),
-                               mesh.get("colors"), tex, mw, gs, fit))
+                               mesh.get("colors"), tex, mw, gs, fit, generated, weight))
     return BundleData(root, photo, width, height, K, R, t, data)
 
 

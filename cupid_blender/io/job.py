@@ -81,6 +81,7 @@ class JobRequest:
     steps: int
     results_root: Path
     refine: Optional[Refine] = None
+    photo_texture: bool = True      # the backend projects the photo's own pixels onto the textures
 
     @property
     def restore(self) -> Optional[Restore]:
@@ -229,7 +230,8 @@ class ReconstructJob:
         if r.refine is not None:
             self._publish("queued", "refining", 0.0)
             try:
-                self.job_id = client.refine(r.refine.from_job, r.refine.camera, steps=r.steps)
+                self.job_id = client.refine(r.refine.from_job, r.refine.camera, steps=r.steps,
+                                            photo_texture=r.photo_texture)
             except BackendError as exc:
                 if exc.status not in (404, 410):
                     raise
@@ -239,7 +241,7 @@ class ReconstructJob:
         else:
             self._publish("queued", "uploading", 0.0)
             self.job_id = client.submit(up.image, up.filename, mask_bytes=up.mask, mode=r.mode, seed=r.seed,
-                                        steps=r.steps)
+                                        steps=r.steps, photo_texture=r.photo_texture)
         st = client.wait(self.job_id, poll=POLL_S, on_progress=self._on_status, should_cancel=self._cancel.is_set)
         if st["state"] == "cancelled":
             return Outcome("cancelled")

@@ -79,11 +79,13 @@ def crop_side(alpha: np.ndarray) -> Optional[int]:
     return max(int(round(box * CROP_PADDING)), 8)
 
 
-def upload_scale(width: int, height: int, crop: Optional[int]) -> float:
+def upload_scale(width: int, height: int, crop: Optional[int], keep_detail: bool = False) -> float:
     """How much to shrink the photo: enough that the crop is MODEL_SIDE (never under MIN_LONG_SIDE
-    on the long side), and always under MAX_UPLOAD_PIXELS; 1.0 when that would gain little."""
+    on the long side), and always under MAX_UPLOAD_PIXELS; 1.0 when that would gain little.
+    `keep_detail` (the photo texture: the backend paints the photo's own pixels onto the object)
+    sends the photo at full size, up to MAX_UPLOAD_PIXELS."""
     scale = 1.0
-    if crop is not None:
+    if crop is not None and not keep_detail:
         scale = min(1.0, max(MODEL_SIDE / crop, MIN_LONG_SIDE / max(width, height)))
         if scale > KEEP_FULL_SIZE:
             scale = 1.0
@@ -126,8 +128,9 @@ def _scene_mask(mask: np.ndarray) -> np.ndarray:
     return labels
 
 
-def prepare_upload(photo: Picture, mask: Optional[Picture], mode: str) -> Upload:
-    """The upload for a photo (and mask) in 'object' or 'scene' mode; raises InputProblem."""
+def prepare_upload(photo: Picture, mask: Optional[Picture], mode: str, keep_detail: bool = False) -> Upload:
+    """The upload for a photo (and mask) in 'object' or 'scene' mode; raises InputProblem.
+    `keep_detail`: the photo at full size (up to 12 MP), for the photo texture (see `upload_scale`)."""
     mask_px = mask.pixels if mask is not None else None
     if mask is not None and mask_px is None:
         raise _bad(f"the mask {mask.name!r} is not a readable image")
@@ -153,7 +156,7 @@ def prepare_upload(photo: Picture, mask: Optional[Picture], mode: str) -> Upload
     else:
         selection, crop = None, None
         labels = _scene_mask(mask_px) if mask_px is not None else None
-    w, h = scaled_size(W, H, upload_scale(W, H, crop))
+    w, h = scaled_size(W, H, upload_scale(W, H, crop, keep_detail))
     ext = os.path.splitext(photo.filename)[1].lower()
     readable = photo.data is not None and ext in BACKEND_FORMATS   # the file itself is a photo the backend reads
     if (w, h) == (W, H):

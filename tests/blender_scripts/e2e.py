@@ -171,6 +171,15 @@ def main(cfg: dict) -> dict:
     render_silhouette(cfg["render"])
     out["success"]["kept_files"] = sorted(p.name for p in Path(out["success"]["bundle_path"]).iterdir())
     out["success"]["camera"] = camera_of("CUPID monkey")
+    # the Photo Texture slider of the result box moves the material's mix of generated and photo
+    coll = bpy.data.collections["CUPID monkey"]
+    mix = next(o for o in coll.objects if o.type == "MESH").data.materials[0].node_tree.nodes.get("CUPID Photo Texture")
+    if mix is not None:
+        out["success"]["photo_mix"] = {"default": mix.inputs[0].default_value,
+                                       "inputs": [ln.from_node.image.name for ln in mix.inputs[6].links + mix.inputs[7].links]}
+        coll.cupid_photo_texture = 0.25
+        out["success"]["photo_mix"]["slid"] = mix.inputs[0].default_value
+        coll.cupid_photo_texture = 1.0
     out["backend_running"] = operators.MANAGER.running()
 
     # 6. the artist's own render size stays; the percentage too
