@@ -7,7 +7,9 @@ Pipeline for one object (`postprocess_mesh`): merge duplicate vertices / drop de
 quadric decimation to `target_faces` (colours by nearest original vertex) -> xatlas UVs ->
 texture baked from the vertex colours by rasterising in UV space, seams dilated. TRELLIS bakes
 its texture from multiview renders of the Gaussians on the GPU; we bake from vertex colours on
-the CPU (see `cupid.export.mesh`).
+the CPU (see `cupid.export.mesh`). Then, for every object of the result at once (`texture_objects`),
+the photo texture: the solved camera projects the photo's own pixels onto the texels it sees and the
+generated rest is colour-matched to them (`cupid.export.photo_texture`, `color_transfer`).
 
 Frames: every file is in the object frame (Z-up) except the GLB, which is glTF Y-up with
 (x, y, z) -> (x, z, -y); `matrix_world` (x_w = scale·R·x + t) places objects in the camera's world.
@@ -22,7 +24,9 @@ from .mesh import (TexturedMesh, bake_texture, clean_mesh, postprocess_mesh, sam
 from .overlay import render_overlay
 from .ply import (GaussianArrays, GaussiansLike, gaussians_to_arrays, read_gaussians_ply,
                   write_gaussians_ply)
-from .raster import Fragments, project_points, rasterize, rasterize_mesh, render_silhouette
+from .raster import (Fragments, project_points, rasterize, rasterize_mesh, rasterize_objects, render_silhouette,
+                     render_textured)
+from .texturing import ObjectTextures, texture_objects
 
 __all__ = [
     "SCHEMA_ID", "SCHEMA_PATH", "Bundle", "BundleError", "ExportOptions", "load_bundle", "write_bundle", "write_npz",
@@ -30,5 +34,6 @@ __all__ = [
     "TexturedMesh", "bake_texture", "clean_mesh", "postprocess_mesh", "sample_texture",
     "simplify_mesh", "unwrap_uv", "render_overlay",
     "GaussianArrays", "GaussiansLike", "gaussians_to_arrays", "read_gaussians_ply", "write_gaussians_ply",
-    "Fragments", "project_points", "rasterize", "rasterize_mesh", "render_silhouette",
+    "Fragments", "project_points", "rasterize", "rasterize_mesh", "rasterize_objects", "render_silhouette",
+    "render_textured", "ObjectTextures", "texture_objects",
 ]

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..geometry import CameraPose
-from .raster import rasterize_mesh
+from .raster import rasterize_objects
 
 __all__ = ["front_object_ids", "fit_ious"]
 
@@ -20,21 +20,7 @@ __all__ = ["front_object_ids", "fit_ious"]
 def front_object_ids(meshes: Sequence[tuple[Any, Any]], camera: CameraPose) -> np.ndarray:
     """int32 [H, W]: index of the front-most object at each pixel, -1 where none is. `meshes` are
     (world vertices [V, 3], faces [F, 3]) pairs."""
-    h, w = camera.height, camera.width
-    if not meshes:
-        return np.full((h, w), -1, np.int32)
-    verts, faces, owner, offset = [], [], [], 0
-    for k, (v, f) in enumerate(meshes):
-        v = np.asarray(v, np.float64).reshape(-1, 3)
-        f = np.asarray(f, np.int64).reshape(-1, 3)
-        verts.append(v)
-        faces.append(f + offset)
-        owner.append(np.full(len(f), k, np.int32))
-        offset += len(v)
-    frags = rasterize_mesh(np.concatenate(verts), np.concatenate(faces), camera.K, camera.R, camera.t, w, h)
-    ids = np.full((h, w), -1, np.int32)
-    ids[frags.mask] = np.concatenate(owner)[frags.face_id[frags.mask]]
-    return ids
+    return rasterize_objects(meshes, camera.K, camera.R, camera.t, camera.width, camera.height)[3]
 
 
 def fit_ious(meshes: Sequence[tuple[Any, Any]], masks: Sequence[Any], camera: CameraPose) -> list[float | None]:

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from ..geometry import CameraPose
-from .raster import rasterize, sample_image
+from .raster import rasterize_objects, sample_image
 from .texels import TexelMap
 
 __all__ = ["PhotoView", "photo_view", "SeenPhoto", "project_photo", "vertex_normals", "seen_faces",
@@ -115,26 +115,8 @@ def photo_view(photo: np.ndarray, camera: CameraPose, meshes: Sequence[tuple[np.
     w, h = max(1, int(math.ceil(W / scale))), max(1, int(math.ceil(H / scale)))
     K = camera.K.copy()
     K[:2] /= scale
-    verts, faces, owner, offset = [], [], [], 0
-    for k, (v, f) in enumerate(meshes):
-        v = np.asarray(v, np.float64).reshape(-1, 3)
-        f = np.asarray(f, np.int64).reshape(-1, 3)
-        verts.append(v)
-        faces.append(f + offset)
-        owner.append(np.full(len(f), k, np.int32))
-        offset += len(v)
-    ids = np.full((h, w), -1, np.int32)
-    depth = np.full((h, w), np.inf, np.float32)
-    if verts:
-        V = np.concatenate(verts)
-        hom = V @ K.T
-        z = V[:, 2]
-        xy = hom[:, :2] / np.where(np.abs(z) > 1e-9, z, 1e-9)[:, None]
-        frags = rasterize(xy, np.concatenate(faces), w, h, depth=z)
-        m = frags.mask
-        ids[m] = np.concatenate(owner)[frags.face_id[m]]
-        depth = frags.depth
-    return PhotoView(np.asarray(photo), camera, scale, depth, ids)
+    frags, _, _, ids = rasterize_objects(meshes, K, np.eye(3), np.zeros(3), w, h)
+    return PhotoView(np.asarray(photo), camera, scale, frags.depth, ids)
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

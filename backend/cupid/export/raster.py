@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Fragments", "rasterize", "rasterize_mesh", "project_points", "render_silhouette", "sample_image",
+__all__ = ["Fragments", "rasterize", "rasterize_mesh", "rasterize_objects", "project_points", "render_silhouette",
+           "sample_image",
            "sample_texture", "render_textured"]
 
 # candidates evaluated per batch: bounds peak memory to roughly 100 bytes x this number
@@ -194,6 +195,29 @@ def rasterize_mesh(vertices, faces, K, R, t, width: int, height: int) -> Fragmen
     return rasterize(xy, faces, width, height, depth=z)
 
 
+def rasterize_objects(meshes, K, R, t, width: int, height: int) -> tuple[Fragments, np.ndarray, np.ndarray, np.ndarray]:
+    """Several world-frame meshes ((vertices [V, 3], faces [F, 3]) pairs) through one camera with one
+    z-buffer: (fragments of the merged mesh, its faces [F, 3], which mesh each face is of [F], which mesh
+    each pixel shows [H, W], -1 where none)."""
+    verts, faces, owner, offset = [], [], [], 0
+    for k, (v, f) in enumerate(meshes):
+        v = np.asarray(v, np.float64).reshape(-1, 3)
+        f = np.asarray(f, np.int64).reshape(-1, 3)
+        verts.append(v)
+        faces.append(f + offset)
+        owner.append(np.full(len(f), k, np.int32))
+        offset += len(v)
+    h, w = int(height), int(width)
+    V = np.concatenate(verts) if verts else np.zeros((0, 3))
+    F = np.concatenate(faces) if faces else np.zeros((0, 3), np.int64)
+    frags = rasterize_mesh(V, F, K, R, t, w, h)
+    face_owner = np.concatenate(owner) if owner else np.zeros(0, np.int32)
+    ids = np.full((h, w), -1, np.int32)
+    m = frags.mask
+    ids[m] = face_owner[frags.face_id[m]]
+    return frags, F, face_owner, ids
+
+
 def render_silhouette(vertices, faces, K, R, t, width: int, height: int) -> np.ndarray:
     """bool [H, W]: pixels whose centre is covered by the mesh seen through (K, R, t)."""
     return rasterize_mesh(vertices, faces, K, R, t, width, height).mask
@@ -238,21 +262,10 @@ def render_textured(meshes, K, R, t, width: int, height: int, background=(0.0, 0
     h, w = int(height), int(width)
     image = np.empty((h, w, 3), np.float32)
     image[:] = np.asarray(background, np.float32)
-    ids = np.full((h, w), -1, np.int32)
     if not meshes:
-        return image, ids
-    verts, faces, owner, offset = [], [], [], 0
-    for k, (v, f, _, _) in enumerate(meshes):
-        v = np.asarray(v, np.float64).reshape(-1, 3)
-        f = np.asarray(f, np.int64).reshape(-1, 3)
-        verts.append(v)
-        faces.append(f + offset)
-        owner.append(np.full(len(f), k, np.int32))
-        offset += len(v)
-    F = np.concatenate(faces)
-    frags = rasterize_mesh(np.concatenate(verts), F, K, R, t, w, h)
+        return image, np.full((h, w), -1, np.int32)
+    frags, F, _, ids = rasterize_objects([(v, f) for v, f, _, _ in meshes], K, R, t, w, h)
     m = frags.mask
-    ids[m] = np.concatenate(owner)[frags.face_id[m]]
     uv_all = np.concatenate([np.asarray(uv, np.float64).reshape(-1, 2) for _, _, uv, _ in meshes])
     uv_px = np.einsum("nk,nkc->nc", frags.bary[m].astype(np.float64), uv_all[F[frags.face_id[m]]])
     colour = np.empty((uv_px.shape[0], 3), np.float32)
