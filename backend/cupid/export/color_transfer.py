@@ -2,16 +2,17 @@
 
 Why: the photo's pixels replace the generated colours only where the camera sees the surface; the
 hidden side keeps the generated colours, which the generator made from a small, premultiplied crop
-and which often come out paler or tinted ("washed-out" is the commonest complaint about image-to-3D
-textures). Fitting one colour map where both are known (the seen texels: generated colour and
-photo colour of the same surface point) and applying it to the whole generated texture gives the
-hidden side the photo's colour cast, so no seam shows where the photo ends.
+and which often come out tinted, darker or paler than the photo. Fitting one colour map where both
+are known (the seen texels: generated colour and photo colour of the same surface point) and applying
+it to the whole generated texture gives the hidden side the photo's colour cast, so no seam shows
+where the photo ends.
 
-The map is affine in linear light (x' = A·x + b on linearised sRGB): white balance and exposure
-are gains on linear light, a black level is an offset, and a full 3×3 A also restores saturation.
-It is fitted by weighted least squares with a ridge towards A = I (so a seen region of one colour
-moves the mean and leaves the rest alone) and re-weighted a few times against outliers (the
-generated texture is blurred and a little misplaced, so detail never matches).
+The map is a gain per channel on linear light (x' = diag(gain)·x on linearised sRGB), the ratio of
+the two sides' mean colours: white balance and exposure are exactly such gains. A full affine colour
+matrix fitted by least squares would also restore saturation, but where the seen side is plain the
+generated texture's detail does not match the photo's, least squares then answers with the mean
+colour, and the hidden side's own pattern (a label on the back of a mug) would be wiped flat; the
+gains keep it, scaled.
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ import numpy as np
 
 __all__ = ["ColorTransfer", "fit_color_transfer", "srgb_to_linear", "linear_to_srgb"]
 
-RIDGE = 1e-4          # pull towards A = I, in units of colour variance (linear light, [0, 1]²)
-IRLS_ROUNDS = 3       # robust re-weighting rounds (Cauchy weights)
+GAIN_RANGE = (0.25, 4.0)  # two stops of correction each way at most
 MIN_SAMPLES = 16      # fewer seen texels than this: no transfer
 MAX_SAMPLES = 200_000  # pairs the fit looks at (evenly spread over the seen texels)
 
@@ -59,7 +59,8 @@ def linear_to_srgb(c: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ColorTransfer:
-    """x' = A·x + b in linear light (sRGB primaries); the identity when nothing was fitted."""
+    """x' = A·x + b in linear light (sRGB primaries; A diagonal, b zero as fitted here); the identity
+    when nothing was fitted."""
 
     matrix: np.ndarray = field(default_factory=lambda: np.eye(3))
     offset: np.ndarray = field(default_factory=lambda: np.zeros(3))
@@ -79,35 +80,22 @@ class ColorTransfer:
                 "offset": (np.asarray(self.offset, float) + 0.0).tolist(), "samples": int(self.samples)}
 
 
-def fit_color_transfer(generated: np.ndarray, photo: np.ndarray, weights: np.ndarray | None = None,
-                       *, ridge: float = RIDGE, rounds: int = IRLS_ROUNDS) -> ColorTransfer:
-    """The affine linear-light map taking `generated` sRGB colours [N, 3] to `photo` sRGB colours
-    [N, 3] (the same surface points), each pair weighted by `weights` [N] (e.g. how surely the
-    photo sees it). Returns the identity with `samples=0` when fewer than MIN_SAMPLES pairs count."""
+def fit_color_transfer(generated: np.ndarray, photo: np.ndarray, weights: np.ndarray | None = None) -> ColorTransfer:
+    """The per-channel gains in linear light taking `generated` sRGB colours [N, 3] to `photo` sRGB
+    colours [N, 3] (the same surface points), each pair weighted by `weights` [N] (how surely the photo
+    sees it): the ratio of the weighted means, within GAIN_RANGE. Returns the identity with `samples=0`
+    when fewer than MIN_SAMPLES pairs count."""
     g = np.asarray(generated, dtype=np.float32).reshape(-1, 3)
     p = np.asarray(photo, dtype=np.float32).reshape(-1, 3)
-    w0 = np.ones(len(g)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-    keep = np.flatnonzero((w0 > 0) & np.isfinite(g).all(1) & np.isfinite(p).all(1))
+    w = np.ones(len(g)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    keep = np.flatnonzero((w > 0) & np.isfinite(g).all(1) & np.isfinite(p).all(1))
     n = len(keep)
     if n < MIN_SAMPLES:
         return ColorTransfer()
-    if n > MAX_SAMPLES:      # an evenly spread subset fits as well, and a 4096² texture has millions
+    if n > MAX_SAMPLES:      # an evenly spread subset gives the same means, and a 4096² texture has millions
         keep = keep[np.linspace(0, n - 1, MAX_SAMPLES).astype(np.int64)]
-    g = srgb_to_linear(g[keep]).astype(np.float64)
-    p = srgb_to_linear(p[keep]).astype(np.float64)
-    w0 = w0[keep]
-    w = w0.copy()
-    A, b = np.eye(3), np.zeros(3)
-    for _ in range(max(1, int(rounds))):
-        ws = w.sum()
-        gm = (w[:, None] * g).sum(0) / ws
-        pm = (w[:, None] * p).sum(0) / ws
-        gc, pc = g - gm, p - pm
-        cgg = (w[:, None] * gc).T @ gc / ws
-        cpg = (w[:, None] * pc).T @ gc / ws
-        A = (cpg + ridge * np.eye(3)) @ np.linalg.inv(cgg + ridge * np.eye(3))
-        b = pm - A @ gm
-        r = np.linalg.norm(g @ A.T + b - p, axis=1)
-        scale = 1.5 * max(float(np.median(r)), 1e-4)
-        w = w0 / (1.0 + (r / scale) ** 2)
-    return ColorTransfer(A, b, int(n))
+    w = w[keep][:, None]
+    mean_g = (w * srgb_to_linear(g[keep])).sum(0) / w.sum()
+    mean_p = (w * srgb_to_linear(p[keep])).sum(0) / w.sum()
+    gain = np.clip(mean_p / np.maximum(mean_g, 1e-4), *GAIN_RANGE)
+    return ColorTransfer(np.diag(gain), np.zeros(3), int(n))
