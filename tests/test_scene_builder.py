@@ -318,3 +318,23 @@ def test_a_bundle_without_the_photo_texture_builds_one_texture(tmp_path):
     res = sb.build_from_bundle(root, bpy.context.scene)
     nodes = res.objects[0].data.materials[0].node_tree.nodes
     assert not [n for n in nodes if n.type == "MIX"] and len([n for n in nodes if n.type == "TEX_IMAGE"]) == 1
+
+
+def test_the_photo_texture_factor_follows_the_slider_and_survives_a_refine(tmp_path):
+    from cupid_blender import properties
+    from cupid_blender.results import PHOTO_MIX_NODE
+
+    bpy.types.Collection.cupid_photo_texture = bpy.props.FloatProperty(
+        default=1.0, min=0.0, max=1.0, update=properties._photo_texture_changed)
+    try:
+        res = sb.build_from_bundle(_photo_textured_bundle(tmp_path / "a"), bpy.context.scene, name="ball")
+        coll = res.collection
+        coll.cupid_photo_texture = 0.4
+        node = res.objects[0].data.materials[0].node_tree.nodes[PHOTO_MIX_NODE]
+        assert node.inputs[0].default_value == pytest.approx(0.4)
+        again = sb.build_from_bundle(_photo_textured_bundle(tmp_path / "b"), bpy.context.scene, replace=coll)
+        assert again.collection == coll
+        new_node = again.objects[0].data.materials[0].node_tree.nodes[PHOTO_MIX_NODE]
+        assert new_node.inputs[0].default_value == pytest.approx(0.4)   # the artist's factor stays
+    finally:
+        del bpy.types.Collection.cupid_photo_texture
