@@ -415,3 +415,25 @@ def test_a_refine_projects_the_photo_through_the_moved_camera(tiny_model, cat_ph
     (final,), ids = _rerender(bundle)
     inside = _interior(ids, np.asarray(Image.open(bundle.path(obj["mask"]))))
     assert inside.sum() > 2000 and psnr(final, photo, inside) >= 30.0
+
+
+def test_an_already_textured_mesh_keeps_its_size_and_gets_the_photo(suzanne_bundle, tmp_path):
+    """A mesh handed over with its own uv and texture: the photo goes onto that texture, at its size."""
+    from cupid.export.mesh import TexturedMesh, postprocess_mesh
+
+    bundle, photo, mask, field = suzanne_bundle
+    v, f = suzanne()
+    tm = postprocess_mesh(v, f, white_balance(field(v)), target_faces=None, texture_size=320)
+    given = TexturedMesh(tm.vertices, tm.faces, tm.colors, tm.uv, tm.texture)
+    obj = ReconstructedObject("suzanne", v, f, textured=given, mask=mask)
+    out = load_bundle(write_bundle(Reconstruction(photo, camera(), [obj]), tmp_path / "b", OPTS))
+    entry = out.objects[0]
+    final, generated, weight = _images(out.root, entry, "texture", "texture_generated", "photo_weight")
+    assert entry["texture_size"] == 320 and final.shape == (320, 320, 3)
+    texels = texel_map(tm.uv, tm.faces, 320)
+    ct = entry["photo_texture"]["color_transfer"]
+    transfer = ColorTransfer(np.asarray(ct["matrix"]), np.asarray(ct["offset"]), ct["samples"])
+    expect = np.clip(np.round(transfer.apply(texels.gather(tm.texture) / 255.0) * 255), 0, 255).astype(np.uint8)
+    assert np.array_equal(texels.gather(generated), expect)
+    (img,), _ = _rerender(out)
+    assert psnr(img, photo / 255.0, mask > 0.5) >= 33.0 and (weight > 0).sum() > 10_000

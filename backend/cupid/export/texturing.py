@@ -6,11 +6,12 @@ behind another object never takes that object's pixels) and picks each texture's
 photo shows of it; `write_bundle` only writes what this returns.
 
 Per object with uv and a mask, when the photo texture is on:
-  size   the smallest multiple of 128 >= texture_size giving the seen surface >= 1 texel per photo
-         pixel it covers, at most max_texture_size (an already-textured mesh keeps its texture's size);
+  size   the smallest multiple of 128 >= texture_size giving the seen surface 2 texels per photo pixel
+         it covers (1 is the promise; the photo is resampled twice, here and by the renderer), at most
+         max_texture_size (an already-textured mesh keeps its texture's size);
   G      the generated colour of every texel (vertex colours, or the given texture);
   P, w   the photo's colour and weight where it sees the texel (`cupid.export.photo_texture`);
-  T      the colour transfer fitted on the seen texels (w >= 0.5), G' = T(G);
+  T      the colour transfer (per-channel gains) fitted on the seen texels (w >= 0.5), G' = T(G);
   final  G' + w·(P - G'), so an unseen texel (w = 0) is G' exactly.
 `texture_generated` is G' and `photo_weight` is w (8-bit); seams of all three are dilated alike.
 """
