@@ -61,6 +61,19 @@ def test_listings_folders_and_unique_names(tmp_path):
         list_inputs([str(tmp_path / "bad.csv")])
 
 
+def test_workers_take_one_gpu_each_where_the_cluster_has_gpus():
+    from cupid.cluster.runtime import place_workers
+
+    gpu, n = place_workers("auto", 4, {"CPU": 32, "GPU": 2}, [16, 16])
+    assert (gpu.device, gpu.num_gpus, n) == ("cuda", 1.0, 2)           # cut to the GPUs there are
+    cpu, n = place_workers("auto", 2, {"CPU": 2}, [2])
+    assert (cpu.device, cpu.num_gpus, cpu.num_cpus, n) == ("cpu", 0.0, 1.0, 2)
+    one, n = place_workers("cpu", 1, {"CPU": 24, "GPU": 1}, [8, 16])
+    assert (one.device, one.num_cpus, n) == ("cpu", 16.0, 1)           # at most one machine's cores
+    with pytest.raises(CliError, match="no GPU"):
+        place_workers("cuda", 1, {"CPU": 4}, [4])
+
+
 ray = pytest.importorskip("ray", reason="the backend's cluster extra (Ray) is not installed")
 
 
@@ -147,3 +160,4 @@ def test_a_batch_killed_midway_finishes_only_what_was_missing(ray_runtime, tiny_
     lines = [json.loads(x) for x in ledger.read_text().splitlines()]
     assert sorted(Path(x["photo"]).name for x in lines) == [f"p{k}.png" for k in range(6)]
     assert all(read_scene(out / f"p{k}") is not None for k in range(6))
+

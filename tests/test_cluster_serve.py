@@ -210,3 +210,56 @@ def test_the_addon_job_runner_runs_a_job_through_it(server, tmp_path):
     scene = json.loads((outcome.bundle / "scene.json").read_text())
     assert scene["objects"] and (outcome.bundle / scene["objects"][0]["glb"]).is_file()
     job.cleanup()
+
+
+class _FakeModel:
+    """Stands in for the model deployment's handle: each call is one replica picking the job up; the
+    `plan` says whether that replica dies mid-job or finishes it."""
+
+    def __init__(self, board, plan: list[str]):
+        self.board, self.plan, self.calls = board, plan, 0
+        self.run = self
+
+    def remote(self, job_id: str):
+        from ray.exceptions import ActorDiedError
+
+        async def replica() -> None:
+            what = self.plan[self.calls]
+            self.calls += 1
+            rid = f"r{self.calls}"
+            await self.board.register(rid, {"device": "cpu", "dtype": "float32"}, None)
+            await self.board.claim(job_id, rid)
+            await self.board.progress(job_id, "structure", 0.3)
+            if what == "dies":
+                raise ActorDiedError()
+            await self.board.finish(job_id, rid, "done", "finished", None, None, 0)
+
+        return replica()
+
+
+@pytest.mark.parametrize("retry,plan,final,calls", [
+    (False, ["dies"], ("failed", "worker_lost"), 1),
+    (True, ["dies", "finishes"], ("done", None), 2),
+    (True, ["dies", "dies"], ("failed", "worker_lost"), 2),   # once more, not forever
+])
+def test_the_board_fails_a_lost_job_or_retries_it_once(tmp_path, retry, plan, final, calls):
+    import asyncio
+
+    from cupid.cluster.board import JobBoard
+
+    async def scenario() -> tuple[dict, int, list]:
+        board = JobBoard(instance="i", results_dir=str(tmp_path), app_name="a", model_deployment="m", retry=retry)
+        model = board._model = _FakeModel(board, plan)
+        inputs = tmp_path / "inputs" / "j1"
+        inputs.mkdir(parents=True)
+        refusal, public = await board.submit("j1", {"mode": "object", "seed": 0, "inputs_dir": str(inputs)}, 10)
+        assert refusal is None and public["state"] == "queued"
+        await board.status("j1")
+        for _ in range(100):
+            await asyncio.sleep(0)
+        board._janitor.cancel()
+        return await board.status("j1"), model.calls, [inputs.exists(), board._queued_bytes]
+
+    status, n, (inputs_left, queued) = asyncio.run(scenario())
+    assert (status["state"], (status["error"] or {}).get("code")) == final and n == calls
+    assert not inputs_left and queued == 0   # the spooled photo is freed however the job ends
