@@ -159,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.idle_timeout <= 0:
         raise CliError("--idle-timeout must be positive")
-    from .serve_ray import run_if_ray
-    if (code := run_if_ray(args)) is not None:
+    from .serve_ray import TokenFile, run_if_ray
+    if (code := run_if_ray(args, TokenFile(bind, existing_token, write_token_file))) is not None:
         return code
     device, dtype = announce_device(args.device, args.dtype)
     sock = bind(args.host, args.port)

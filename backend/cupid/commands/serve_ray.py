@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import secrets
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from ..errors import CliError
 
@@ -51,10 +53,18 @@ def _options(args: argparse.Namespace):
                           retry=args.retry, results_dir=args.results_dir)
 
 
-def run_if_ray(args: argparse.Namespace) -> int | None:
+class TokenFile(NamedTuple):
+    """serve.py's own port and token-file helpers (handed in: this module is imported by serve.py)."""
+
+    bind: Callable[[str, int], socket.socket]
+    existing_token: Callable[[Path], str | None]
+    write_token_file: Callable[[Path, str, str], None]
+
+
+def run_if_ray(args: argparse.Namespace, helpers: TokenFile) -> int | None:
     """Serve on Ray when --ray was given (the exit status), else None (the Ray-only flags refused)."""
     if args.ray is not None:
-        return run_on_ray(args)
+        return run_on_ray(args, helpers)
     given = [f for f in ("replicas", "min_replicas", "max_replicas", "results_dir") if getattr(args, f) is not None]
     if given or args.retry:
         flag = given[0] if given else "retry"
@@ -62,19 +72,19 @@ def run_if_ray(args: argparse.Namespace) -> int | None:
     return None
 
 
-def run_on_ray(args: argparse.Namespace) -> int:
+def run_on_ray(args: argparse.Namespace, helpers: TokenFile) -> int:
     from ..cluster.runtime import connect, disconnect, require_ray
     from ..cluster.service import RayService
     from ..server import ServerSettings
-    from .serve import LOOPBACK_HOSTS, WILDCARD_HOSTS, bind, existing_token, write_token_file
+    from ..server.settings import LOOPBACK, WILDCARD
 
     require_ray()
     options = _options(args)
-    sock = bind(args.host, args.port)   # the port is free (or one is picked); Ray Serve's proxy takes it over
+    sock = helpers.bind(args.host, args.port)   # the port is free (or one is picked); Serve's proxy takes it over
     port = sock.getsockname()[1]
     sock.close()
     token_file = Path(args.token_file).expanduser()
-    token = existing_token(token_file)
+    token = helpers.existing_token(token_file)
     keep_token_file = token is not None or args.port != 0
     settings = ServerSettings(host=args.host, port=port, token=token or secrets.token_urlsafe(32), device=args.device,
                               dtype=args.dtype, max_upload_bytes=args.max_upload_mb * MB, result_ttl=args.result_ttl,
@@ -89,12 +99,12 @@ def run_on_ray(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         service.start()
-        wildcard = args.host in WILDCARD_HOSTS
+        wildcard = args.host in WILDCARD
         local_url = f"http://{'[::1]' if args.host == '::' else '127.0.0.1'}:{port}" if wildcard else settings.url
-        write_token_file(token_file, local_url, settings.token)
+        helpers.write_token_file(token_file, local_url, settings.token)
         print(f"CUPID backend on Ray Serve listening on {local_url} (token in {token_file}): {service.describe()}",
               flush=True)
-        if args.host not in LOOPBACK_HOSTS:
+        if args.host not in LOOPBACK:
             print(f"reachable from other machines at port {port} of every Ray node, with the token in {token_file}; "
                   f"the token and the photos travel unencrypted (see cupid serve --help)", file=sys.stderr, flush=True)
         while not stop.wait(1.0):
