@@ -1,13 +1,12 @@
-"""`cupid batch` throughput on this machine: photos per minute with 1 and 2 Ray Data workers, beside
-the yardstick measured in the same run (the same photos reconstructed one after another in this
-process, model loaded once, torch on every core: what a shell loop over one loaded pipeline gives),
-and each worker's peak memory (VmHWM of the Ray actor processes).
+"""`cupid batch` throughput on this machine: photos per minute with 1 and 2 Ray Data workers, the
+1-worker run being the yardstick (one pipeline on every core, one photo after another), measured in
+the same run, and each worker's peak memory (VmHWM of the Ray actor processes).
 
-Two rates per run: `wall` counts everything from the call to the summary (Ray start, workers
+Two rates per run: `wall` counts everything from the call to the summary (workers starting and
 loading the model); `steady` counts from the first finished photo to the last, i.e. what a long
-catalogue approaches.
+catalogue approaches. `start` is the time to the first finished photo.
 
-Run: PYTHONPATH=backend:. python bench/bench_cluster_batch.py [--photos 8] [--steps 4] [--model weights/tiny]
+Run: PYTHONPATH=backend:. python bench/bench_cluster_batch.py [--photos 12] [--steps 4] [--model weights/tiny]
 """
 from __future__ import annotations
 
@@ -27,11 +26,23 @@ from cupid.cluster.catalogue import list_inputs  # noqa: E402
 from cupid.cluster.worker import BatchOptions  # noqa: E402
 
 
+def _actor_pids() -> set[int]:
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"MapWorker" in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def _actor_peaks(stop: threading.Event, peaks: dict[int, int]) -> None:
-    """Peak resident memory (kB) of every Ray Data actor process seen while the batch runs."""
+    """Peak resident memory (kB) of every Ray Data actor process that starts while the batch runs."""
+    earlier = _actor_pids()   # an earlier run's actors, still exiting
     while not stop.wait(0.2):
         for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
+            if not proc.name.isdigit() or int(proc.name) in earlier:
                 continue
             try:
                 if b"MapWorker" not in (proc / "cmdline").read_bytes():
@@ -41,23 +52,6 @@ def _actor_peaks(stop: threading.Event, peaks: dict[int, int]) -> None:
                         peaks[int(proc.name)] = max(peaks.get(int(proc.name), 0), int(line.split()[1]))
             except OSError:
                 continue
-
-
-def yardstick(photos: list[Path], model: str, steps: int, out: Path) -> float:
-    """Seconds per photo, one after another in this process (model loaded once, not counted)."""
-    import torch
-
-    from cupid.pipeline import CupidPipeline
-    from cupid.run import reconstruct_bundle
-    from cupid.server.inputs import decode_inputs
-
-    torch.set_num_threads(2)
-    pipe = CupidPipeline.from_pretrained(model, device="cpu", dtype="float32")
-    start = time.perf_counter()
-    for k, photo in enumerate(photos):
-        data = decode_inputs(photo, None, "object")
-        reconstruct_bundle(pipe, data.photo, out / f"seq{k}", steps=steps or None)
-    return (time.perf_counter() - start) / len(photos)
 
 
 def batch(photos_dir: Path, model: str, steps: int, workers: int, out: Path) -> dict:
@@ -75,12 +69,13 @@ def batch(photos_dir: Path, model: str, steps: int, workers: int, out: Path) -> 
     watcher.join()
     assert summary.ok == len(stamps), summary.line()
     steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) * 60 if len(stamps) > 1 else float("nan")
-    return {"wall": len(stamps) / wall * 60, "steady": steady, "peaks_mb": sorted(v / 1024 for v in peaks.values())}
+    return {"wall": len(stamps) / wall * 60, "steady": steady, "start": stamps[0] - start,
+            "peaks_mb": sorted(v / 1024 for v in peaks.values())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--photos", type=int, default=8)
+    ap.add_argument("--photos", type=int, default=12)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--model", default=str(ROOT / "weights" / "tiny"))
     args = ap.parse_args()
@@ -92,18 +87,17 @@ def main() -> None:
         photos_dir.mkdir()
         for k in range(args.photos):
             shutil.copy(ROOT / "examples" / "monkey.png", photos_dir / f"photo{k}.png")
-        photos = sorted(photos_dir.iterdir())
-        seq = yardstick(photos, args.model, args.steps, tmp / "seq")
-        print(f"yardstick (one process, 2 torch threads, model loaded once): {seq:.2f} s/photo = "
-              f"{60 / seq:.1f} photos/min")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
+            base = None
             for workers in (1, 2):
                 r = batch(photos_dir, args.model, args.steps, workers, tmp / f"out{workers}")
+                base = base or r
                 peaks = ", ".join(f"{p:.0f}" for p in r["peaks_mb"])
                 print(f"cupid batch --workers {workers}: {r['steady']:.1f} photos/min steady "
-                      f"({r['steady'] * seq / 60:.2f}x the yardstick), {r['wall']:.1f} photos/min wall "
-                      f"incl. start; peak memory per worker {peaks} MB")
+                      f"({r['steady'] / base['steady']:.2f}x 1 worker), {r['wall']:.1f} photos/min wall "
+                      f"({r['wall'] / base['wall']:.2f}x), first photo after {r['start']:.1f} s; peak memory per "
+                      f"worker process {peaks} MB", flush=True)
         finally:
             ray.shutdown()
     finally:
