@@ -110,8 +110,8 @@ def run_on_ray(args: argparse.Namespace, helpers: TokenFile) -> int:
         while not stop.wait(1.0):
             pass
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        # a second Ctrl-C or SIGTERM while stopping is ignored: the cleaning up must finish (the token
+        # file, the results folder, the application on a shared cluster)
         service.close()
         if connected:
             disconnect()
@@ -120,5 +120,7 @@ def run_on_ray(args: argparse.Namespace, helpers: TokenFile) -> int:
                 token_file.unlink()
             except OSError:
                 pass
+        for s, h in previous.items():
+            signal.signal(s, h)
     print("CUPID backend stopped", file=sys.stderr)
     return 0
