@@ -33,6 +33,7 @@ def connect(address: str | None, *, num_cpus: int | None = None, worker_logs: bo
     ray = require_ray()
     if ray.is_initialized():
         return False
+    logging.getLogger("ray").setLevel(logging.ERROR)  # Ray's start-up notes are not the user's business
     quiet = {"logging_level": logging.ERROR, "log_to_driver": worker_logs}
     if address:
         try:
