@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", type=int, default=64, help="open connections at once (default 64)")
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="seconds a connection may stay open without sending a request (default 5)")
+    from .serve_ray import add_ray_arguments
+    add_ray_arguments(p)
 
 
 def make_private_dirs(directory: Path) -> None:
@@ -157,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.idle_timeout <= 0:
         raise CliError("--idle-timeout must be positive")
+    from .serve_ray import TokenFile, run_if_ray
+    if (code := run_if_ray(args, TokenFile(bind, existing_token, write_token_file))) is not None:
+        return code
     device, dtype = announce_device(args.device, args.dtype)
     sock = bind(args.host, args.port)
     port = sock.getsockname()[1]

@@ -128,6 +128,10 @@ class JobQueue:
         with self._lock:
             return {"queued_bytes": self._queued_bytes, "result_bytes": self._result_bytes}
 
+    def replicas(self) -> None:
+        """One worker thread in this process: no replicas to list (`cupid serve --ray` lists its own)."""
+        return None
+
     def retry_after(self) -> int:
         """Seconds until a place is likely to free up: about one job's run time."""
         return int(min(max(math.ceil(self._run_time), 1), 600))
