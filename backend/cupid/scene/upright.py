@@ -82,12 +82,15 @@ def _placed_vertices(placements: Sequence[Similarity], vertices: Sequence[Any]) 
     out = []
     for k, (p, v) in enumerate(zip(placements, vertices)):
         v = np.asarray(v, dtype=np.float64)
-        if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0:
-            raise InputError(f"object {k}: vertices must be a non-empty (V, 3) array, got shape {v.shape}")
-        if len(v) > MAX_VERTICES:
-            v = v[np.linspace(0, len(v) - 1, MAX_VERTICES).astype(int)]
+        if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0 or not np.all(np.isfinite(v)):
+            raise InputError(f"object {k}: vertices must be a non-empty, finite (V, 3) array, got shape {v.shape}")
         out.append(p.apply(v))
     return out
+
+
+def _subsample(points: np.ndarray) -> np.ndarray:
+    """At most MAX_VERTICES evenly spread rows: enough for the prior and the plane's support checks."""
+    return points if len(points) <= MAX_VERTICES else points[np.linspace(0, len(points) - 1, MAX_VERTICES).astype(int)]
 
 
 def camera_prior_cost(up: np.ndarray, world_points: np.ndarray) -> float:
@@ -239,11 +242,12 @@ def upright_world(placements: Sequence[Similarity], vertices: Sequence[Any], wei
         raise InputError("weights must be finite, non-negative, one per object and not all zero")
     placed = _placed_vertices(placements, vertices)
     all_points = np.concatenate(placed)
+    sparse = [_subsample(p) for p in placed]
     ups = object_ups(placements)
-    up, agree = _consensus(ups, w, all_points)
+    up, agree = _consensus(ups, w, np.concatenate(sparse))
     source, plane = "objects", None
     if points is not None:
-        plane = find_ground_plane(points, valid, up, placed, exclude=exclude, seed=seed)
+        plane = find_ground_plane(points, valid, up, sparse, exclude=exclude, seed=seed)
     if plane is not None:
         up, source = plane.normal, "ground_plane"
     R = level_rotation(up)
