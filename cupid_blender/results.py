@@ -24,7 +24,7 @@ PART_PROP = "cupid_part"
 FIT_PROP = "cupid_fit_iou"
 
 _DATA = {"MESH": "meshes", "CAMERA": "cameras", "POINTCLOUD": "pointclouds", "MATERIAL": "materials",
-         "IMAGE": "images", "COLLECTION": "collections", "OBJECT": "objects"}
+         "IMAGE": "images", "COLLECTION": "collections", "OBJECT": "objects", "LIGHT": "lights"}
 
 
 def is_result(coll: Any) -> bool:
