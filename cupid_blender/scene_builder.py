@@ -249,6 +249,8 @@ def _names_taken(base: str, objects: list, extra: Optional[Callable[[str], bool]
         labels = [f"{base} {o}{sfx}" for o in objects]
         return (f"CUPID {base}{sfx}" in d.collections or f"{base} camera{sfx}" in d.objects
                 or f"{base} camera{sfx}" in d.cameras or f"{base} photo{sfx}" in d.images
+                or any(f"{base} {part}{sfx}" in d.objects for part in ("ground", "sun"))
+                or f"{base} ground{sfx}" in d.meshes or f"{base} sun{sfx}" in d.lights
                 or any(lb in d.objects or lb in d.meshes or lb in d.materials for lb in labels)
                 or (extra is not None and extra(sfx)))
     return taken

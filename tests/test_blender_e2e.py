@@ -364,7 +364,8 @@ def test_10_names_of_a_rerun_agree(run):
     names = run["result"]["masked"]["names"]
     assert names["collection"] == "CUPID monkey.002" and names["camera"] == "monkey camera.002"
     assert names["photo"] == "monkey photo.002" and names["folder"] == "monkey.002"
-    assert names["objects"] == ["monkey object_0 gaussians.002", "monkey object_0.002"]
+    assert names["objects"] == ["monkey ground.002", "monkey object_0 gaussians.002", "monkey object_0.002",
+                                "monkey sun.002"]   # the ground plane and sun of Composite over Photo
 
 
 def test_10_every_control_has_a_tooltip_and_a_readme_line(run):
@@ -377,10 +378,11 @@ def test_10_every_control_has_a_tooltip_and_a_readme_line(run):
                 "Set Active CUPID Camera", "Start Backend", "Stop Backend", "Backend Python", "URL", "Token",
                 "Device", "Precision", "Model", "Weights cache", "Keep results beside the .blend file",
                 "Results folder", "Import CUPID Result (scene.json)", "Pick Objects", "Clear Picks", "Show Cut-out",
-                "Refine with This Camera"]
+                "Refine with This Camera", "Real Size", "Composite over Photo"]
     missing = [c for c in controls if f"**{c}**" not in artist]
     assert not missing, f"README's artist section does not explain {missing}"
-    assert set(r["panel_props"]) == {"image", "filepath", "mask", "mask_path", "mode", "seed", "steps"}
+    assert set(r["panel_props"]) == {"image", "filepath", "mask", "mask_path", "mode", "seed", "steps", "real_size",
+                                     "composite"}
 
 
 def test_10_stop_backend_says_stopped_and_input_errors_come_at_submit(run):
