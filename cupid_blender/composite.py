@@ -31,6 +31,7 @@ GROUP_NAME = "CUPID Composite"          # Blender 5: the compositing node group 
 SUN_ELEVATION_DEG = 50.0
 SUN_ENERGY = 3.0
 NEW_COMPOSITOR = bpy.app.version >= (5, 0, 0)
+DEFAULT_NODES = ("R_LAYERS", "COMPOSITE", "VIEWER", "REROUTE")   # what Blender puts in a new compositor tree
 
 
 def _ours(node: Any) -> bool:
@@ -52,7 +53,7 @@ def _tree(scene: Any, create: bool) -> tuple[Optional[Any], bool]:
         scene.compositing_node_group = group
         return group, False
     tree = scene.node_tree if scene.use_nodes else None
-    if tree is not None and any(n.type not in ("R_LAYERS", "COMPOSITE") and not _ours(n) for n in tree.nodes):
+    if tree is not None and any(n.type not in DEFAULT_NODES and not _ours(n) for n in tree.nodes):
         return None, True
     if tree is None:
         if not create:
