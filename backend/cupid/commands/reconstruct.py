@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .. import config
 from ..errors import CliError
 from ..geometry.pnp import PNP_METHODS
-from .device import add_device_arguments, add_point_map_argument, announce_device
+from .device import add_device_arguments, add_point_map_argument, announce_device, point_map_option
 
 if TYPE_CHECKING:
     from ..geometry import CameraPose
@@ -137,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
     decode_inputs(Path(args.photo), Path(args.mask) if args.mask else None, args.mode)
     print(f"loading model {args.model} ...")
     device, dtype = announce_device(args.device, args.dtype)
-    pipe = CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype,
-                                         point_map_model=args.point_map_model)
+    pipe = CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype, **point_map_option(args))
     try:
         out = reconstruct_bundle(pipe, args.photo, out_dir, mask=args.mask, mode=args.mode, seed=args.seed,
                                  steps=args.steps or None, progress=progress, pnp=args.pnp, camera=camera,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import config
 from ..errors import CliError
-from .device import add_device_arguments, add_point_map_argument, announce_device
+from .device import add_device_arguments, add_point_map_argument, announce_device, point_map_option
 
 MB = 1024 * 1024
 NAME = "serve"
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                               preload=args.preload, max_queue=args.max_queue,
                               max_queued_bytes=args.max_queued_mb * MB, max_result_bytes=args.max_results_mb * MB)
     app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype,
-                                                                     point_map_model=args.point_map_model))
+                                                                     **point_map_option(args)))
     wildcard = args.host in WILDCARD_HOSTS
     local_url = f"http://{'[::1]' if args.host == '::' else '127.0.0.1'}:{port}" if wildcard else settings.url
     write_token_file(token_file, local_url, settings.token)
