@@ -218,8 +218,10 @@ def test_reconstruct_builds_collection_objects_material_camera(run):
     assert res["collections"] == ["CUPID monkey"]
     by_type = {}
     for obj in res["objects"]:
-        by_type.setdefault(obj["type"], []).append(obj)
+        kind = "GROUND" if obj["name"] == "monkey ground" else obj["type"]   # Composite over Photo's plane
+        by_type.setdefault(kind, []).append(obj)
     assert len(by_type["CAMERA"]) == 1 and len(by_type["MESH"]) == 1
+    assert len(by_type["GROUND"]) == 1 and [o["name"] for o in by_type["LIGHT"]] == ["monkey sun"]
     cam, mesh = by_type["CAMERA"][0], by_type["MESH"][0]
     assert res["scene_camera"] == cam["name"] == "monkey camera"
     w, h = Image.open(PHOTO).size
@@ -400,7 +402,7 @@ def test_10_stop_backend_says_stopped_and_input_errors_come_at_submit(run):
 def test_11_gaussians_become_a_point_cloud(run):
     res = run["result"]["success"]
     clouds = [o for o in res["objects"] if o["type"] == "POINTCLOUD"]
-    mesh = next(o for o in res["objects"] if o["type"] == "MESH")
+    mesh = next(o for o in res["objects"] if o["type"] == "MESH" and o["name"] != "monkey ground")
     assert [c["name"] for c in clouds] == ["monkey object_0 gaussians"]
     pc = clouds[0]
     g = read_gaussians_ply(Path(res["bundle_path"]) / "object_0.ply")

@@ -174,3 +174,43 @@ def test_real_size_needs_a_metric_model(pipe, tmp_path):
         pipe.reconstruct(REPO / "examples" / "monkey.png", real_size=True)
     with pytest.raises(InputError, match="object mode"):
         pipe.reconstruct(REPO / "examples" / "scene.png", mode="scene", real_size=True)
+
+
+def test_cli_point_map_model_and_real_size_flags(tiny_model, tmp_path):
+    """`--point-map-model` picks a metric MoGe-2 (a tiny one in the official model.pt layout): the scene
+    comes out in meters; `--real-size` is refused in scene mode before any model loads."""
+    from cupid.cli import main as cupid_main
+    from cupid.tiny import write_tiny_moge2
+
+    scene_png, labels = REPO / "examples" / "scene.png", REPO / "examples" / "scene_labels.png"
+    assert cupid_main(["reconstruct", str(scene_png), "-o", str(tmp_path / "x"), "--mode", "scene",
+                       "--real-size", "--model", str(tiny_model)]) == 2
+    moge2 = write_tiny_moge2(tmp_path / "moge2", metric_scale=2.5)
+    out = tmp_path / "scene"
+    assert cupid_main(["reconstruct", str(scene_png), "-o", str(out), "--mode", "scene", "--mask", str(labels),
+                       "--model", str(tiny_model), "--device", "cpu", "--steps", "1",
+                       "--point-map-model", str(moge2)]) == 0
+    scene = load_bundle(out).scene
+    assert scene["units"] == "meters" and scene["up"]["source"] in ("objects", "ground_plane")
+
+
+def test_moge2_is_the_point_map_model_once_downloaded(pipe, tmp_path, monkeypatch):
+    """Without a model named, MoGe-2 is used when `cupid download` put it in the weights cache, else MoGe v1;
+    nothing is downloaded to find out."""
+    from cupid import config
+    from cupid.hub import cached_file
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("CUPID_WEIGHTS_DIR", str(cache))
+    monkeypatch.setitem(pipe.settings, "moge_model", "")
+    assert cached_file(config.MOGE2_ID, config.MOGE_FILE) is None
+    assert pipe.point_map_source == config.MOGE_ID and not pipe.metric_point_map_present()
+    repo = cache / ("models--" + config.MOGE2_ID.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap / config.MOGE_FILE).write_bytes(b"weights")
+    assert cached_file(config.MOGE2_ID, config.MOGE_FILE) == snap / config.MOGE_FILE
+    assert pipe.point_map_source == config.MOGE2_ID
+    assert config.DOWNLOAD_PATTERNS[config.MOGE2_ID] == [config.MOGE_FILE]   # `cupid download` fetches it
