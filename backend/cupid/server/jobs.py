@@ -331,8 +331,8 @@ class JobQueue:
                 bundle = reconstruct_bundle(pipe, data.photo, out, mask=data.pipeline_mask(job.mode), mode=job.mode,
                                             seed=job.seed, steps=job.steps or None, progress=progress,
                                             should_cancel=job.cancel.is_set, pnp=job.pnp, prompts=job.prompts,
-                                            **({"on_stage_one": keep_stage_one, "real_size": job.real_size}
-                                               if job.mode == "object" else {}))
+                                            **({"on_stage_one": keep_stage_one} if job.mode == "object" else {}),
+                                            **({"real_size": job.real_size} if job.real_size is not None else {}))
                 del data
             job.refine_from = None
             if job.cancel.is_set():
