@@ -230,6 +230,47 @@ def _write_tiny_moge(folder: Path, generator: torch.Generator) -> None:
                 "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}, folder / "model.pt")
 
 
+def _tiny_stack(dim_in: Any, dim_out: Any, num_res_blocks: list[int]) -> dict:
+    dims = [16] * 5
+    return {"dim_in": dim_in, "dim_out": dim_out, "dim_res_blocks": dims, "num_res_blocks": num_res_blocks,
+            "res_block_in_norm": "none", "res_block_hidden_norm": "none",
+            "resamplers": ["conv_transpose", "conv_transpose", "conv_transpose", "bilinear"]}
+
+
+TINY_MOGE2_CONFIG = {
+    "encoder": {"backbone": "cupid_tiny14", "intermediate_layers": [0, 1], "dim_out": 16},
+    "neck": _tiny_stack([18, 2, 2, 2, 2], None, [0, 1, 0, 0, 0]),
+    "points_head": _tiny_stack([16] * 5, [None, None, None, None, 3], [0, 0, 0, 0, 0]),
+    "mask_head": _tiny_stack([16] * 5, [None, None, None, None, 1], [0, 0, 0, 0, 0]),
+    "scale_head": {"dims": [32, 16, 1]},
+    "remap_output": "exp", "num_tokens_range": [20, 40],
+}
+
+
+def write_tiny_moge2(folder: str | Path, seed: int = 0, metric_scale: float = 1.0) -> Path:
+    """A metric MoGe-2 `model.pt` (scale head included, the official layout) on the tiny backbone: every
+    pixel valid, depths around 2 units times `metric_scale` meters. For tests of *Real size*."""
+    from .models.moge import build_moge
+
+    generator = torch.Generator().manual_seed(seed)
+    net = build_moge(TINY_MOGE2_CONFIG)
+    randomize_weights(net, generator)
+    with torch.no_grad():
+        points_out, mask_out = net.points_head.output_blocks[-1], net.mask_head.output_blocks[-1]
+        mask_out.weight.zero_()
+        mask_out.bias.fill_(10.0)
+        points_out.weight.mul_(0.01)
+        points_out.bias[2] = float(np.log(2.0))
+        last = net.scale_head[-1]
+        last.weight.zero_()
+        last.bias.fill_(float(np.log(metric_scale)))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_config": TINY_MOGE2_CONFIG,
+                "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}, folder / "model.pt")
+    return folder
+
+
 def _checkpoint_networks(seed: int, refit: bool) -> tuple[dict[str, torch.nn.Module], torch.Generator]:
     """The networks stored as ckpts/STEM.json + .safetensors, seeded in a fixed order; the generator goes
     on to the DINOv2 and MoGe weights. The stage-1 decoders are fitted (seed 0: read from the asset)."""

@@ -147,7 +147,12 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
                      from_job: Annotated[str, Form(description="refine: the job whose stage 1 (photo, structure) "
                                                                "to reuse")] = "",
                      camera: Annotated[str, Form(description='refine: JSON {"K", "R", "t"}, OpenCV, in the '
-                                                             "photo's pixels")] = "",
+                                                             "photo's pixels and the object's own frame "
+                                                             "(scene.json's camera composed with the object's "
+                                                             "transform)")] = "",
+                     real_size: Annotated[bool | None, Form(description="object mode: measure the object in "
+                                                                        "meters with a metric point map; empty: "
+                                                                        "when the backend has one")] = None,
                      ) -> JobStatus:
         """Queue a reconstruction of `image` (with an optional `mask`, or scene `prompts`), or with
         `from_job` + `camera` a refine: stage 2 of that job again, seen by the given camera. The upload
@@ -159,6 +164,8 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
             return JobStatus(**jobs.submit_refine(from_job, cam, steps).public())
         if image is None:
             raise InputError("form field 'image' is required")
+        if real_size is not None and mode != "object":
+            raise InputError("form field 'real_size' is for object mode (a scene is in meters when its point map is)")
         picks = parse_prompts(prompts) if prompts.strip() else None
         if picks is not None and (mode != "scene" or mask is not None):
             raise InputError("prompts pick objects in scene mode, without a mask")
@@ -171,7 +178,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
                                    mask.filename if mask is not None else None)
             if picks is not None:
                 check_prompts(*picks, (inputs.photo.shape[1], inputs.photo.shape[0]))
-            return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks)
+            return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks, real_size=real_size)
 
         # off the event loop (a large photo must not stall other requests), one upload at a time
         job = await asyncio.get_running_loop().run_in_executor(intake, take_in)

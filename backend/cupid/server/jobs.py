@@ -49,6 +49,7 @@ class Job:
     number: int
     pnp: str | None = None         # camera solver; None: the model's default
     prompts: Any = None            # scene mode: (points, boxes) picking the objects
+    real_size: bool | None = None  # object mode: measure in meters (None: when a metric point map is there)
     refine_from: Any = None        # a refine: the source job's kept stage 1 (cupid.pipeline.StageOne)
     camera: Any = None             # a refine: the camera to use (cupid.geometry.CameraPose)
     stage_one: Any = None          # object mode: stage 1's result, kept while the result is (for refines)
@@ -152,13 +153,13 @@ class JobQueue:
                            f"{self.retry_after()} s", self.retry_after())
 
     def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int, pnp: str | None = None,
-               prompts: Any = None) -> Job:
+               prompts: Any = None, real_size: bool | None = None) -> Job:
         """Admit a job (or raise Busy / TooLarge), spool its inputs to disk (or raise DiskFull), queue it."""
         nbytes = inputs.nbytes
         with self._lock:
             self.check_room(nbytes)
             job = Job(id=secrets.token_hex(8), mode=mode, seed=seed, steps=steps, number=next(self._counter),
-                      pnp=pnp, prompts=prompts, input_bytes=nbytes)
+                      pnp=pnp, prompts=prompts, real_size=real_size, input_bytes=nbytes)
             job.inputs_dir = self._dir.path / "inputs" / job.id
             self._jobs[job.id] = job
             self._queued_bytes += nbytes
@@ -334,7 +335,8 @@ class JobQueue:
                 bundle = reconstruct_bundle(pipe, data.photo, out, mask=data.pipeline_mask(job.mode), mode=job.mode,
                                             seed=job.seed, steps=job.steps or None, progress=progress,
                                             should_cancel=job.cancel.is_set, pnp=job.pnp, prompts=job.prompts,
-                                            **({"on_stage_one": keep_stage_one} if job.mode == "object" else {}))
+                                            **({"on_stage_one": keep_stage_one} if job.mode == "object" else {}),
+                                            **({"real_size": job.real_size} if job.real_size is not None else {}))
                 del data
             job.refine_from = None
             if job.cancel.is_set():
