@@ -189,19 +189,24 @@ class CupidClient:
         return job_id
 
     def submit(self, image_bytes: bytes, filename: str = "image.png", mask_bytes: bytes | None = None,
-               mode: str = "object", seed: int = 0, steps: int = 0, photo_texture: bool = True) -> str:
-        """Start a reconstruction; `photo_texture` projects the photo's pixels onto what its camera sees."""
+               mode: str = "object", seed: int = 0, steps: int = 0, real_size: bool | None = None,
+               photo_texture: bool = True) -> str:
+        """Start a job; `real_size` (object mode): measure in meters (None: the backend's default);
+        `photo_texture` projects the photo's pixels onto what its camera sees."""
         files = {"image": (Path(filename).name or "image.png", image_bytes)}
         if mask_bytes is not None:
             files["mask"] = ("mask.png", mask_bytes)
-        return self._start_job({"mode": mode, "seed": str(int(seed)), "steps": str(int(steps)),
-                                "photo_texture": _flag(photo_texture)}, files)
+        fields = {"mode": mode, "seed": str(int(seed)), "steps": str(int(steps)), "photo_texture": _flag(photo_texture)}
+        if real_size is not None:
+            fields["real_size"] = _flag(real_size)
+        return self._start_job(fields, files)
 
     def refine(self, from_job: str, camera: dict, seed: int | None = None, steps: int | None = None,
                photo_texture: bool = True) -> str:
         """Start a refine of a finished job: its photo, condition and structure with another camera
-        (`{"K", "R", "t"}` in the photo's pixels); stage 2, decoding and export run again (the photo
-        texture through that camera). An unknown or expired job is a BackendError with status 404."""
+        (`{"K", "R", "t"}` in the photo's pixels and the object's own frame); stage 2, decoding and export run
+        again (the photo texture through that camera). An unknown or expired job is a BackendError with status
+        404."""
         fields = {"from_job": str(from_job), "camera": json.dumps({k: _plain(camera[k]) for k in ("K", "R", "t")}),
                   "photo_texture": _flag(photo_texture)}
         if seed is not None:

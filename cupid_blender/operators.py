@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import bpy
 from bpy.app.handlers import persistent
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import scene_builder
 from .backend_manager import MANAGER, BackendConfig
@@ -30,7 +30,8 @@ from .io.settings import (UNSET, batch_inputs, effective_model, expected_cpu_sec
 from .io.upload import InputProblem, Upload, prepare_upload
 from .preferences import build_defaults, get_prefs
 from .preview import PREVIEW_PROP, PreviewBuild, build_preview
-from .properties import MODES
+from . import composite as composite_setup
+from .properties import COMPOSITE_HELP, MODES, REAL_SIZE_HELP
 from .results import JOB_PROP, JOB_SIZE_PROP
 
 ACTIVE: dict = {"job": None}
@@ -179,9 +180,11 @@ class Run:
     """One job and what it becomes: the worker thread, the progress shown, stage 1's preview while
     stage 2 runs, the result kept (in place of the preview, or of the refined result's parts)."""
 
-    def __init__(self, context: Any, request: JobRequest, name: str, replace: str = "") -> None:
+    def __init__(self, context: Any, request: JobRequest, name: str, replace: str = "",
+                 composite: bool = True) -> None:
         config = backend_config(context)
         self.name = name
+        self.composite = composite      # build the result with *Composite over Photo*
         self.replace = replace          # the result collection a refine replaces the parts of
         self.preview: Optional[PreviewBuild] = None
         self.suffix: Optional[str] = None   # the preview's (and so the result's) name suffix
@@ -269,6 +272,7 @@ class Run:
             self._remember_job(res)
             verb = "refined" if self.replace else "added"
             msg = f"CUPID: {verb} {len(res.objects)} object(s) and a camera in {res.collection.name!r}"
+            msg = "; ".join([msg] + res.notes)
             wm.cupid_last_message = msg
             return "INFO", msg
         finally:
@@ -304,8 +308,9 @@ class Run:
             raise scene_builder.SceneBuildError(f"cannot keep the result in {kept}: {exc.strerror or exc}") from exc
         try:
             if target is None:
-                return scene_builder.build_from_bundle(kept, context.scene, name=self.name, suffix=sfx)
-            res = scene_builder.build_from_bundle(kept, context.scene, replace=target)
+                return scene_builder.build_from_bundle(kept, context.scene, name=self.name, suffix=sfx,
+                                                       composite=self.composite)
+            res = scene_builder.build_from_bundle(kept, context.scene, replace=target, composite=self.composite)
             res.collection.pop(PREVIEW_PROP, None)
             self.preview = None   # it became the result
             return res
@@ -327,8 +332,10 @@ class Run:
             res.collection[JOB_SIZE_PROP] = [int(v) for v in size]
 
 
-def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: str) -> Optional[Run]:
-    """Read the inputs and start a run, or report why not (None)."""
+def _start(op: Any, context: Any, mode: str, seed: int, steps: int, real_size: bool = True, composite: bool = True,
+           **inputs: str) -> Optional[Run]:
+    """Read the inputs and start a run, or report why not (None). `real_size` off asks the backend for
+    relative units (on: meters when it has a metric point map); `composite`: *Composite over Photo*."""
     try:
         upload, name = prepare_inputs(context, mode=mode, **inputs)
     except (UserError, InputProblem) as exc:
@@ -343,8 +350,9 @@ def _start(op: Any, context: Any, mode: str, seed: int, steps: int, **inputs: st
         op.report({"WARNING"}, f"CUPID: {warning}")
         print(f"CUPID: {warning}", flush=True)
     photo_texture = bool(getattr(getattr(context.scene, "cupid", None), "photo_texture", True))
-    return Run(context, JobRequest(upload, mode.lower(), seed, steps, results_folder(context),
-                                   photo_texture=photo_texture), name)
+    request = JobRequest(upload, mode.lower(), seed, steps, results_folder(context),
+                         real_size=None if real_size else False, photo_texture=photo_texture)
+    return Run(context, request, name, composite=composite)
 
 
 SEED_HELP = "Random seed (-1: the preferences' default; 0 is a seed like any other)"
@@ -421,13 +429,16 @@ and voxels show while the rest runs)"""
     mode: EnumProperty(name="Mode", items=MODES, default="OBJECT")
     seed: IntProperty(name="Seed", default=UNSET, min=UNSET, description=SEED_HELP)
     steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500, description=STEPS_HELP)
+    real_size: BoolProperty(name="Real Size", default=True, description=REAL_SIZE_HELP)
+    composite: BoolProperty(name="Composite over Photo", default=True, description=COMPOSITE_HELP)
 
     def execute(self, context: Any) -> set:
         if ACTIVE["job"] is not None:
             self.report({"ERROR"}, "a CUPID reconstruction is already running")
             return {"CANCELLED"}
-        return self._follow(context, _start(self, context, self.mode, self.seed, self.steps, filepath=self.filepath,
-                                            image=self.image, mask=self.mask))
+        return self._follow(context, _start(self, context, self.mode, self.seed, self.steps, real_size=self.real_size,
+                                            composite=self.composite, filepath=self.filepath, image=self.image,
+                                            mask=self.mask))
 
 
 class CUPID_OT_reconstruct_batch(bpy.types.Operator):
@@ -587,6 +598,7 @@ class CUPID_OT_import_bundle(bpy.types.Operator):
     directory: StringProperty(subtype="DIR_PATH", default="", options={"SKIP_SAVE"},
                               description="The result's folder (when no scene.json is given)")
     filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
+    composite: BoolProperty(name="Composite over Photo", default=True, description=COMPOSITE_HELP)
 
     def invoke(self, context: Any, event: Any) -> set:
         context.window_manager.fileselect_add(self)
@@ -595,11 +607,11 @@ class CUPID_OT_import_bundle(bpy.types.Operator):
     def execute(self, context: Any) -> set:
         path = bpy.path.abspath(self.filepath or self.directory)
         try:
-            res = scene_builder.build_from_bundle(path, context.scene)
+            res = scene_builder.build_from_bundle(path, context.scene, composite=self.composite)
         except scene_builder.SceneBuildError as exc:
             self.report({"ERROR"}, f"CUPID: {exc}")
             return {"CANCELLED"}
-        self.report({"INFO"}, f"CUPID: added {res.collection.name!r}")
+        self.report({"INFO"}, "; ".join([f"CUPID: added {res.collection.name!r}"] + res.notes))
         return {"FINISHED"}
 
 
@@ -610,9 +622,12 @@ def menu_import(self: Any, context: Any) -> None:
 
 @persistent
 def _sync_resolution_handler(scene: Any, *args: Any) -> None:
-    """Give the render the photo's size when a CUPID camera becomes active (see scene_builder)."""
+    """Give the render the photo's size when a CUPID camera becomes active (see scene_builder), the
+    composite that camera's photo, and take the composite set-up away once its results are gone."""
     try:
         scene_builder.sync_render_resolution(scene)
+        composite_setup.follow_camera(scene)
+        composite_setup.remove_composite_if_unused(scene)
     except (ReferenceError, AttributeError, TypeError, ValueError):
         pass
 

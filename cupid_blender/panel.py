@@ -46,6 +46,11 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
         if s.mask is None:
             col.prop(s, "mask_path", text="")
         layout.prop(s, "mode", expand=True)
+        row = layout.row()
+        sub = row.row()
+        sub.active = s.mode == "OBJECT"
+        sub.prop(s, "real_size")
+        row.prop(s, "composite")
         _draw_picking(layout, s)
         row = layout.row(align=True)
         row.prop(s, "seed")
@@ -68,6 +73,7 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
         else:
             op = layout.operator("cupid.reconstruct", icon="PLAY")
             op.mode, op.seed, op.steps = s.mode, s.seed, s.steps
+            op.real_size, op.composite = s.real_size, s.composite
             if wm.cupid_last_message:
                 layout.label(text=wm.cupid_last_message)
         layout.operator("cupid.set_active_camera", icon="CAMERA_DATA")

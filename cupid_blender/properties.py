@@ -20,6 +20,14 @@ MASK_HELP = ("Optional. Object mode: white (or opaque) where the object is, blac
              "works. Scene mode: a label image, 0 = background, each other value or colour one object")
 
 
+REAL_SIZE_HELP = ("Object mode: measure the object in meters with the backend's metric point map (MoGe-2, "
+                  "fetched by 'cupid download') when it has one; off: the object at relative size. A scene is in "
+                  "meters whenever the backend has MoGe-2")
+COMPOSITE_HELP = ("Add a shadow-catcher ground plane under the objects, a sun, a transparent film and compositor "
+                  "nodes that lay the render over the photo: F12 gives the objects and their shadows in the photo "
+                  "(Cycles). A compositor of your own is left alone")
+
+
 class CUPID_Pick(bpy.types.PropertyGroup):
     """One pick on the photo, in its pixels (y down): a point (x0, y0) or a box (x0, y0)-(x1, y1)."""
 
@@ -50,6 +58,8 @@ class CUPID_SceneSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=UNSET, min=UNSET, max=500,
                        description="Sampler steps per stage: fewer is faster and rougher. 0: the model's "
                                    "default (25); -1: the preferences' default")
+    real_size: BoolProperty(name="Real Size", default=True, description=REAL_SIZE_HELP)
+    composite: BoolProperty(name="Composite over Photo", default=True, description=COMPOSITE_HELP)
     picks: CollectionProperty(type=CUPID_Pick, name="Picks",
                               description="Objects picked on the photo (scene mode): one object per click or box")
     picks_size: IntVectorProperty(name="Picked photo size", size=2, default=(0, 0),

@@ -16,12 +16,13 @@ from bpy.props import IntProperty, StringProperty
 from . import scene_builder
 from .camera import read_camera
 from .io.bundle import SceneBuildError, bundle_photo
-from .io.camera import scale_camera_K
+from .io.camera import camera_in_object_frame, scale_camera_K
 from .io.job import JobRequest, Refine, Restore, UserError
 from .io.settings import UNSET, resolve_sampling
 from .operators import STEPS_HELP, ACTIVE, JobOperator, Run, results_folder
 from .preferences import get_prefs
-from .results import BUNDLE_PROP, JOB_PROP, JOB_SIZE_PROP, result_camera, result_collection, result_identity
+from .composite import GROUND_PROP
+from .results import BUNDLE_PROP, JOB_PROP, JOB_SIZE_PROP, parts, result_camera, result_collection, result_identity
 
 
 def prepare_refine(context: Any, collection: str, steps: int) -> tuple[JobRequest, str, Any]:
@@ -44,6 +45,13 @@ def prepare_refine(context: Any, collection: str, steps: int) -> tuple[JobReques
         K, R, t, W, H = read_camera(context.scene, cam)
     except ValueError as exc:
         raise UserError(f"CUPID cannot refine with {cam.name!r}: {exc}") from None
+    mesh = next((o for o in parts(coll) if o.type == "MESH" and not o.get(GROUND_PROP)), None)
+    if mesh is None:
+        raise UserError(f"CUPID: {coll.name!r} has no object left to refine: run the reconstruction again")
+    try:   # the backend solves in the object's own frame: the camera as it sees the object, wherever both stand
+        R, t = camera_in_object_frame(R, t, [list(row) for row in mesh.matrix_world])
+    except ValueError as exc:
+        raise UserError(f"CUPID cannot refine {mesh.name!r}: {exc}") from None
     jw, jh = (int(v) for v in coll[JOB_SIZE_PROP])
     photo_w, photo_h = (int(v) for v in cam.get(scene_builder.RESOLUTION_PROP, (jw, jh)))
     restore = None
@@ -64,6 +72,11 @@ def prepare_refine(context: Any, collection: str, steps: int) -> tuple[JobReques
     request = JobRequest(None, "object", 0, steps, results_folder(context), Refine(str(job), camera, restore),
                          photo_texture=photo_texture)
     return request, base, coll
+
+
+def has_composite(coll: Any) -> bool:
+    """Whether a result was built with *Composite over Photo* (its refine is too)."""
+    return any(o.get(GROUND_PROP) or o.type == "LIGHT" for o in parts(coll))
 
 
 class CUPID_OT_refine(JobOperator, bpy.types.Operator):
@@ -88,7 +101,7 @@ and replace the result's objects"""
             context.window_manager.cupid_last_message = str(exc)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        return self._follow(context, Run(context, request, base, replace=coll.name))
+        return self._follow(context, Run(context, request, base, replace=coll.name, composite=has_composite(coll)))
 
 
 classes = (CUPID_OT_refine,)

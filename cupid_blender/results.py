@@ -26,7 +26,7 @@ PHOTO_MIX_NODE = "CUPID Photo Texture"   # the Mix node of a photo-textured mate
 PHOTO_FACTOR_PROP = "cupid_photo_texture"   # the result's Photo Texture factor (a Collection property)
 
 _DATA = {"MESH": "meshes", "CAMERA": "cameras", "POINTCLOUD": "pointclouds", "MATERIAL": "materials",
-         "IMAGE": "images", "COLLECTION": "collections", "OBJECT": "objects"}
+         "IMAGE": "images", "COLLECTION": "collections", "OBJECT": "objects", "LIGHT": "lights"}
 
 
 def is_result(coll: Any) -> bool:
@@ -88,6 +88,23 @@ def remove_blocks(blocks: Iterable[Any]) -> None:
             pass
 
 
+def compositor_trees(scene: Any) -> list:
+    """The compositor node trees of a scene: `node_tree` (Blender 4.x), `compositing_node_group` (5.0)."""
+    trees = [getattr(scene, "node_tree", None), getattr(scene, "compositing_node_group", None)]
+    return [t for t in trees if t is not None]
+
+
+def release_images(images: Iterable[Any]) -> None:
+    """CUPID's compositor nodes (*Composite over Photo*) let go of photos that are being removed."""
+    doomed = {img.as_pointer() for img in images}
+    for scene in bpy.data.scenes:
+        for tree in compositor_trees(scene):
+            for node in tree.nodes:
+                if node.type == "IMAGE" and node.name.startswith("CUPID ") and node.image is not None \
+                        and node.image.as_pointer() in doomed:
+                    node.image = None
+
+
 def remove_parts(objects: Iterable[Any]) -> None:
     """Remove objects and the data, materials and images only they used."""
     data, materials, images = [], [], []
@@ -103,6 +120,7 @@ def remove_parts(objects: Iterable[Any]) -> None:
         elif obj.type == "CAMERA":
             images += [bg.image for bg in obj.data.background_images if bg.image is not None]
         bpy.data.objects.remove(obj, do_unlink=True)
+    release_images(images)
     remove_blocks(data + materials + images)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from mathutils import Matrix
 
 from .camera import add_camera
+from .composite import add_composite, remove_composite_if_unused
 from .io.clipping import clip_range
 from .io.bundle import SceneBuildError, bundle_name, read_bundle
 from .io.gaussians import GaussianFileError, read_gaussians
@@ -54,6 +55,7 @@ class BuildResult:
     camera: Any
     objects: List[Any] = field(default_factory=list)
     gaussians: List[Any] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)   # one-line remarks for the artist (units, composite)
 
 
 class Created:
@@ -85,12 +87,14 @@ class SceneState:
     camera: Any
     synced: Any
     render: tuple
+    units: tuple = ()
 
     @classmethod
     def capture(cls, scene: Any) -> "SceneState":
-        r = scene.render
+        r, us = scene.render, scene.unit_settings
         return cls(scene.camera, scene.get(SYNCED_PROP),
-                   (r.resolution_x, r.resolution_y, r.pixel_aspect_x, r.pixel_aspect_y))
+                   (r.resolution_x, r.resolution_y, r.pixel_aspect_x, r.pixel_aspect_y),
+                   (us.system, us.scale_length, us.length_unit))
 
     def restore(self, scene: Any) -> None:
         try:
@@ -103,6 +107,10 @@ class SceneState:
             scene[SYNCED_PROP] = self.synced
         r = scene.render
         r.resolution_x, r.resolution_y, r.pixel_aspect_x, r.pixel_aspect_y = self.render
+        if self.units:
+            us = scene.unit_settings
+            us.system, us.scale_length, us.length_unit = self.units
+        remove_composite_if_unused(scene)   # a composite set up for a result that is gone again
 
 
 def create_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: Optional[np.ndarray] = None,
@@ -272,6 +280,8 @@ def _names_taken(base: str, objects: list, extra: Optional[Callable[[str], bool]
         labels = [f"{base} {o}{sfx}" for o in objects]
         return (f"CUPID {base}{sfx}" in d.collections or f"{base} camera{sfx}" in d.objects
                 or f"{base} camera{sfx}" in d.cameras or f"{base} photo{sfx}" in d.images
+                or any(f"{base} {part}{sfx}" in d.objects for part in ("ground", "sun"))
+                or f"{base} ground{sfx}" in d.meshes or f"{base} sun{sfx}" in d.lights
                 or any(lb in d.objects or lb in d.meshes or lb in d.materials for lb in labels)
                 or (extra is not None and extra(sfx)))
     return taken
@@ -315,8 +325,31 @@ def add_result_camera(scene: Any, coll: Any, base: str, sfx: str, K: Any, R: Any
     return cam
 
 
+def _reach(data: Any, cam: Any) -> float:
+    """How far the ground plane must reach from the origin: three times the farther of the objects'
+    footprint and the camera (the plane catches shadows only, so its edge is never seen)."""
+    corners = []
+    for od in data.objects:
+        lo, hi = od.vertices.min(0).astype(np.float64), od.vertices.max(0).astype(np.float64)
+        box = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        corners.append(box @ od.matrix_world[:3, :3].T + od.matrix_world[:3, 3])
+    pts = np.concatenate(corners + [np.array([list(cam.matrix_world.translation)])])
+    return 3.0 * float(np.linalg.norm(pts[:, :2], axis=1).max())
+
+
+def set_units(scene: Any, units: Optional[str]) -> Optional[str]:
+    """A result in meters sets the scene's length unit to meters (a relative one changes nothing)."""
+    if units != "meters":
+        return None
+    us = scene.unit_settings
+    if (us.system, us.length_unit, round(us.scale_length, 9)) == ("METRIC", "METERS", 1.0):
+        return None
+    us.system, us.scale_length, us.length_unit = "METRIC", 1.0, "METERS"
+    return "the scene's length unit is now meters, as the result's"
+
+
 def _build(data: Any, scene: Any, base: str, sfx: str, created: Created,
-           progress: Optional[Callable[[str, float], None]]) -> BuildResult:
+           progress: Optional[Callable[[str, float], None]], composite: bool = False) -> BuildResult:
     """Every datablock of a read bundle, in a new collection, named with `sfx`."""
     coll = new_result_collection(scene, base, sfx, created)
     cam = add_result_camera(scene, coll, base, sfx, data.K, data.R, data.t, data.width, data.height, data.photo,
@@ -349,6 +382,16 @@ def _build(data: Any, scene: Any, base: str, sfx: str, created: Created,
                                         for od in data.objects if len(od.vertices)])
     if clip is not None:  # the camera sees every object, however near or far the point map put it
         cam.data.clip_start, cam.data.clip_end = clip
+    if composite:
+        ground = data.up.get("ground_height") if data.up else None
+        if data.up is None:
+            result.notes.append("this result predates upright worlds: no ground plane, so no shadows")
+        note = add_composite(scene, coll, base, sfx, cam, ground, _reach(data, cam), created)
+        if note:
+            result.notes.append(note)
+    note = set_units(scene, data.units)
+    if note:
+        result.notes.append(note)
     if progress is not None:
         progress("building scene", 1.0)
     return result
@@ -356,7 +399,7 @@ def _build(data: Any, scene: Any, base: str, sfx: str, created: Created,
 
 def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Optional[str] = None,
                       progress: Optional[Callable[[str, float], None]] = None,
-                      suffix: Optional[str] = None, replace: Any = None) -> BuildResult:
+                      suffix: Optional[str] = None, replace: Any = None, composite: bool = False) -> BuildResult:
     """Build one collection (objects + camera with the photo as background) from a bundle.
 
     `name` names the result (default: the bundle's folder, named after the photo): collection
@@ -379,7 +422,7 @@ def build_from_bundle(directory: str | os.PathLike, scene: Any = None, name: Opt
         sfx = build_sfx = suffix if suffix is not None else result_suffix(base, names)
     created = Created()
     try:
-        result = _build(data, scene, base, build_sfx, created, progress)
+        result = _build(data, scene, base, build_sfx, created, progress, composite)
         if replace is not None:
             take_over(replace, result.collection, [block for _, block in created.items], build_sfx, sfx)
             result.collection = replace

@@ -7,5 +7,5 @@ cd "$ROOT"
 VENV="${CUPID_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 [ -x "$PY" ] || { echo "No backend environment at $VENV: run 'bash install/setup.sh' first." >&2; exit 1; }
-"$PY" -m pip install -q -e "$ROOT/backend[dev]"
+"$PY" -m pip install -q -e "$ROOT/backend[dev,cluster]"
 exec "$PY" -m pytest "$@"

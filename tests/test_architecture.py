@@ -22,6 +22,7 @@ BACKEND_FLOORS: list[set[str]] = [
     {"cupid.tiny", "cupid.pipeline", "cupid.export"},
     {"cupid.run"},
     {"cupid.server"},
+    {"cupid.cluster"},
     {"cupid.commands", "cupid.cli"},
     {"cupid.__main__"},
 ]

@@ -218,8 +218,10 @@ def test_reconstruct_builds_collection_objects_material_camera(run):
     assert res["collections"] == ["CUPID monkey"]
     by_type = {}
     for obj in res["objects"]:
-        by_type.setdefault(obj["type"], []).append(obj)
+        kind = "GROUND" if obj["name"] == "monkey ground" else obj["type"]   # Composite over Photo's plane
+        by_type.setdefault(kind, []).append(obj)
     assert len(by_type["CAMERA"]) == 1 and len(by_type["MESH"]) == 1
+    assert len(by_type["GROUND"]) == 1 and [o["name"] for o in by_type["LIGHT"]] == ["monkey sun"]
     cam, mesh = by_type["CAMERA"][0], by_type["MESH"][0]
     assert res["scene_camera"] == cam["name"] == "monkey camera"
     w, h = Image.open(PHOTO).size
@@ -369,7 +371,8 @@ def test_10_names_of_a_rerun_agree(run):
     names = run["result"]["masked"]["names"]
     assert names["collection"] == "CUPID monkey.002" and names["camera"] == "monkey camera.002"
     assert names["photo"] == "monkey photo.002" and names["folder"] == "monkey.002"
-    assert names["objects"] == ["monkey object_0 gaussians.002", "monkey object_0.002"]
+    assert names["objects"] == ["monkey ground.002", "monkey object_0 gaussians.002", "monkey object_0.002",
+                                "monkey sun.002"]   # the ground plane and sun of Composite over Photo
 
 
 def test_10_every_control_has_a_tooltip_and_a_readme_line(run):
@@ -382,11 +385,11 @@ def test_10_every_control_has_a_tooltip_and_a_readme_line(run):
                 "Set Active CUPID Camera", "Start Backend", "Stop Backend", "Backend Python", "URL", "Token",
                 "Device", "Precision", "Model", "Weights cache", "Keep results beside the .blend file",
                 "Results folder", "Import CUPID Result (scene.json)", "Pick Objects", "Clear Picks", "Show Cut-out",
-                "Refine with This Camera", "Photo on Texture", "Photo Texture"]
+                "Refine with This Camera", "Real Size", "Composite over Photo", "Photo on Texture", "Photo Texture"]
     missing = [c for c in controls if f"**{c}**" not in artist]
     assert not missing, f"README's artist section does not explain {missing}"
-    assert set(r["panel_props"]) == {"image", "filepath", "mask", "mask_path", "mode", "seed", "steps",
-                                     "photo_texture"}
+    assert set(r["panel_props"]) == {"image", "filepath", "mask", "mask_path", "mode", "seed", "steps", "real_size",
+                                     "composite", "photo_texture"}
 
 
 def test_10_stop_backend_says_stopped_and_input_errors_come_at_submit(run):
@@ -404,7 +407,7 @@ def test_10_stop_backend_says_stopped_and_input_errors_come_at_submit(run):
 def test_11_gaussians_become_a_point_cloud(run):
     res = run["result"]["success"]
     clouds = [o for o in res["objects"] if o["type"] == "POINTCLOUD"]
-    mesh = next(o for o in res["objects"] if o["type"] == "MESH")
+    mesh = next(o for o in res["objects"] if o["type"] == "MESH" and o["name"] != "monkey ground")
     assert [c["name"] for c in clouds] == ["monkey object_0 gaussians"]
     pc = clouds[0]
     g = read_gaussians_ply(Path(res["bundle_path"]) / "object_0.ply")

@@ -69,7 +69,10 @@ def test_an_opaque_jpeg_datablock_reconstructs_in_object_mode(run):
     assert case["ret"] == ["FINISHED"], case
     result = case["result"]
     assert result["name"] == "CUPID coffee" and all(o["part"] for o in result["objects"])
-    assert sorted(o["type"] for o in result["objects"]) == ["CAMERA", "MESH", "POINTCLOUD"]
+    assert sorted(o["type"] for o in result["objects"]) == ["CAMERA", "LIGHT", "MESH", "MESH", "POINTCLOUD"]
+    camera = case["camera"]   # upright: the object stands on z = 0 (the ground plane and sun: Composite over Photo)
+    assert camera["up"]["source"] == "objects" and camera["up"]["ground_height"] == 0.0 and camera["units"] == "relative"
+    assert camera["up"]["camera_height"] > 0
     assert result["props"]["cupid_name"] == "coffee" and result["props"]["cupid_job_size"] == [480, 360]
 
 
@@ -83,7 +86,8 @@ def test_the_preview_shows_before_the_job_ends_and_equals_the_final_camera(run):
     assert kinds["POINTCLOUD"]["name"] == "coffee voxels" and kinds["POINTCLOUD"]["points"] == preview["voxels"] > 0
     assert kinds["CAMERA"]["background"] == [["coffee photo", [480, 360]]]
     _camera_close(preview["read_camera"], preview["preview_camera"], rtol=2e-5)   # shown as solved (float32)
-    _camera_close(preview["preview_camera"], out["opaque"]["camera"])           # the final camera is stage 1's
+    # the final camera is stage 1's, seen from the object's own frame (the result's world is upright)
+    _camera_close(preview["preview_camera"], out["opaque"]["camera"]["object_frame"])
     assert preview["job_id"] == out["opaque"]["result"]["props"]["cupid_job"]
 
 
@@ -92,7 +96,8 @@ def test_the_result_replaces_the_preview_without_leftovers(run):
     added = {k: sorted(set(case["after"][k]) - set(case["before"][k])) for k in case["before"]}
     removed = {k: sorted(set(case["before"][k]) - set(case["after"][k])) for k in case["before"]}
     assert not any(removed.values()), removed
-    assert added["objects"] == ["coffee camera", "coffee object_0", "coffee object_0 gaussians"]
+    assert added["objects"] == ["coffee camera", "coffee ground", "coffee object_0", "coffee object_0 gaussians",
+                                "coffee sun"]
     assert added["collections"] == ["CUPID coffee"] and added["cameras"] == ["coffee camera"]
     assert "coffee photo" in added["images"] and not [n for k in added for n in added[k] if "voxels" in n or ".00" in n]
 
@@ -100,7 +105,7 @@ def test_the_result_replaces_the_preview_without_leftovers(run):
 def test_the_fit_score_is_shown_next_to_the_result(run):
     out = run["out"]
     iou = out["opaque"]["camera"]["fits"][0]["iou"]
-    mesh = next(o for o in out["opaque"]["result"]["objects"] if o["type"] == "MESH")
+    mesh = next(o for o in out["opaque"]["result"]["objects"] if o["type"] == "MESH" and o["name"] != "coffee ground")
     assert mesh["fit"] == pytest.approx(iou) and 0.0 < iou <= 1.0
     assert f"coffee object_0: fit IoU {iou:.2f}" in _labels(out["panel_result"])
     assert "cupid.refine" in _ops(out["panel_result"])
@@ -113,8 +118,9 @@ def test_refine_gives_exactly_the_moved_camera_in_the_same_collection(run):
     case = out["refine"]
     assert case["ret"] == ["FINISHED"], case
     assert case["job"]["from_job"] == out["opaque"]["result"]["props"]["cupid_job"]
-    _camera_close(case["job"]["camera"], case["moved"])                     # what was sent: the moved camera
-    _camera_close(case["camera"], case["moved"], rtol=1e-5)                 # what came back: exactly that camera
+    # what was sent: the moved camera as the object's own frame sees it; what came back: exactly that camera
+    _camera_close(case["job"]["camera"], case["moved_object_frame"])
+    _camera_close(case["camera"]["object_frame"], case["moved_object_frame"], rtol=1e-5)
     assert np.abs(np.array(case["moved"]["K"]) - np.array(out["opaque"]["camera"]["K"])).max() > 1.0  # it moved
     assert case["camera"]["folder"] != out["opaque"]["camera"]["folder"]    # a result of its own, kept beside
     assert case["result"]["name"] == "CUPID coffee"
@@ -187,7 +193,7 @@ def test_a_scene_from_picks(run):
     sent = np.asarray(Image.open(io.BytesIO(bytes.fromhex(case["job"]["mask"]))))
     colours = {tuple(c) for c in sent.reshape(-1, sent.shape[-1]) if any(c)} if sent.ndim == 3 else set()
     assert len(colours) == 3                                               # the picked masks went up as labels
-    meshes = [o for o in case["result"]["objects"] if o["type"] == "MESH"]
+    meshes = [o for o in case["result"]["objects"] if o["type"] == "MESH" and " ground" not in o["name"]]
     assert len(meshes) == 3
     assert "cupid_job" not in case["result"]["props"]                    # a scene keeps no stage 1 to refine
     assert out["clear"]["ret"] == ["FINISHED"] and out["picks_after_clear"] == 0

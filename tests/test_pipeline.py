@@ -14,7 +14,7 @@ from cupid.export import load_bundle, render_silhouette, write_bundle
 from cupid.geometry import rotation_angle_deg, uv_cube
 from cupid.pipeline import CupidPipeline
 from cupid.pipeline.stage1 import pose_from_structure, structure_from_cubes
-from helpers.bundles import obj, reconstruct_to, reconstruction
+from helpers.bundles import obj, object_frame_camera, reconstruct_to, reconstruction
 from helpers.meshes import surface_voxels, suzanne
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_tiny_camera_sees_the_photos_object(pipe, tmp_path):
     of the object's crop, with the crop's focal length."""
     out = reconstruct_to(pipe, PHOTO, tmp_path / "b", seed=0)
     scene = json.loads((out / "scene.json").read_text())
-    K, R, t = (np.array(scene["camera"][k]) for k in ("K", "R", "t"))
+    K, R, t = (np.array(object_frame_camera(scene)[k]) for k in ("K", "R", "t"))   # the object's own frame
     from cupid.preprocess import preprocess
     crop = preprocess(PHOTO).crop
     centre = K @ t

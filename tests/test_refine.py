@@ -14,7 +14,7 @@ from cupid.errors import InputError
 from cupid.export import ExportOptions, load_bundle, write_bundle
 from cupid.geometry import CameraPose, rodrigues
 from cupid.pipeline import CupidPipeline
-from helpers.bundles import obj, reconstruction
+from helpers.bundles import obj, object_frame_camera, reconstruction
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "monkey.png"
@@ -56,8 +56,9 @@ def test_preview_before_stage_two_equals_the_final_camera_and_a_refine_uses_the_
     assert stage2_calls_then == 0                     # the preview came before stage 2 started
     assert preview["res"] == first.structure.res and (preview["width"], preview["height"]) == (480, 360)
     np.testing.assert_array_equal(np.array(preview["voxels"]), np.argwhere(first.structure.occupancy))
+    own = rec.camera.in_object_frame(rec.objects[0].placement)   # the result's world is upright
     for key in ("K", "R", "t"):
-        np.testing.assert_array_equal(np.array(preview["camera"][key]), getattr(rec.camera, key))
+        np.testing.assert_allclose(np.array(preview["camera"][key]), getattr(own, key), rtol=0, atol=1e-12)
     assert json.loads(json.dumps(preview)) == preview  # JSON-ready
 
     before = (flow1.n, flow2.n)
@@ -66,8 +67,9 @@ def test_preview_before_stage_two_equals_the_final_camera_and_a_refine_uses_the_
     assert flow1.n == before[0] and flow2.n > before[1]   # stage 1 is not run again, stage 2 is
     out = write_bundle(refined, tmp_path / "r", FAST)
     scene = json.loads((out / "scene.json").read_text())
+    own = object_frame_camera(scene)
     for key in ("K", "R", "t"):
-        np.testing.assert_allclose(np.array(scene["camera"][key]), getattr(moved, key), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(np.array(own[key]), getattr(moved, key), rtol=0, atol=1e-12)
     assert 0.0 <= scene["objects"][0]["fit"]["iou"] <= 1.0
 
 
@@ -134,7 +136,9 @@ def test_cli_writes_the_preview_and_takes_a_camera(tiny_model, tmp_path):
                        "--steps", "1"]) == 0
     preview = json.loads((first / "preview.json").read_text())
     scene = json.loads((first / "scene.json").read_text())
-    assert preview["camera"] == {k: scene["camera"][k] for k in ("K", "R", "t")}
+    own = object_frame_camera(scene)
+    for key in ("K", "R", "t"):
+        np.testing.assert_allclose(preview["camera"][key], own[key], rtol=0, atol=1e-12)
     cam = {**preview["camera"], "K": (np.array(preview["camera"]["K"]) * [[1.05], [1.05], [1]]).tolist()}
     (tmp_path / "cam.json").write_text(json.dumps(cam))
     second = tmp_path / "second"
@@ -142,6 +146,13 @@ def test_cli_writes_the_preview_and_takes_a_camera(tiny_model, tmp_path):
                        "--steps", "1", "--camera", str(tmp_path / "cam.json")]) == 0
     got = json.loads((second / "scene.json").read_text())["camera"]
     np.testing.assert_allclose(got["K"], cam["K"], rtol=1e-12)
+    # a scene.json as the camera: its upright world's camera is taken back into the object's frame
+    third = tmp_path / "third"
+    assert cupid_main(["reconstruct", str(PHOTO), "-o", str(third), "--model", str(tiny), "--device", "cpu",
+                       "--steps", "1", "--camera", str(first / "scene.json")]) == 0
+    again = object_frame_camera(json.loads((third / "scene.json").read_text()))
+    for key in ("K", "R", "t"):
+        np.testing.assert_allclose(again[key], own[key], rtol=0, atol=1e-9)
     (tmp_path / "bad.json").write_text(json.dumps({**cam, "R": np.diag([1, 1, 2]).tolist()}))
     assert cupid_main(["reconstruct", str(PHOTO), "-o", str(tmp_path / "x"), "--model", str(tiny),
                        "--camera", str(tmp_path / "bad.json")]) == 2

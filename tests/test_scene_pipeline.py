@@ -29,16 +29,31 @@ def test_scene_bundle_places_every_labelled_object(pipe, tmp_path):
     bundle = load_bundle(out)
     objs = bundle.scene["objects"]
     assert [o["name"] for o in objs] == ["object_0", "object_1", "object_2"]
-    np.testing.assert_allclose(bundle.scene["camera"]["R"], np.eye(3))
-    np.testing.assert_allclose(bundle.scene["camera"]["t"], np.zeros(3))
+    # the world is upright: the camera was moved off the point map's frame, the objects stand on z = 0
+    scene = bundle.scene
+    assert scene["units"] == "relative"                       # the tiny model's MoGe is v1 (affine)
+    assert scene["up"]["source"] in ("objects", "ground_plane") and scene["up"]["ground_height"] == 0.0
+    cam = bundle.camera()
+    R_c = cam.R
+    np.testing.assert_allclose(R_c @ R_c.T, np.eye(3), atol=1e-9)
+    assert np.abs(R_c - np.eye(3)).max() > 1e-3
+    lowest, highest = [], []
     for o in objs:
         M = np.array(o["matrix_world"])
         assert np.isfinite(M).all() and o["transform"]["scale"] > 0
         R = np.array(o["transform"]["R"])
         assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-6)
-    # the tiny model's point map is random, so where objects land is noise; but every one is in front
-    for o in objs:
-        assert np.array(o["transform"]["t"])[2] > 0
+        v = bundle.load_mesh(o["name"])["vertices"].astype(np.float64)
+        world = v @ M[:3, :3].T + M[:3, 3]
+        lowest.append(world[:, 2].min())
+        highest.append(world[:, 2].max())
+        # the tiny model's point map is random, so where objects land is noise; but every one is in front
+        assert (cam.R @ np.array(o["transform"]["t"]) + cam.t)[2] > 0
+    tol = 0.01 * (max(highest) - min(lowest))   # the exported mesh is the simplified one
+    if scene["up"]["source"] == "objects":
+        assert min(lowest) == pytest.approx(0.0, abs=tol)
+    assert scene["up"]["lowest_point"] == pytest.approx(min(lowest), abs=tol)
+    assert scene["up"]["camera_height"] == pytest.approx(cam.camera_center()[2])
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert np.array(bundle.scene["camera"]["K"])[0, 0] > 0
 

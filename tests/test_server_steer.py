@@ -14,6 +14,7 @@ from PIL import Image
 from test_server import PHOTO, Server
 
 from cupid_blender.client import BackendError
+from helpers.bundles import object_frame_camera
 
 SCENE = (Path(__file__).resolve().parents[1] / "examples" / "scene.png").read_bytes()
 
@@ -43,7 +44,8 @@ def _post(server, path: str, fields: dict, files: dict | None = None) -> dict:
 
 
 def _scene_camera(bundle_zip_dir) -> dict:
-    return json.loads((bundle_zip_dir / "scene.json").read_text())["camera"]
+    """The result's camera in the object's own frame (what previews show and refines take)."""
+    return object_frame_camera(json.loads((bundle_zip_dir / "scene.json").read_text()))
 
 
 def test_preview_then_refine_with_a_moved_camera(server, tmp_path):
@@ -55,7 +57,8 @@ def test_preview_then_refine_with_a_moved_camera(server, tmp_path):
     assert (preview["width"], preview["height"]) == (480, 360) and preview["res"] > 0 and preview["voxels"]
     first = c.result(job, tmp_path / "first", free=False)
     cam = _scene_camera(first)
-    assert preview["camera"] == {k: cam[k] for k in ("K", "R", "t")}   # the preview is the final camera
+    for key in ("K", "R", "t"):                                        # the preview is the final camera
+        np.testing.assert_allclose(preview["camera"][key], cam[key], rtol=0, atol=1e-12)
 
     K = np.array(cam["K"])
     K[:2, :2] *= 1.08                  # the artist re-lensed the camera
@@ -67,8 +70,22 @@ def test_preview_then_refine_with_a_moved_camera(server, tmp_path):
     again = c._json("GET", f"/v1/jobs/{refine['id']}/preview")["camera"]
     got = _scene_camera(c.result(refine["id"], tmp_path / "refined"))
     np.testing.assert_allclose(got["K"], moved["K"], rtol=1e-12)
-    np.testing.assert_allclose(got["t"], moved["t"], rtol=1e-12)
+    np.testing.assert_allclose(got["t"], moved["t"], rtol=1e-9, atol=1e-12)
     assert again["K"] == got["K"]
+
+
+def test_real_size_field(server):
+    """`real_size` is object mode's; asked for without a metric point-map model the job says what is missing."""
+    image = {"image": ("scene.png", SCENE)}
+    with pytest.raises(BackendError) as info:
+        _post(server, "/v1/jobs", {"mode": "scene", "real_size": "true"}, image)
+    assert info.value.status == 422 and "object mode" in info.value.message
+    with pytest.raises(BackendError) as info:
+        _post(server, "/v1/jobs", {"mode": "object", "real_size": "maybe"}, image)
+    assert info.value.status == 422
+    job = _post(server, "/v1/jobs", {"mode": "object", "real_size": "true", "steps": "1"}, image)["id"]
+    st = server.client.wait(job, poll=0.05, timeout=300)
+    assert st["state"] == "failed" and "metric point-map model" in st["error"]["message"], st
 
 
 def test_refine_refusals(server):

@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "make_tiny_model",
     "download",
     "serve",
+    "batch",
 ]
 
 

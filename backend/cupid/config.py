@@ -12,7 +12,12 @@ CUPID_MODEL_ID = "hbb1/Cupid"
 TRELLIS_MODEL_ID = "microsoft/TRELLIS-image-large"
 DINOV2_ID = "dinov2_vitl14_reg"  # TRELLIS' torch.hub name; cupid.models.dinov2 also takes HF ids
 DINOV2_HF_ID = "facebook/dinov2-with-registers-large"
-MOGE_ID = "Ruicheng/moge-vitl"  # the point-map model of scene mode (MoGe v1, as CUPID's release uses)
+MOGE_ID = "Ruicheng/moge-vitl"  # MoGe v1, the point-map model CUPID's release uses (affine: no units)
+# MoGe-2 ViT-L (Microsoft's release, `model.pt` with a scale head): a metric point map, so scenes and
+# *Real size* objects come out in meters. Scene mode uses it whenever its weights are in the cache (after
+# `cupid download`), else MoGe v1; `--point-map-model` (or pipeline.json "moge_model") picks another.
+MOGE2_ID = "Ruicheng/moge-2-vitl"
+MOGE_FILE = "model.pt"
 
 # Segment Anything: scene mode's automatic masks and picks (cupid.models.sam loads the official .pth).
 # Meta publishes the checkpoints only on dl.fbaipublicfiles.com; ybelkada/segment-anything on the Hub
@@ -74,7 +79,8 @@ DOWNLOAD_PATTERNS: dict[str, list[str]] = {
         "ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16.*",
     ],
     DINOV2_HF_ID: ["config.json", "model.safetensors"],
-    MOGE_ID: ["model.pt"],
+    MOGE2_ID: [MOGE_FILE],
+    MOGE_ID: [MOGE_FILE],
     SAM_REPO_ID: [SAM_FILENAME],
     U2NET_REPO: [U2NET_FILE],
 }

@@ -66,6 +66,16 @@ def hub_file(repo_id: str, filename: str, *, what: str | None = None) -> Path:
                               f"while online, or pass a local path") from None
 
 
+def cached_file(repo_id: str, filename: str) -> Path | None:
+    """Local path of `repo_id/filename` when it is already in the cache, else None; never downloads."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(repo_id=repo_id, filename=filename, cache_dir=cache_dir())
+    except _hub_errors():
+        return None
+    return Path(found) if isinstance(found, (str, os.PathLike)) and Path(found).is_file() else None
+
+
 def hub_snapshot(repo_id: str, patterns: list[str] | None = None, *, cache: str | None = None) -> Path:
     """Download (resumably) the files of `repo_id` matching `patterns`; returns the snapshot folder."""
     from huggingface_hub import snapshot_download

@@ -69,10 +69,16 @@ class Preview:
 
 @dataclass
 class Reconstruction:
-    """A whole result: the photo (H, W, 3 uint8), the camera in its pixels (OpenCV), the objects."""
+    """A whole result: the photo (H, W, 3 uint8), the camera in its pixels (OpenCV), the objects.
+
+    The world is upright (+Z up, the ground at z = 0): `up` says how it was found (scene.json's "up":
+    source, ground height, ...; None for a world that was never levelled) and `units` whether its lengths
+    are "meters" (a metric point map measured them) or "relative"."""
 
     photo: np.ndarray
     camera: CameraPose
     objects: list[ReconstructedObject]
     mode: str = "object"
     seed: int = 0
+    units: str = "relative"
+    up: dict | None = None

@@ -6,8 +6,8 @@ dict, the background remover as an ONNX file with u2net's interface) beside a `p
 loading and inference code as the real weights.
 
 Random networks give random shapes, and a random UV cube fits no camera. So that the whole pipeline
-still runs end to end, the two stage-1 decoders are fitted (a few hundred Adam steps, fixed seed)
-to ignore their latent and decode a spherical shell of radius 0.3 and the UV cube of that shell
+still runs end to end, the two stage-1 decoders are fitted (a few hundred Adam steps in float64, fixed seed;
+seed 0's result ships as `assets/tiny_stage1_decoders_seed0.safetensors`) to ignore their latent and decode a spherical shell of radius 0.3 and the UV cube of that shell
 seen by a fixed camera (`TINY_CAMERA`). Everything else gets seeded random weights (N(0, 0.05²), norm gains 1 + N(0, 0.05²)), so stage 2's
 mesh is noise within the shell's voxels: the tiny model checks plumbing, not quality.
 """
@@ -124,41 +124,79 @@ def randomize_weights(model: torch.nn.Module, generator: torch.Generator) -> Non
                     p.add_(1.0)
 
 
-def _fit_decoder(model: torch.nn.Module, target_occ: np.ndarray, target_uv: np.ndarray | None,
-                 steps: int = 300) -> float:
+FITTED_STEMS = ("ss_dec_tiny", "uv_vae_tiny_decoder")
+# The two fitted decoders of seed 0, as `fit_stage1_decoder` makes them (see `write_fitted_asset`).
+FITTED_ASSET = Path(__file__).resolve().parent / "assets" / "tiny_stage1_decoders_seed0.safetensors"
+
+
+def fit_stage1_decoder(model: torch.nn.Module, target_occ: np.ndarray, target_uv: np.ndarray | None,
+                       steps: int = 300) -> float:
     """Fit a stage-1 decoder to output the target from any latent; returns the final loss.
 
-    Fitted on one thread: reductions split over threads round differently, and after hundreds of Adam
-    steps that shows, so the same seed must give the same tiny model on every machine (the release-parity
-    fixtures were computed from it)."""
+    Fitted in float64 on one thread: a float32 fit rounds differently on different CPUs (MKL and oneDNN
+    pick other kernels on AMX, AVX-512 or AVX2 machines, and on AMD than on Intel), and hundreds of Adam
+    steps amplify that to 1% of the decoded UV cube. In float64 those differences stay ~1e-11, far below
+    the float32 rounding of the saved weights, so the same seed gives the same bits everywhere (the
+    release-parity fixtures were computed from them)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    model.double()
+    model.dtype = torch.float64
     try:
         return _fit_steps(model, target_occ, target_uv, steps)
     finally:
+        model.float()
+        model.dtype = torch.float32
         torch.set_num_threads(threads)
 
 
 def _fit_steps(model: torch.nn.Module, target_occ: np.ndarray, target_uv: np.ndarray | None, steps: int) -> float:
+    f64 = torch.float64
     with torch.no_grad():
         model.input_layer.weight.zero_()   # the latent is ignored: zero padding gives the position
     params = [p for n, p in model.named_parameters() if not n.startswith("input_layer.weight")]
     opt = torch.optim.Adam(params, lr=3e-3)
-    occ = torch.from_numpy(target_occ.astype(np.float32))
-    x = torch.zeros(1, model.latent_channels, TINY_FLOW_RES, TINY_FLOW_RES, TINY_FLOW_RES)
+    occ = torch.from_numpy(target_occ.astype(np.float64))
+    x = torch.zeros(1, model.latent_channels, TINY_FLOW_RES, TINY_FLOW_RES, TINY_FLOW_RES, dtype=f64)
     if target_uv is not None:
-        uv = torch.from_numpy(np.clip(target_uv, 0.02, 0.98).astype(np.float32)).permute(3, 0, 1, 2)
+        uv = torch.from_numpy(np.clip(target_uv, 0.02, 0.98).astype(np.float64)).permute(3, 0, 1, 2)
         uv_logit = torch.log(uv / (1 - uv))
-    loss = torch.zeros(())
+    loss = torch.zeros((), dtype=f64)
     for _ in range(steps):
         out = model(x)[0]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out[0], occ, pos_weight=torch.tensor(4.0))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out[0], occ, pos_weight=torch.tensor(4.0, dtype=f64))
         if target_uv is not None:
             loss = loss + 4.0 * ((out[1:3] - uv_logit) ** 2 * (occ + 0.05)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     return float(loss.detach())
+
+
+def _fit_targets(stem: str) -> tuple[np.ndarray, np.ndarray | None]:
+    occ, uv = shell_targets()
+    return occ, (uv if stem == "uv_vae_tiny_decoder" else None)
+
+
+def _load_fitted(model: torch.nn.Module, stem: str) -> None:
+    """Seed 0's fitted weights from the packaged asset: a 300-step float64 fit takes minutes on 2 cores."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(FITTED_ASSET))
+    prefix = stem + "."
+    model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def write_fitted_asset(path: str | Path = FITTED_ASSET) -> Path:
+    """Fit seed 0's two stage-1 decoders from scratch and store them (how the packaged asset was made)."""
+    from safetensors.torch import save_file
+
+    fitted, _ = _checkpoint_networks(seed=0, refit=True)
+    state = {f"{stem}.{k}": v.detach().contiguous().clone()
+             for stem in FITTED_STEMS for k, v in fitted[stem].state_dict().items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return Path(path)
 
 
 def save_checkpoint(model: torch.nn.Module, ckpts: Path, stem: str, spec: dict[str, Any]) -> None:
@@ -192,23 +230,74 @@ def _write_tiny_moge(folder: Path, generator: torch.Generator) -> None:
                 "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}, folder / "model.pt")
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model to `out_dir` and return it."""
+def _tiny_stack(dim_in: Any, dim_out: Any, num_res_blocks: list[int]) -> dict:
+    dims = [16] * 5
+    return {"dim_in": dim_in, "dim_out": dim_out, "dim_res_blocks": dims, "num_res_blocks": num_res_blocks,
+            "res_block_in_norm": "none", "res_block_hidden_norm": "none",
+            "resamplers": ["conv_transpose", "conv_transpose", "conv_transpose", "bilinear"]}
+
+
+TINY_MOGE2_CONFIG = {
+    "encoder": {"backbone": "cupid_tiny14", "intermediate_layers": [0, 1], "dim_out": 16},
+    "neck": _tiny_stack([18, 2, 2, 2, 2], None, [0, 1, 0, 0, 0]),
+    "points_head": _tiny_stack([16] * 5, [None, None, None, None, 3], [0, 0, 0, 0, 0]),
+    "mask_head": _tiny_stack([16] * 5, [None, None, None, None, 1], [0, 0, 0, 0, 0]),
+    "scale_head": {"dims": [32, 16, 1]},
+    "remap_output": "exp", "num_tokens_range": [20, 40],
+}
+
+
+def write_tiny_moge2(folder: str | Path, seed: int = 0, metric_scale: float = 1.0) -> Path:
+    """A metric MoGe-2 `model.pt` (scale head included, the official layout) on the tiny backbone: every
+    pixel valid, depths around 2 units times `metric_scale` meters. For tests of *Real size*."""
+    from .models.moge import build_moge
+
+    generator = torch.Generator().manual_seed(seed)
+    net = build_moge(TINY_MOGE2_CONFIG)
+    randomize_weights(net, generator)
+    with torch.no_grad():
+        points_out, mask_out = net.points_head.output_blocks[-1], net.mask_head.output_blocks[-1]
+        mask_out.weight.zero_()
+        mask_out.bias.fill_(10.0)
+        points_out.weight.mul_(0.01)
+        points_out.bias[2] = float(np.log(2.0))
+        last = net.scale_head[-1]
+        last.weight.zero_()
+        last.bias.fill_(float(np.log(metric_scale)))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_config": TINY_MOGE2_CONFIG,
+                "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}, folder / "model.pt")
+    return folder
+
+
+def _checkpoint_networks(seed: int, refit: bool) -> tuple[dict[str, torch.nn.Module], torch.Generator]:
+    """The networks stored as ckpts/STEM.json + .safetensors, seeded in a fixed order; the generator goes
+    on to the DINOv2 and MoGe weights. The stage-1 decoders are fitted (seed 0: read from the asset)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    networks = {}
+    for stem, spec in _configs().items():
+        model = build_model(spec["name"], spec["args"])
+        randomize_weights(model, generator)   # always: the stream must reach the next network unchanged
+        if stem in FITTED_STEMS:
+            if seed == 0 and not refit:
+                _load_fitted(model, stem)
+            else:
+                fit_stage1_decoder(model, *_fit_targets(stem))
+        networks[stem] = model
+    return networks, generator
+
+
+def make_tiny_model(out_dir: str | Path, seed: int = 0, refit: bool = False) -> Path:
+    """Write the tiny model to `out_dir` and return it; `refit` fits seed 0's decoders instead of reading them."""
     out = Path(out_dir)
     ckpts = out / "ckpts"
     ckpts.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    occ, uv = shell_targets()
     specs = _configs()
-    for stem, spec in specs.items():
-        model = build_model(spec["name"], spec["args"])
-        randomize_weights(model, generator)
-        if stem == "ss_dec_tiny":
-            _fit_decoder(model, occ, None)
-        elif stem == "uv_vae_tiny_decoder":
-            _fit_decoder(model, occ, uv)
-        save_checkpoint(model, ckpts, stem, spec)
+    networks, generator = _checkpoint_networks(seed, refit)
+    for stem, model in networks.items():
+        save_checkpoint(model, ckpts, stem, specs[stem])
     dino = DinoV2.tiny(dim=TINY_DINO_DIM, depth=2, num_heads=1, img_size=518)
     randomize_weights(dino, generator)
     torch.save({k: v.detach().clone() for k, v in dino.state_dict().items()}, ckpts / "dinov2_tiny.pth")

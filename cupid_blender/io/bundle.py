@@ -52,6 +52,8 @@ class BundleData:
     R: np.ndarray
     t: np.ndarray
     objects: List[ObjectData]
+    units: Optional[str] = None     # "meters" or "relative" (None: a bundle from before units)
+    up: Optional[dict] = None       # scene.json's "up" (source, ground_height, ...): the world is upright
 
 
 def finite_array(value: Any, shape: tuple, what: str, where: str = "scene.json",
@@ -164,7 +166,22 @@ def read_bundle(directory: str | os.PathLike) -> BundleData:
             generated = weight = None        # the photo texture's mix needs both
         data.append(ObjectData(name, mesh["vertices"], mesh["faces"], mesh.get("uv"),
                                mesh.get("colors"), tex, mw, gs, fit, generated, weight))
-    return BundleData(root, photo, width, height, K, R, t, data)
+    return BundleData(root, photo, width, height, K, R, t, data, _units(scene.get("units")), _up(scene.get("up")))
+
+
+def _units(value: Any) -> Optional[str]:
+    return value if value in ("meters", "relative") else None
+
+
+def _up(value: Any) -> Optional[dict]:
+    """scene.json's "up" with a finite ground height, else None (no upright world to stand a ground on)."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        height = float(value.get("ground_height", 0.0))
+    except (TypeError, ValueError):
+        return None
+    return {**value, "ground_height": height} if np.isfinite(height) else None
 
 
 def find_bundle(path: Path) -> Path:

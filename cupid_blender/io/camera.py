@@ -164,3 +164,23 @@ def scale_camera_K(K: Any, width: int, height: int, to_width: int, to_height: in
     coordinates from the top-left corner scale by to_width/width and to_height/height)."""
     S = np.diag([to_width / width, to_height / height, 1.0])
     return S @ np.asarray(K, dtype=np.float64)
+
+
+def camera_in_object_frame(R: Any, t: Any, matrix_world: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(R, t) of an OpenCV world camera seen from an object's own frame, given the object's matrix_world
+    (object -> world, ``[s·R_o | t_o]``): the frame a refine's camera is sent in. A pinhole image does
+    not change when the camera frame is scaled, so ``R' = R·R_o`` and ``t' = (R·t_o + t) / s``. Raises
+    ValueError for a matrix that is not a uniform scale times a rotation (the object was squashed,
+    sheared or mirrored)."""
+    M = np.asarray(matrix_world, dtype=np.float64).reshape(4, 4)
+    A = M[:3, :3]
+    det = float(np.linalg.det(A))
+    if not det > 0:
+        raise ValueError("the object is mirrored or scaled to zero")
+    s = det ** (1.0 / 3.0)
+    R_o = A / s
+    if np.abs(R_o @ R_o.T - np.eye(3)).max() > 1e-4:
+        raise ValueError("the object is scaled unevenly or sheared: reset its scale to one value on every axis")
+    R = np.asarray(R, dtype=np.float64).reshape(3, 3)
+    t = np.asarray(t, dtype=np.float64).reshape(3)
+    return R @ R_o, (R @ M[:3, 3] + t) / s

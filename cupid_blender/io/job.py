@@ -81,6 +81,7 @@ class JobRequest:
     steps: int
     results_root: Path
     refine: Optional[Refine] = None
+    real_size: Optional[bool] = None   # object mode: False sends real_size=false; None: the backend's default
     photo_texture: bool = True      # the backend projects the photo's own pixels onto the textures
 
     @property
@@ -241,7 +242,8 @@ class ReconstructJob:
         else:
             self._publish("queued", "uploading", 0.0)
             self.job_id = client.submit(up.image, up.filename, mask_bytes=up.mask, mode=r.mode, seed=r.seed,
-                                        steps=r.steps, photo_texture=r.photo_texture)
+                                        steps=r.steps, real_size=r.real_size if r.mode == "object" else None,
+                                        photo_texture=r.photo_texture)
         st = client.wait(self.job_id, poll=POLL_S, on_progress=self._on_status, should_cancel=self._cancel.is_set)
         if st["state"] == "cancelled":
             return Outcome("cancelled")

@@ -77,9 +77,18 @@ def describe_scene(result: dict, collection: str | None = None) -> None:
 
 
 def render_silhouette(path: str) -> None:
-    """Cycles render of the CUPID objects alone from the scene camera, alpha = coverage."""
-    setup_silhouette_render(bpy.context.scene, path, samples=8)
+    """Cycles render of the CUPID objects alone from the scene camera, alpha = coverage: the composite's
+    ground plane (a shadow catcher) hidden, the compositor (the photo behind) off."""
+    scene = bpy.context.scene
+    setup_silhouette_render(scene, path, samples=8)
+    grounds = [o for o in scene.objects if o.get("cupid_ground")]
+    for o in grounds:
+        o.hide_render = True
+    scene.render.use_compositing = False
     bpy.ops.render.render(write_still=True)
+    scene.render.use_compositing = True
+    for o in grounds:
+        o.hide_render = False
 
 
 def ellipse(w: int, h: int, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:

@@ -50,8 +50,12 @@ def datablock_names() -> dict:
 def bundle_camera(coll) -> dict:
     folder = Path(bpy.path.abspath(coll["cupid_bundle"]))
     scene = json.loads((folder / "scene.json").read_text())
+    tr = scene["objects"][0]["transform"]   # the camera as the object's own frame sees it (stage 1's frame)
+    R, t, R_o = np.array(scene["camera"]["R"]), np.array(scene["camera"]["t"]), np.array(tr["R"])
+    own = {"K": scene["camera"]["K"], "R": (R @ R_o).tolist(), "t": ((R @ np.array(tr["t"]) + t) / tr["scale"]).tolist()}
     return {"K": scene["camera"]["K"], "R": scene["camera"]["R"], "t": scene["camera"]["t"], "image": scene["image"],
-            "fits": [o.get("fit") for o in scene["objects"]], "folder": folder.name}
+            "fits": [o.get("fit") for o in scene["objects"]], "folder": folder.name, "object_frame": own,
+            "up": scene.get("up"), "units": scene.get("units")}
 
 
 def as_lists(K, R, t) -> dict:
@@ -112,12 +116,16 @@ def main(cfg: dict) -> dict:
         cam.data.lens = cam.data.lens * 1.08
         bpy.context.view_layer.update()
         moved = camera_mod.read_camera(scene, cam)
+        mesh = next(o for o in coll.objects if o.type == "MESH" and not o.get("cupid_ground"))
+        moved_own = sys.modules[name + ".io.camera"].camera_in_object_frame(moved[1], moved[2],
+                                                                             [list(r) for r in mesh.matrix_world])
         before = datablock_names()
         watcher = JobWatcher(operators)
         t0 = time.monotonic()
         res = call("refine", collection=coll.name)
         out["refine"] = {**res, "seconds": time.monotonic() - t0, "job": watcher.join(), "before": before,
-                         "after": datablock_names(), "moved": {**as_lists(*moved[:3]), "size": list(moved[3:])}}
+                         "after": datablock_names(), "moved": {**as_lists(*moved[:3]), "size": list(moved[3:])},
+                         "moved_object_frame": as_lists(moved[0], *moved_own)}
         out["refine"].update(result=describe(coll), camera=bundle_camera(coll))
 
         # 3. a refine of a job the backend no longer has

@@ -39,3 +39,14 @@ def reconstruct_to(pipe: Any, photo: Any, out_dir: Any, **kwargs: Any):
     from cupid.run import reconstruct_bundle
 
     return reconstruct_bundle(pipe, photo, out_dir, **kwargs)
+
+
+def object_frame_camera(scene: Mapping[str, Any], index: int = 0) -> dict:
+    """scene.json's camera as object `index`'s own frame sees it (K, R, t lists): the frame stage 1 solves
+    in, its preview shows and a refine's camera is given in (the bundle's world is upright)."""
+    cam = scene["camera"]
+    tr = scene["objects"][index]["transform"]
+    placement = Similarity(float(tr["scale"]), np.asarray(tr["R"], float), np.asarray(tr["t"], float))
+    w, h = scene["image"]["width"], scene["image"]["height"]
+    own = CameraPose(cam["K"], cam["R"], cam["t"], w, h).in_object_frame(placement)
+    return {"K": own.K.tolist(), "R": own.R.tolist(), "t": own.t.tolist()}

@@ -15,6 +15,18 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
 
 
+def add_point_map_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--point-map-model", default=None, metavar="MOGE",
+                   help="point-map model of scene mode and Real size: a MoGe model.pt, a folder with one, or a "
+                        "Hugging Face id such as Ruicheng/moge-vitl (MoGe v1, the release's, no units); default: "
+                        "MoGe-2 (Ruicheng/moge-2-vitl, meters) when downloaded, else MoGe v1")
+
+
+def point_map_option(args: argparse.Namespace) -> dict:
+    """`from_pretrained`'s point_map_model, when --point-map-model names one."""
+    return {"point_map_model": args.point_map_model} if args.point_map_model else {}
+
+
 def announce_device(device: str | None, dtype: str | None) -> tuple[str, str]:
     """Resolve --device and --dtype, say on stderr what they chose and why ('device cpu, float32 (auto:
     this CPU has no bf16 instructions)'); (device name, dtype name)."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import numpy as np
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import config
 from ..errors import CliError
 from ..geometry.pnp import PNP_METHODS
-from .device import add_device_arguments, announce_device
+from .device import add_device_arguments, add_point_map_argument, announce_device, point_map_option
 
 if TYPE_CHECKING:
     from ..geometry import CameraPose
@@ -46,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera", metavar="CAMERA.json",
                    help="use this camera instead of solving one: JSON with K, R, t (OpenCV, in the photo's pixels), "
                         "e.g. a bundle's preview.json or scene.json (object mode)")
+    p.add_argument("--real-size", action=argparse.BooleanOptionalAction, default=None,
+                   help="object mode: measure the object in meters with a metric point map of the photo (MoGe-2); "
+                        "default: on when MoGe-2 is downloaded. Scene mode is in meters whenever its point map is")
+    add_point_map_argument(p)
 
 
 def read_camera_json(path: str, photo: str) -> "CameraPose":
@@ -57,7 +63,11 @@ def read_camera_json(path: str, photo: str) -> "CameraPose":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot read the camera {path}: {exc}") from None
+    placement = None
     if isinstance(data, dict) and isinstance(data.get("camera"), dict):  # preview.json / scene.json
+        objects = data.get("objects")
+        if isinstance(objects, list) and len(objects) == 1 and isinstance(objects[0], dict):
+            placement = objects[0].get("transform")   # scene.json: its world is upright, not the object's frame
         data = {**data["camera"], "width": data.get("width", data.get("image", {}).get("width")),
                 "height": data.get("height", data.get("image", {}).get("height"))}
     if not isinstance(data, dict):
@@ -65,7 +75,17 @@ def read_camera_json(path: str, photo: str) -> "CameraPose":
     if data.get("width") is None or data.get("height") is None:
         h, w = load_photo(photo).shape[:2]
         data = {**data, "width": w, "height": h}
-    return validate_camera(CameraPose.from_dict(data))
+    camera = validate_camera(CameraPose.from_dict(data))
+    if placement is not None:
+        from ..geometry import Similarity, check_rotation
+
+        try:
+            sim = Similarity(float(placement["scale"]), check_rotation(placement["R"], "the object's R"),
+                             np.asarray(placement["t"], float).reshape(3))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CliError(f"the camera {path}: its object's transform is malformed ({exc})") from None
+        camera = camera.in_object_frame(sim)
+    return camera
 
 
 def write_preview(out_dir: Path, preview: "Preview") -> None:
@@ -90,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     if args.mask and not Path(args.mask).is_file():
         raise CliError(f"mask not found: {args.mask}")
     camera = read_camera_json(args.camera, args.photo) if args.camera else None
+    if args.real_size is not None and args.mode != "object":
+        raise CliError("--real-size/--no-real-size is for object mode (a scene is in meters whenever its point "
+                       "map is)")
     export = {"photo_texture": args.photo_texture, "max_texture_size": args.max_texture_size}
     if args.max_texture_size is not None:   # refused now, not after the reconstruction
         try:
@@ -128,10 +151,11 @@ def run(args: argparse.Namespace) -> int:
     decode_inputs(Path(args.photo), Path(args.mask) if args.mask else None, args.mode)
     print(f"loading model {args.model} ...")
     device, dtype = announce_device(args.device, args.dtype)
-    pipe = CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype)
+    pipe = CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype, **point_map_option(args))
     try:
         out = reconstruct_bundle(pipe, args.photo, out_dir, mask=args.mask, mode=args.mode, seed=args.seed,
                                  steps=args.steps or None, progress=progress, pnp=args.pnp, camera=camera,
+                                 **({"real_size": args.real_size} if args.mode == "object" else {}),
                                  prompts=prompts, on_stage_one=lambda first: write_preview(out_dir, first.preview()),
                                  export=export)
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import config
 from ..errors import CliError
-from .device import add_device_arguments, announce_device
+from .device import add_device_arguments, add_point_map_argument, announce_device, point_map_option
 
 MB = 1024 * 1024
 NAME = "serve"
@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "clients stay set up across restarts (with --port 0 the file is removed at exit)")
     p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
     add_device_arguments(p)
+    add_point_map_argument(p)
     p.add_argument("--max-upload-mb", type=int, default=64, help="largest accepted upload")
     p.add_argument("--result-ttl", type=float, default=3600.0, help="seconds a finished result is kept")
     p.add_argument("--preload", action="store_true", help="load the model at start, not at the first job")
@@ -44,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", type=int, default=64, help="open connections at once (default 64)")
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="seconds a connection may stay open without sending a request (default 5)")
+    from .serve_ray import add_ray_arguments
+    add_ray_arguments(p)
 
 
 def make_private_dirs(directory: Path) -> None:
@@ -157,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.idle_timeout <= 0:
         raise CliError("--idle-timeout must be positive")
+    from .serve_ray import TokenFile, run_if_ray
+    if (code := run_if_ray(args, TokenFile(bind, existing_token, write_token_file))) is not None:
+        return code
     device, dtype = announce_device(args.device, args.dtype)
     sock = bind(args.host, args.port)
     port = sock.getsockname()[1]
@@ -167,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
                               dtype=dtype, max_upload_bytes=args.max_upload_mb * MB, result_ttl=args.result_ttl,
                               preload=args.preload, max_queue=args.max_queue,
                               max_queued_bytes=args.max_queued_mb * MB, max_result_bytes=args.max_results_mb * MB)
-    app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype))
+    app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype,
+                                                                     **point_map_option(args)))
     wildcard = args.host in WILDCARD_HOSTS
     local_url = f"http://{'[::1]' if args.host == '::' else '127.0.0.1'}:{port}" if wildcard else settings.url
     write_token_file(token_file, local_url, settings.token)

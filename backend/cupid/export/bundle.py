@@ -43,6 +43,7 @@ OVERLAY_FILE = "overlay.png"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _RESERVED = {"input", "overlay", "scene"}
 MIN_TEXTURE, MAX_TEXTURE = 16, 16384
+UNITS = ("meters", "relative")   # scene.json "units": lengths measured by a metric point map, or not
 
 
 class BundleError(CupidError):
@@ -212,6 +213,8 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
     interrupted export leaves a directory that `load_bundle` refuses rather than a half-valid bundle.
     """
     opts = (options or ExportOptions()).check()
+    if reconstruction.units not in UNITS:
+        raise InputError(f"units must be one of {', '.join(UNITS)}, got {reconstruction.units!r}")
     img = _photo_array(reconstruction.photo)
     camera = reconstruction.camera
     validate_camera(camera)
@@ -315,11 +318,14 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
         "image": {"file": IMAGE_FILE, "width": w, "height": h},
         "camera": {k: (_floats(v) if k != "convention" else v)
                    for k, v in camera.to_dict().items() if k in ("convention", "K", "R", "t")},
+        "units": reconstruction.units,
         "objects": entries,
         "overlay": OVERLAY_FILE,
         "export": {"photo_texture": bool(opts.photo_texture), "texture_size": int(opts.texture_size),
                    "max_texture_size": int(opts.max_texture_size)},
     }
+    if reconstruction.up is not None:
+        scene["up"] = {**reconstruction.up, "camera_height": float(camera.camera_center()[2])}
     text = dumps_scene(scene)
     (out / SCENE_FILE).write_text(text, encoding="utf-8")
     if progress is not None:

@@ -96,6 +96,21 @@ class CameraPose:
         side = int(round(float(size)))
         return CameraPose(A_inv @ self.K, self.R.copy(), self.t.copy(), side, side)
 
+    def in_moved_world(self, world: Any) -> "CameraPose":
+        """This camera after its whole world moved by the similarity ``x' = s·R_w·x + t_w``
+        (a :class:`~cupid.geometry.Similarity`): every point keeps its pixel. The camera frame is
+        scaled with the world (a pinhole image does not change when everything it sees, the camera
+        included, is scaled about the camera), so ``R' = R·R_wᵀ`` and ``t' = s·t − R'·t_w``."""
+        Rw = np.asarray(world.R, dtype=np.float64)
+        R = self.R @ Rw.T
+        return CameraPose(self.K.copy(), R, float(world.scale) * self.t - R @ np.asarray(world.t, np.float64),
+                          self.width, self.height)
+
+    def in_object_frame(self, placement: Any) -> "CameraPose":
+        """The same camera seen from an object's own frame, given its placement (object -> this
+        camera's world): the inverse of :meth:`in_moved_world` with the placement as the move."""
+        return self.in_moved_world(placement.inverse())
+
     def to_dict(self) -> dict:
         """JSON-ready dict in the ``scene.json`` camera layout (plus width/height)."""
         return {

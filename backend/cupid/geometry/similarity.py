@@ -31,6 +31,17 @@ class Similarity:
         M[:3, 3] = self.t
         return M
 
+    def compose(self, inner: "Similarity") -> "Similarity":
+        """``self ∘ inner``: first `inner`, then this one (x -> s·R·(s'·R'·x + t') + t)."""
+        R = np.asarray(self.R, float) @ np.asarray(inner.R, float)
+        t = self.scale * np.asarray(self.R, float) @ np.asarray(inner.t, float) + np.asarray(self.t, float)
+        return Similarity(scale=float(self.scale * inner.scale), R=R, t=t)
+
+    def inverse(self) -> "Similarity":
+        """The similarity that undoes this one."""
+        R_inv = np.asarray(self.R, float).T
+        return Similarity(scale=1.0 / float(self.scale), R=R_inv, t=-(R_inv @ np.asarray(self.t, float)) / self.scale)
+
     def to_dict(self) -> dict:
         """The ``transform`` entry of scene.json."""
         return {"scale": float(self.scale), "R": np.asarray(self.R).tolist(),

@@ -492,6 +492,11 @@ class MoGeModel:
     def version(self) -> int:
         return self.net.version
 
+    @property
+    def metric(self) -> bool:
+        """Whether the point maps are in meters (MoGe-2's scale head), not up to an unknown scale."""
+        return hasattr(self.net, "scale_head")
+
     @torch.inference_mode()
     def infer(self, image: Any, *, fov_x: float | None = None, principal_point: Sequence[float] | None = None,
               resolution_level: int = 9,

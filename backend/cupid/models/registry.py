@@ -50,5 +50,5 @@ def build_model(name: str, args: dict[str, Any] | None = None) -> nn.Module:
     cls = model_class(name)
     try:
         return cls(**(args or {}))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # an unknown argument, or a known one with a value it refuses
         raise CheckpointError(f"bad arguments for {name}: {exc}") from exc

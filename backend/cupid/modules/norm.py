@@ -5,14 +5,20 @@ import torch
 import torch.nn as nn
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """The norms compute in float32 as TRELLIS does (`x.float()`), but a float64 input stays float64
+    (the tiny model's decoders are fitted in float64 so that every CPU fits the same weights)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class LayerNorm32(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        return super().forward(at_least_float32(x)).type(x.dtype)
 
 
 class GroupNorm32(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        return super().forward(at_least_float32(x)).type(x.dtype)
 
 
 class ChannelLayerNorm32(LayerNorm32):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from .. import config
 from ..background import BackgroundRemover
 from ..errors import CheckpointError, CupidError, InputError
 from ..geometry import CameraPose, uncrop_uv, validate_camera, voxel_centers
-from ..hub import hub_file
+from ..hub import cached_file, hub_file
 from ..models import load_model
 from ..models.dinov2 import ImageConditioner, load_dinov2
 from ..models.dtype import resolve_dtype
@@ -35,6 +36,10 @@ from ..scene.masks import ObjectMasks
 from ..sparse import SparseTensor
 from .scene import SCENE_OBJECTS_SPAN, Prompts, object_alphas, object_masks, place_objects, point_map
 from .stage1 import PNP_METHODS, StructureResult, decode_structure, pose_from_structure, voxel_uvs
+from .world import UNITS_METERS, UNITS_RELATIVE, real_size_scale, stand_result, upright_scene
+
+
+_log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -83,6 +88,7 @@ class StageOne:
     camera: CameraPose     # photo pixels: solved from the UV cube, or given
     seed: int
     noise_state: torch.Tensor   # the run's noise stream right after stage 1's draw (stage 2 draws next)
+    real_scale: float | None = None   # meters per object unit once *Real size* measured it (refines reuse it)
 
     def preview(self) -> Preview:
         return Preview(self.camera, np.argwhere(self.structure.occupancy), self.structure.res)
@@ -113,9 +119,11 @@ class CupidPipeline:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = config.CUPID_MODEL_ID, device: str | None = "auto",
-                        dtype: str | torch.dtype | None = "auto") -> "CupidPipeline":
+                        dtype: str | torch.dtype | None = "auto",
+                        point_map_model: str | os.PathLike | None = None) -> "CupidPipeline":
         """Load every network of `model` on `device` in `dtype` (a name of DTYPE_CHOICES or a torch
-        dtype; 'auto'/None: `resolve_dtype`'s choice for the device)."""
+        dtype; 'auto'/None: `resolve_dtype`'s choice for the device). `point_map_model` (a MoGe
+        model.pt, a folder with one, or a Hub id) replaces the point-map model `point_map_source` picks."""
         dev = resolve_device(device)
         dtype = resolve_dtype(dtype, dev)
         args, base, local = _read_pipeline_json(model)
@@ -146,6 +154,8 @@ class CupidPipeline:
             raise CheckpointError(f"{model}: pipeline.json has no slat_normalization")
         settings = {k: v for k, v in args.items() if k not in ("models", "sparse_structure_sampler", "slat_sampler",
                                                                "slat_normalization", "image_cond_model")}
+        if point_map_model:
+            settings["moge_model"] = os.fspath(point_map_model)
         return cls(models, conditioner, ss, slat, norm, dev, source=str(base), settings=settings, dtype=dtype)
 
     @property
@@ -154,15 +164,38 @@ class CupidPipeline:
         return dict(self.settings.get("export", {}))
 
     @property
+    def point_map_source(self) -> str | Path:
+        """The point-map model to load: the one named (`from_pretrained(point_map_model=...)`, else
+        pipeline.json "moge_model", a file of the model directory or a Hub id), else MoGe-2 (metric) when
+        `cupid download` put it in the cache, else MoGe v1 (the release's, affine)."""
+        name = self.settings.get("moge_model")
+        if name:
+            local = Path(self.source) / name
+            return local if local.exists() else name
+        if cached_file(config.MOGE2_ID, config.MOGE_FILE) is not None:
+            return config.MOGE2_ID
+        return config.MOGE_ID
+
+    @property
     def point_map_model(self) -> Any:
-        """Scene mode's point-map model named by pipeline.json ("moge_model"), loaded on first use."""
+        """Scene mode's (and *Real size*'s) point-map model, `point_map_source`, loaded on first use."""
         if self._point_map_model is None:
             from ..models.moge import load_moge
 
-            name = self.settings.get("moge_model", config.MOGE_ID)
-            local = Path(self.source) / name
-            self._point_map_model = load_moge(local if local.exists() else name, device=self.device)
+            self._point_map_model = load_moge(self.point_map_source, device=self.device)
         return self._point_map_model
+
+    def metric_point_map_present(self) -> bool:
+        """Whether a metric point-map model is here without downloading anything: the one of
+        `point_map_source`, when it is a local file or already cached, and has a scale head. What
+        *Real size* defaults to."""
+        if self._point_map_model is None:
+            source = self.point_map_source
+            path = Path(os.fspath(source)).expanduser()
+            if not path.exists():
+                if str(source).count("/") != 1 or cached_file(str(source), config.MOGE_FILE) is None:
+                    return False
+        return bool(getattr(self.point_map_model, "metric", False))
 
     @property
     def segmentation_model(self) -> Any:
@@ -327,8 +360,16 @@ class CupidPipeline:
                     steps: int | None = None, progress: ProgressCallback | Progress | None = None,
                     should_cancel: CancelCheck | None = None, camera: CameraPose | None = None,
                     on_stage_one: Callable[[StageOne], None] | None = None,
-                    prompts: Prompts | None = None, pnp: str | None = None) -> Reconstruction:
+                    prompts: Prompts | None = None, pnp: str | None = None,
+                    real_size: bool | None = None) -> Reconstruction:
         """Photo (+ mask) -> Reconstruction (write it with `cupid.export.write_bundle`).
+
+        Every result is upright (+Z up, the ground at z = 0). Scene mode: the point-map camera's world
+        levelled by `cupid.scene.upright.upright_world`, in meters when the point-map model is metric.
+        Object mode: the object on z = 0 centred on the origin, the camera moved with it; `real_size`
+        measures it in meters with the point map of the photo (None: when a metric point-map model is
+        present, `metric_point_map_present`). `camera`, `on_stage_one`'s preview and a refine's camera
+        are in the object's own frame.
 
         Object mode: one object, seen by the camera solved from its own structure, or by `camera`
         (photo pixels) when given; `on_stage_one` is called with stage 1's result (camera + voxels)
@@ -350,24 +391,51 @@ class CupidPipeline:
         job.check()
         if prompts is not None and mode != "scene":
             raise InputError("object picks (points, boxes) are for scene mode")
+        if real_size is not None and mode != "object":
+            raise InputError("Real size is for object mode (a scene is in meters whenever its point map is)")
         if mode == "scene":
             return self._reconstruct_scene(image, mask, prompts, seed=seed, steps=steps, job=job, pnp=pnp)
+        if real_size and not self.metric_point_map_present():
+            raise InputError(f"Real size needs a metric point-map model (MoGe-2: run 'cupid download'); "
+                             f"{self.point_map_source} is not one or is not downloaded")
         processed = preprocess(image, mask, remover=self.remover)
-        obj = self.reconstruct_object(processed, seed=seed, steps=steps, progress=job, camera=camera,
-                                      on_stage_one=on_stage_one, pnp=pnp)
+        first = self.stage_one(processed, seed=seed, steps=steps, progress=job, camera=camera, pnp=pnp)
+        if on_stage_one is not None:
+            on_stage_one(first)
+        obj = self.stage_two(first, steps=steps, progress=job)
+        asked = real_size
+        if real_size is None:
+            real_size = self.metric_point_map_present()
+        if real_size:
+            job.report("export", 0.0)
+            try:
+                first.real_scale = real_size_scale(self.point_map_model, processed.photo, obj, processed.alpha,
+                                                   seed=seed)
+            except CupidError as exc:
+                if asked:
+                    raise
+                _log.warning("%s; the result keeps relative units", exc.message)
+        return self._object_result(first, obj, job)
+
+    def _object_result(self, first: StageOne, obj: ReconstructedObject, job: Progress) -> Reconstruction:
+        """Object mode's result: the object standing upright on z = 0, at stage 1's real scale if any."""
         job.report("export", 0.0)
-        return Reconstruction(photo=processed.photo, camera=obj.camera, objects=[obj], mode="object", seed=seed)
+        camera = stand_result(obj, obj.camera, first.real_scale)
+        units = UNITS_METERS if first.real_scale is not None else UNITS_RELATIVE
+        return Reconstruction(photo=first.processed.photo, camera=camera, objects=[obj], mode="object",
+                              seed=first.seed, units=units,
+                              up={"source": "objects", "ground_height": 0.0, "lowest_point": 0.0,
+                                  "objects_agreeing": 1})
 
     def refine(self, first: StageOne, camera: CameraPose, *, steps: int | None = None,
                progress: ProgressCallback | Progress | None = None,
                should_cancel: CancelCheck | None = None) -> Reconstruction:
-        """Stage 2, decoding and nothing else, from a kept stage 1 and a camera the artist moved."""
+        """Stage 2, decoding and nothing else, from a kept stage 1 and a camera the artist moved (in the
+        object's own frame); upright and at stage 1's real scale like the result it refines."""
         job = progress if isinstance(progress, Progress) else Progress(progress, should_cancel)
         job.report("latent", 0.0)
         obj = self.stage_two(first, camera=camera, steps=steps, progress=job)
-        job.report("export", 0.0)
-        return Reconstruction(photo=first.processed.photo, camera=obj.camera, objects=[obj], mode="object",
-                              seed=first.seed)
+        return self._object_result(first, obj, job)
 
     @torch.no_grad()
     def _reconstruct_scene(self, image: Any, mask: Any, prompts: Prompts | None, *, seed: int,
@@ -383,12 +451,16 @@ class CupidPipeline:
             obj.mask = alpha   # the visible part of the object: what its fit score checks
             objects.append(obj)
         job.mark("pointmap", SCENE_OBJECTS_SPAN + 0.01)
-        points, valid, K_scene = point_map(self.point_map_model, photo, [o.camera for o in objects])
+        model = self.point_map_model
+        points, valid, K_scene = point_map(model, photo, [o.camera for o in objects])
         place_objects(objects, alphas, points, valid, seed=seed)
         job.mark("export", 0.95)
         H, W = photo.shape[:2]
-        camera = CameraPose(K_scene, np.eye(3), np.zeros(3), W, H)
-        return Reconstruction(photo=photo, camera=camera, objects=objects, mode="scene", seed=seed)
+        camera, world = upright_scene(objects, CameraPose(K_scene, np.eye(3), np.zeros(3), W, H), points, valid,
+                                      alphas, seed=seed)
+        units = UNITS_METERS if getattr(model, "metric", False) else UNITS_RELATIVE
+        return Reconstruction(photo=photo, camera=camera, objects=objects, mode="scene", seed=seed, units=units,
+                              up=world.describe())
 
 
 FLOW_ROLES = ("sparse_structure_flow_model", "slat_flow_model")

@@ -106,18 +106,25 @@ def point_map(model: Any, photo: np.ndarray,
     return np.asarray(geo["points"], np.float64), valid, K
 
 
+def align_to_point_map(obj: ReconstructedObject, alpha: np.ndarray, points: np.ndarray, valid: np.ndarray, *,
+                       seed: int, index: int = 0) -> Any:
+    """One object's similarity (object -> point-map camera frame) from its visible pairs and the point map;
+    CupidError `alignment_failed` when it cannot be placed."""
+    H, W = points.shape[:2]
+    pose, pairs = obj.camera, obj.pairs
+    if pose is None or pairs is None:
+        raise CupidError(f"object {index} has no camera or 3D-2D pairs to place it with", code="alignment_failed")
+    seen = visible_points(pairs.points, pose.K, pose.R, pose.t, (W, H), res=pairs.res)
+    try:
+        return align_object(pairs.points, pairs.uv, points, valid, object_mask=np.asarray(alpha) > 0.5,
+                            visible=seen, seed=seed)
+    except InputError as exc:
+        raise CupidError(f"object {index} could not be placed in the scene: {exc.message}",
+                         code="alignment_failed") from None
+
+
 def place_objects(objects: Sequence[ReconstructedObject], alphas: Sequence[np.ndarray], points: np.ndarray,
                   valid: np.ndarray, *, seed: int) -> None:
     """Set each object's placement (object -> point-map camera frame) from its pairs and the point map."""
-    H, W = points.shape[:2]
     for k, obj in enumerate(objects):
-        pose, pairs = obj.camera, obj.pairs
-        if pose is None or pairs is None:
-            raise CupidError(f"object {k} has no camera or 3D-2D pairs to place it with", code="alignment_failed")
-        seen = visible_points(pairs.points, pose.K, pose.R, pose.t, (W, H), res=pairs.res)
-        try:
-            obj.placement = align_object(pairs.points, pairs.uv, points, valid, object_mask=alphas[k] > 0.5,
-                                         visible=seen, seed=seed)
-        except InputError as exc:
-            raise CupidError(f"object {k} could not be placed in the scene: {exc.message}",
-                             code="alignment_failed") from None
+        obj.placement = align_to_point_map(obj, alphas[k], points, valid, seed=seed, index=k)

@@ -32,6 +32,7 @@ from .inputs import decode_inputs
 from .jobs import Job, JobQueue, PipelineFactory
 from .schemas import SEED_LIMIT, Health, JobStatus, Limits, Mode, PnpMethod, Preview, error_responses
 from .settings import ServerSettings
+from .store import JobStore
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
 
@@ -97,12 +98,15 @@ def _install_error_handlers(api: FastAPI) -> None:
                                            f"has the details")
 
 
-def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
-    """The ASGI app, guarded; `app.state.jobs` is its JobQueue, `app.state.intake` the thread that
+def create_app(settings: ServerSettings, factory: PipelineFactory | None = None, *,
+               jobs: JobStore | None = None) -> FastAPI:
+    """The ASGI app, guarded; `app.state.jobs` is its job store (a JobQueue over `factory` in this
+    process unless `jobs` is given, e.g. the Ray cluster's), `app.state.intake` the thread that
     decodes uploads (shut both down when the server stops)."""
-    jobs = JobQueue(factory, max_queue=settings.max_queue, max_queued_bytes=settings.max_queued_bytes,
-                    max_result_bytes=settings.max_result_bytes, result_ttl=settings.result_ttl,
-                    preload=settings.preload)
+    if jobs is None:
+        jobs = JobQueue(factory, max_queue=settings.max_queue, max_queued_bytes=settings.max_queued_bytes,
+                        max_result_bytes=settings.max_result_bytes, result_ttl=settings.result_ttl,
+                        preload=settings.preload)
     # no /docs or /redoc: they load scripts from a CDN and cannot send the bearer token;
     # the schema itself is at /openapi.json (behind the token like every route)
     api = FastAPI(title="CUPID backend", version=__version__, docs_url=None, redoc_url=None,
@@ -122,7 +126,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
         loading it failed), how many jobs wait or run and the bytes they hold, and the limits."""
         return Health(version=__version__, device=settings.device, dtype=settings.dtype, instance=jobs.instance,
                       model_loaded=jobs.model_loaded, model_error=jobs.model_error,
-                      queue_length=jobs.queue_length(), **jobs.usage(),
+                      queue_length=jobs.queue_length(), **jobs.usage(), replicas=jobs.replicas(),
                       limits=Limits(max_queue=settings.max_queue, max_queued_bytes=settings.max_queued_bytes,
                                     max_result_bytes=settings.max_result_bytes,
                                     max_upload_bytes=settings.max_upload_bytes, result_ttl_s=settings.result_ttl))
@@ -143,7 +147,12 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
                      from_job: Annotated[str, Form(description="refine: the job whose stage 1 (photo, structure) "
                                                                "to reuse")] = "",
                      camera: Annotated[str, Form(description='refine: JSON {"K", "R", "t"}, OpenCV, in the '
-                                                             "photo's pixels")] = "",
+                                                             "photo's pixels and the object's own frame "
+                                                             "(scene.json's camera composed with the object's "
+                                                             "transform)")] = "",
+                     real_size: Annotated[bool | None, Form(description="object mode: measure the object in "
+                                                                        "meters with a metric point map; empty: "
+                                                                        "when the backend has one")] = None,
                      photo_texture: Annotated[bool, Form(description="project the photo's own pixels onto the "
                                                                      "surface its camera sees (a refine: through "
                                                                      "the given camera)")] = True,
@@ -158,6 +167,8 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
             return JobStatus(**jobs.submit_refine(from_job, cam, steps, photo_texture=photo_texture).public())
         if image is None:
             raise InputError("form field 'image' is required")
+        if real_size is not None and mode != "object":
+            raise InputError("form field 'real_size' is for object mode (a scene is in meters when its point map is)")
         picks = parse_prompts(prompts) if prompts.strip() else None
         if picks is not None and (mode != "scene" or mask is not None):
             raise InputError("prompts pick objects in scene mode, without a mask")
@@ -170,7 +181,8 @@ def create_app(settings: ServerSettings, factory: PipelineFactory) -> FastAPI:
                                    mask.filename if mask is not None else None)
             if picks is not None:
                 check_prompts(*picks, (inputs.photo.shape[1], inputs.photo.shape[0]))
-            return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks, photo_texture=photo_texture)
+            return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks, real_size=real_size,
+                               photo_texture=photo_texture)
 
         # off the event loop (a large photo must not stall other requests), one upload at a time
         job = await asyncio.get_running_loop().run_in_executor(intake, take_in)

@@ -49,6 +49,7 @@ class Job:
     number: int
     pnp: str | None = None         # camera solver; None: the model's default
     prompts: Any = None            # scene mode: (points, boxes) picking the objects
+    real_size: bool | None = None  # object mode: measure in meters (None: when a metric point map is there)
     photo_texture: bool = True     # project the photo's pixels onto the textures (export)
     refine_from: Any = None        # a refine: the source job's kept stage 1 (cupid.pipeline.StageOne)
     camera: Any = None             # a refine: the camera to use (cupid.geometry.CameraPose)
@@ -129,6 +130,10 @@ class JobQueue:
         with self._lock:
             return {"queued_bytes": self._queued_bytes, "result_bytes": self._result_bytes}
 
+    def replicas(self) -> None:
+        """One worker thread in this process: no replicas to list (`cupid serve --ray` lists its own)."""
+        return None
+
     def retry_after(self) -> int:
         """Seconds until a place is likely to free up: about one job's run time."""
         return int(min(max(math.ceil(self._run_time), 1), 600))
@@ -149,13 +154,14 @@ class JobQueue:
                            f"{self.retry_after()} s", self.retry_after())
 
     def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int, pnp: str | None = None,
-               prompts: Any = None, photo_texture: bool = True) -> Job:
+               prompts: Any = None, real_size: bool | None = None, photo_texture: bool = True) -> Job:
         """Admit a job (or raise Busy / TooLarge), spool its inputs to disk (or raise DiskFull), queue it."""
         nbytes = inputs.nbytes
         with self._lock:
             self.check_room(nbytes)
             job = Job(id=secrets.token_hex(8), mode=mode, seed=seed, steps=steps, number=next(self._counter),
-                      pnp=pnp, prompts=prompts, input_bytes=nbytes, photo_texture=photo_texture)
+                      pnp=pnp, prompts=prompts, real_size=real_size, input_bytes=nbytes,
+                      photo_texture=photo_texture)
             job.inputs_dir = self._dir.path / "inputs" / job.id
             self._jobs[job.id] = job
             self._queued_bytes += nbytes
@@ -333,7 +339,8 @@ class JobQueue:
                                             seed=job.seed, steps=job.steps or None, progress=progress,
                                             should_cancel=job.cancel.is_set, pnp=job.pnp, prompts=job.prompts,
                                             export=export,
-                                            **({"on_stage_one": keep_stage_one} if job.mode == "object" else {}))
+                                            **({"on_stage_one": keep_stage_one} if job.mode == "object" else {}),
+                                            **({"real_size": job.real_size} if job.real_size is not None else {}))
                 del data
             job.refine_from = None
             if job.cancel.is_set():

@@ -60,6 +60,15 @@ class Limits(BaseModel):
     result_ttl_s: float = Field(description="seconds an unfetched result is kept")
 
 
+class Replica(BaseModel):
+    id: str = Field(description="the model replica's id (Ray Serve's)")
+    device: str
+    dtype: str
+    state: Literal["idle", "busy", "lost"] = Field(description="busy: running a job; lost: stopped answering")
+    job: str | None = Field(None, description="the job it runs")
+    node: str | None = Field(None, description="the address of the machine it runs on")
+
+
 class Health(BaseModel):
     version: str
     device: str
@@ -73,6 +82,8 @@ class Health(BaseModel):
     queued_bytes: int
     result_bytes: int
     limits: Limits
+    replicas: list[Replica] | None = Field(None, description="`cupid serve --ray`: the model replicas, each with "
+                                                             "its device and state; null for one local worker")
 
 
 _WHY = {

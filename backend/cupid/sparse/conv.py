@@ -2,6 +2,15 @@
 
 Weights keep the spconv layout [Cout, k, k, k, Cin] so official checkpoints load unchanged; the module
 tree `SparseConv3d.conv.{weight,bias}` mirrors the original wrapper around `spconv.SubMConv3d`.
+
+Kernel size 1 is the exception. spconv 2.x (`spconv/pytorch/conv.py`, the `conv1x1` branch, with its
+default `FILTER_HWIO = False`) computes a 1×1 convolution as `features @ weight.view(Cin, Cout)`: the
+[Cout, 1, 1, 1, Cin] tensor's memory read as a [Cin, Cout] matrix, a reshape and not a transpose, so
+not the textbook `features @ Wᵀ` (square 1×1 weights are scrambled too). Networks trained on spconv,
+TRELLIS's and CUPID's among them, only make sense that way. A `SubMConv3d` of kernel size 1 under the
+"spconv" convention therefore re-lays the weight once as it is loaded (`spconv_1x1_to_textbook`) and
+back as it is saved, so that checkpoints round-trip unchanged and the kernels below, which compute
+the textbook convolution, run at no extra cost; under "textbook" the weight is taken as it is.
 """
 from __future__ import annotations
 
@@ -23,6 +32,33 @@ PER_OFFSET_CHUNK_BYTES = 2 << 20  # per-offset gathered rows per GEMM, likewise
 # size it gathers from the input itself and zeroes those rows per chunk instead, so that the layers of
 # the mesh decoder at 256³ (200 MB inputs) do not hold a second copy at the decode's memory peak
 GATHER_COPY_MAX_BYTES = 32 << 20
+
+
+# How a kernel-size-1 weight is meant: as spconv computes it (the default: TRELLIS/CUPID checkpoints)
+# or as the textbook convolution / `torch.nn.functional.conv3d` does
+CONV1X1_CONVENTIONS = ("spconv", "textbook")
+
+
+def check_conv1x1_convention(convention: str) -> str:
+    """`convention` if it is one of CONV1X1_CONVENTIONS, else a ValueError naming them."""
+    if convention not in CONV1X1_CONVENTIONS:
+        raise ValueError(f"conv1x1_convention must be one of {', '.join(map(repr, CONV1X1_CONVENTIONS))}, "
+                         f"got {convention!r}")
+    return convention
+
+
+def spconv_1x1_to_textbook(weight: torch.Tensor) -> torch.Tensor:
+    """A [Cout, 1, 1, 1, Cin] weight as spconv stores it -> the textbook weight giving the same outputs.
+
+    spconv multiplies by `weight.view(Cin, Cout)`, i.e. W_textbook[o, i] = weight.flatten()[i*Cout + o]."""
+    cout, cin = weight.shape[0], weight.shape[-1]
+    return weight.reshape(cin, cout).t().contiguous().reshape(weight.shape)
+
+
+def textbook_1x1_to_spconv(weight: torch.Tensor) -> torch.Tensor:
+    """The inverse of `spconv_1x1_to_textbook`: the tensor spconv must hold to compute this textbook weight."""
+    cout, cin = weight.shape[0], weight.shape[-1]
+    return weight.reshape(cout, cin).t().contiguous().reshape(weight.shape)
 
 
 def chunk_rows(row_bytes: int, n: int, chunk_bytes: int) -> int:
@@ -153,15 +189,21 @@ def per_offset_conv3d(feats: torch.Tensor, nmap: NeighborMap, weight: torch.Tens
 
 
 class SubMConv3d(nn.Module):
-    """Parameter holder + kernel, named like spconv's module so state-dict keys match."""
+    """Parameter holder + kernel, named like spconv's module so state-dict keys match.
+
+    `conv1x1_convention` (kernel size 1 only, see the module docstring): "spconv" holds the textbook
+    re-lay of the checkpoint's weight (`weight` computes `F.conv3d`'s convolution either way) and
+    translates in `load_state_dict` / `state_dict`; "textbook" takes the checkpoint's weight as it is.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1,
-                 bias: bool = True):
+                 bias: bool = True, conv1x1_convention: str = "spconv"):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.dilation = dilation
+        self.conv1x1_convention = check_conv1x1_convention(conv1x1_convention)
         k = kernel_size
         self.weight = nn.Parameter(torch.empty(out_channels, k, k, k, in_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -175,6 +217,36 @@ class SubMConv3d(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def relays_weight(self) -> bool:
+        """Whether the checkpoint's weight is re-laid at load (kernel size 1, spconv convention)."""
+        return self.kernel_size == 1 and self.conv1x1_convention == "spconv"
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # `load_state_dict` hands every module its own copy of the top-level dict: replacing an entry
+        # leaves the caller's tensors alone. A mis-shaped weight is left for the usual error.
+        key = prefix + "weight"
+        if self.relays_weight and key in state_dict and state_dict[key].shape == self._parameters["weight"].shape:
+            state_dict[key] = spconv_1x1_to_textbook(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "weight"
+        if self.relays_weight and key in destination:
+            with torch.no_grad():
+                destination[key] = textbook_1x1_to_spconv(destination[key])
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        if self.dilation != 1:
+            s += f", dilation={self.dilation}"
+        if self.kernel_size == 1:
+            s += f", conv1x1_convention={self.conv1x1_convention!r}"
+        return s
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         nmap = neighbor_map(x, self.kernel_size, self.dilation)
@@ -196,11 +268,11 @@ class SparseConv3d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, padding: int | None = None, bias: bool = True,
-                 indice_key: str | None = None):
+                 indice_key: str | None = None, conv1x1_convention: str = "spconv"):
         super().__init__()
         if stride not in (1, (1, 1, 1)) or padding is not None:
             raise ValueError("only submanifold (stride 1, no padding) sparse convolution is supported")
-        self.conv = SubMConv3d(in_channels, out_channels, kernel_size, dilation, bias)
+        self.conv = SubMConv3d(in_channels, out_channels, kernel_size, dilation, bias, conv1x1_convention)
 
     @property
     def in_channels(self) -> int:

@@ -3,6 +3,11 @@
 After the transformer, two subdivide blocks each split every voxel into 8 children (conv res blocks
 at the finer grid, channels /4 then /2), so the output layer predicts FlexiCubes corner SDF,
 deformation, weights and colour on a grid 4× finer than the latent.
+
+The blocks' skip connections are 1×1 sparse convolutions (the channel count changes), which TRELLIS
+ran on spconv: `conv1x1_convention` ("spconv" by default, as every TRELLIS/CUPID checkpoint was trained;
+"textbook" selectable in the checkpoint's JSON args) says how their weights are meant, see
+`cupid.sparse.conv`. The re-lay happens once at load; nothing changes at run time.
 """
 from __future__ import annotations
 
@@ -13,13 +18,15 @@ import torch.nn as nn
 from ...modules.utils import zero_module
 from ...representations.mesh import MeshExtractResult, feature_channels, flexicubes_mesh
 from ...sparse import SparseConv3d, SparseGroupNorm32, SparseLinear, SparseSiLU, SparseSubdivide, SparseTensor
+from ...sparse.conv import check_conv1x1_convention
 from .base import SparseTransformerBase
 
 
 class SparseSubdivideBlock3d(nn.Module):
     """Norm+SiLU, subdivide ×2, conv-norm-SiLU-conv, plus a (1×1 conv) skip of the subdivided input."""
 
-    def __init__(self, channels: int, resolution: int, out_channels: int | None = None, num_groups: int = 32):
+    def __init__(self, channels: int, resolution: int, out_channels: int | None = None, num_groups: int = 32,
+                 conv1x1_convention: str = "spconv"):
         super().__init__()
         self.channels = channels
         self.resolution = resolution
@@ -34,13 +41,15 @@ class SparseSubdivideBlock3d(nn.Module):
             zero_module(SparseConv3d(self.out_channels, self.out_channels, 3)),
         )
         self.skip_connection = (nn.Identity() if self.out_channels == channels
-                                else SparseConv3d(channels, self.out_channels, 1))
+                                else SparseConv3d(channels, self.out_channels, 1,
+                                                  conv1x1_convention=conv1x1_convention))
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         """out_layers(sub(act(x))) + skip(sub(x)), computed without the two 8×-larger subdivided inputs
         (the block's memory peak at 256³): the first conv gathers from the parents' rows
         (`forward_on_parents`), and the skip, a 1×1 conv or identity, acts per row and so commutes with
-        subdivision: it runs on the parents and is added to each parent's 8 children in place."""
+        subdivision: it runs on the parents and is added to each parent's 8 children in place (the
+        same weight, re-laid at load under the spconv convention, as TRELLIS's skip on the children)."""
         children = self.sub(x.replace(x.feats[:, :0]))  # the finer grid's coordinates, no features
         h = self.out_layers[0].forward_on_parents(self.act_layers(x), children, 8)
         for layer in self.out_layers[1:]:
@@ -60,19 +69,23 @@ class SLatMeshDecoder(SparseTransformerBase):
                  num_heads: int | None = None, num_head_channels: int | None = 64, mlp_ratio: float = 4,
                  attn_mode: str = "swin", window_size: int = 8, pe_mode: str = "ape", use_fp16: bool = False,
                  use_checkpoint: bool = False, qk_rms_norm: bool = False,
-                 representation_config: dict[str, Any] | None = None):
+                 representation_config: dict[str, Any] | None = None, conv1x1_convention: str = "spconv"):
+        check_conv1x1_convention(conv1x1_convention)  # before anything is built
         super().__init__(in_channels=latent_channels, model_channels=model_channels, num_blocks=num_blocks,
                          num_heads=num_heads, num_head_channels=num_head_channels, mlp_ratio=mlp_ratio,
                          attn_mode=attn_mode, window_size=window_size, pe_mode=pe_mode, use_fp16=use_fp16,
                          use_checkpoint=use_checkpoint, qk_rms_norm=qk_rms_norm)
         self.resolution = resolution
+        self.conv1x1_convention = conv1x1_convention
         self.rep_config = dict(representation_config or {})
         self.use_color = bool(self.rep_config.get("use_color", False))
         self.mesh_resolution = resolution * 4
         self.out_channels = feature_channels(self.use_color)
         self.upsample = nn.ModuleList([
-            SparseSubdivideBlock3d(model_channels, resolution, out_channels=model_channels // 4),
-            SparseSubdivideBlock3d(model_channels // 4, resolution * 2, out_channels=model_channels // 8),
+            SparseSubdivideBlock3d(model_channels, resolution, out_channels=model_channels // 4,
+                                   conv1x1_convention=conv1x1_convention),
+            SparseSubdivideBlock3d(model_channels // 4, resolution * 2, out_channels=model_channels // 8,
+                                   conv1x1_convention=conv1x1_convention),
         ])
         self.out_layer = SparseLinear(model_channels // 8, self.out_channels)
         self._finish_init(use_fp16)

@@ -1,0 +1,59 @@
+"""What the routes need from whatever holds the jobs: one interface, two holders.
+
+`cupid serve` holds them in this process (`cupid.server.jobs.JobQueue`: one worker thread);
+`cupid serve --ray` holds them in a Ray actor that every ingress replica asks and model replicas
+report to (`cupid.cluster.service.RayJobStore`). The routes, schemas, guard and error codes are the
+same for both: only this interface lies between them.
+"""
+from __future__ import annotations
+
+from typing import Any, BinaryIO, Protocol
+
+from .inputs import JobInputs
+
+
+class JobView(Protocol):
+    """One job as the routes answer it."""
+
+    def public(self) -> dict: ...
+
+
+class JobStore(Protocol):
+    """The jobs behind the /v1 routes. Refusals are raised as the server's CupidErrors (Busy,
+    TooLarge, NotFound, NotReady, Expired, DiskFull, InputError), which the app answers by code."""
+
+    instance: str  # random per start: clients tell a restart by it
+
+    @property
+    def model_loaded(self) -> bool: ...
+
+    @property
+    def model_error(self) -> str | None: ...
+
+    def queue_length(self) -> int: ...
+
+    def usage(self) -> dict[str, int]: ...            # {"queued_bytes", "result_bytes"}
+
+    def replicas(self) -> list[dict] | None: ...      # the model replicas; None: one worker in this process
+
+    def check_room(self, nbytes: int = 0) -> None: ...
+
+    def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int, pnp: str | None = None,
+               prompts: Any = None) -> JobView: ...
+
+    def submit_refine(self, from_job: str, camera: dict, steps: int) -> JobView: ...
+
+    def preview(self, job_id: str) -> dict: ...
+
+    def pipeline(self) -> Any: ...                    # something with `object_mask` and `segment` (POST /v1/segment)
+
+    def get(self, job_id: str) -> JobView | None: ...
+
+    def cancel(self, job_id: str) -> JobView | None: ...
+
+    def open_result(self, job_id: str) -> tuple[BinaryIO, JobView]: ...
+
+    def close(self) -> None: ...
+
+
+__all__ = ["JobStore", "JobView"]
