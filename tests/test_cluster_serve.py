@@ -131,8 +131,8 @@ def test_concurrent_jobs_from_several_clients_each_get_their_own_result(server, 
         own = CupidClient.from_token_file(server.token_file, timeout=60)   # one client per "artist"
         for seed in (first_seed, first_seed + 10):
             for _ in range(100):  # --max-queue 4: a busy answer says when to come back
-                try:
-                    ids[seed] = own.submit(PHOTO, "monkey.png", seed=seed, steps=3)
+                try:   # the photo texture off for one of them: the form field reaches the replica
+                    ids[seed] = own.submit(PHOTO, "monkey.png", seed=seed, steps=3, photo_texture=seed != 0)
                     break
                 except BackendError as exc:
                     assert exc.code == "busy" and exc.retry_after and exc.retry_after >= 1
@@ -155,6 +155,7 @@ def test_concurrent_jobs_from_several_clients_each_get_their_own_result(server, 
         out = server.client.result(job, tmp_path / str(seed))
         scene = json.loads((out / "scene.json").read_text())
         meshes[seed] = (out / scene["objects"][0]["mesh"]).read_bytes()
+        assert scene["export"]["photo_texture"] is (seed != 0) and ("photo_weight" in scene["objects"][0]) is (seed != 0)
     assert len(set(meshes.values())) == 6   # each job its own result (seeds differ)
 
 

@@ -793,14 +793,14 @@ def _fill(path: Path, leave: int) -> None:
 
 
 def test_disk_full_is_disk_full_naming_the_directory_with_no_partial_files(tiny_model, tmp_path):
-    """A real full disk: the server runs with its temp dir on a 3 MB tmpfs of its own (a private mount
+    """A real full disk: the server runs with its temp dir on a 6 MB tmpfs of its own (a private mount
     namespace), which the test fills from outside through /proc/PID/root."""
     if not _can_mount_a_small_disk(tmp_path):
-        pytest.skip("a real full disk needs `unshare -rm` (unprivileged user namespaces) to mount a 3 MB tmpfs, "
+        pytest.skip("a real full disk needs `unshare -rm` (unprivileged user namespaces) to mount a 6 MB tmpfs, "
                     "which this kernel or container forbids; ENOSPC handling is then untested here")
     small = tmp_path / "small"
     small.mkdir()
-    s = Server(tiny_model, tmp_path, wrap=("unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=3m tmpfs "$0" && exec "$@"',
+    s = Server(tiny_model, tmp_path, wrap=("unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=6m tmpfs "$0" && exec "$@"',
                                       str(small)), env={"TMPDIR": str(small)})
     try:
         seen = Path(f"/proc/{s.proc.pid}/root") / str(small).lstrip("/")

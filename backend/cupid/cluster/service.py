@@ -113,12 +113,12 @@ class RayJobStore:
         raise_refusal(self._ask(self._board.check_room.remote(nbytes)))
 
     def submit(self, inputs: JobInputs, mode: str, seed: int, steps: int, pnp: str | None = None,
-               prompts: Any = None) -> _Job:
+               prompts: Any = None, real_size: bool | None = None, photo_texture: bool = True) -> _Job:
         job_id = secrets.token_hex(8)
         directory = self._results / "inputs" / job_id
         job_inputs.spool(inputs, directory)
         spec = {"mode": mode, "seed": seed, "steps": steps, "pnp": pnp, "prompts": prompts,
-                "inputs_dir": str(directory)}
+                "real_size": real_size, "photo_texture": photo_texture, "inputs_dir": str(directory)}
         try:
             refusal, public = self._ask(self._board.submit.remote(job_id, spec, inputs.nbytes))
         except BaseException:
@@ -130,7 +130,7 @@ class RayJobStore:
         self._health = None
         return _Job(public)
 
-    def submit_refine(self, from_job: str, camera: dict, steps: int) -> _Job:
+    def submit_refine(self, from_job: str, camera: dict, steps: int, photo_texture: bool = True) -> _Job:
         raise NotFound(f"job {from_job}'s stage 1 is not kept by a Ray cluster service (a refine runs on the "
                        f"single-machine 'cupid serve'): run the reconstruction again")
 
