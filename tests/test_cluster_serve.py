@@ -155,7 +155,8 @@ def test_concurrent_jobs_from_several_clients_each_get_their_own_result(server, 
         out = server.client.result(job, tmp_path / str(seed))
         scene = json.loads((out / "scene.json").read_text())
         meshes[seed] = (out / scene["objects"][0]["mesh"]).read_bytes()
-        assert scene["export"]["photo_texture"] is (seed != 0) and ("photo_weight" in scene["objects"][0]) is (seed != 0)
+        textured = seed != 0
+        assert scene["export"]["photo_texture"] is textured and ("photo_weight" in scene["objects"][0]) is textured
     assert len(set(meshes.values())) == 6   # each job its own result (seeds differ)
 
 

@@ -76,7 +76,8 @@ class ModelReplica:
             bundle = reconstruct_bundle(self.pipe, data.photo, out, mask=data.pipeline_mask(spec["mode"]),
                                         mode=spec["mode"], seed=spec["seed"], steps=spec["steps"] or None,
                                         progress=progress, should_cancel=should_cancel, pnp=spec["pnp"],
-                                        prompts=spec["prompts"], export={"photo_texture": spec.get("photo_texture", True)},
+                                        prompts=spec["prompts"],
+                                        export={"photo_texture": spec.get("photo_texture", True)},
                                         **({"on_stage_one": keep_stage_one} if spec["mode"] == "object" else {}),
                                         **({"real_size": spec["real_size"]} if spec.get("real_size") is not None
                                            else {}))
