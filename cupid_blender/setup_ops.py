@@ -10,6 +10,7 @@ leaves them as they were.
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import shutil
@@ -324,11 +325,19 @@ def register() -> None:
                                           description="Why the last set-up failed")
 
 
-def unregister() -> None:
+def _cancel_running() -> None:
+    """Blender quits or the add-on goes: a running set-up stops with it (it resumes next time)."""
     proc = SETUP["process"]
     if proc is not None and not proc.finished:
         proc.cancel()
     SETUP["process"] = None
+
+
+atexit.register(_cancel_running)
+
+
+def unregister() -> None:
+    _cancel_running()
     if bpy.app.timers.is_registered(_timer):
         bpy.app.timers.unregister(_timer)
     for name in _WM_PROPS:

@@ -83,6 +83,9 @@ def draw_preferences_box(layout: Any, context: Any, prefs: Any) -> None:
     wm = context.window_manager
     box = layout.box()
     box.label(text=status_line(prefs), icon="CHECKMARK" if backend_ready(prefs) else "INFO")
+    rec = read_record(layout_of(prefs))
+    if rec is not None and rec.get("base_python"):
+        box.label(text=f"Environment made with {rec['base_python']}")
     col = box.column()
     col.prop(prefs, "torch_build")
     col.prop(prefs, "backend_dir")

@@ -158,8 +158,10 @@ def check_clean_setup_and_reconstruct(out: dict, version: str) -> None:
 
     rec3d = out["reconstruct"]
     assert rec3d["ret"] == ["FINISHED"], rec3d
-    types = [t for t, _ in rec3d["added"]]
-    assert types.count("CAMERA") == 1 and types.count("MESH") == 1 and rec3d["faces"] > 0, rec3d
+    added = {name: kind for kind, name in rec3d["added"]}
+    assert added["astronaut camera"] == "CAMERA" and added["astronaut object_0"] == "MESH" and rec3d["faces"] > 0
+    # the Gaussians: a point cloud where Blender has them (5.0), else points of a mesh (4.2)
+    assert set(added) == {"astronaut camera", "astronaut object_0", "astronaut object_0 gaussians"}, rec3d
     assert rec3d["scene_camera"] == "astronaut camera"
     assert out["backend_running"] and out["disabled"] == {"enabled": False, "backend_running": False,
                                                           "operator": False}
@@ -220,3 +222,9 @@ def test_cancel_mid_install_stops_pip_and_leaves_the_preferences(blender50):
     assert c["running_after"] == [], c["running_after"]                      # nothing of it still runs
     assert c["prefs"] == ["", "hbb1/Cupid"] and not c["record"] and not c["running"]
     assert c["state"] == ["environment"]                                      # torch not marked done
+
+
+def test_the_ui_timer_follows_a_set_up_and_points_the_preferences_at_it(blender50):
+    t = blender50["timer"]
+    assert t["ticks"] >= 1 and not t["running"] and t["progress"] == 1.0 and t["process"], t
+    assert t["python_path"] == blender50["setup"]["prefs"][0] and "already set up" in t["message"], t

@@ -239,7 +239,7 @@ def test_a_backend_folder_inside_blender_or_a_checkout_is_refused():
 def test_system_pythons_on_windows_use_the_py_launcher_and_skip_the_store_stub():
     which = {"py": r"C:\Windows\py.exe", "python": r"C:\Users\a\AppData\Local\Microsoft\WindowsApps\python.exe"}.get
     cands = system.system_python_candidates(WIN, which)
-    assert cands[0] == [r"C:\Windows\py.exe", "-3.13"] and [r"C:\Windows\py.exe", "-3.10"] in cands
+    assert cands[0] == [r"C:\Windows\py.exe", "-3.12"] and [r"C:\Windows\py.exe", "-3.10"] in cands
     assert all("WindowsApps" not in c[0] for c in cands)
     assert system.system_python_candidates(LINUX, {"python3": "/usr/bin/python3"}.get) == [["/usr/bin/python3"]]
 

@@ -16,7 +16,8 @@ import pytest
 
 from cupid_blender.setup.plan import SetupRequest
 from cupid_blender.setup.process import CANCELLED, SetupProcess
-from cupid_blender.setup.runner import (TINY_MESSAGE, PipProgress, Reporter, Setup, StepFailed, explain_failure)
+from cupid_blender.setup.output import PipProgress, explain_failure
+from cupid_blender.setup.runner import TINY_MESSAGE, Reporter, Setup, StepFailed
 from cupid_blender.setup.state import STEPS, SetupState, read_record
 from cupid_blender.setup.system import Platform
 from cupid_blender.setup.torch_build import choose_torch
@@ -104,7 +105,8 @@ def test_a_new_pytorch_choice_reinstalls_from_there(request_):
 def test_the_tiny_model_is_retried_and_replaced_once_online(request_):
     StubSetup(request_, io.StringIO(), weights="tiny").run_all()
     still_offline = StubSetup(request_, io.StringIO(), weights="tiny")
-    assert still_offline.run_all()["weights"] == "tiny"
+    rec = still_offline.run_all()
+    assert rec["weights"] == "tiny" and rec["changed"] is False
     assert still_offline.ran == ["weights"]                             # same result: no new check
     online = StubSetup(request_, io.StringIO(), weights="official")
     rec = online.run_all()
@@ -272,3 +274,43 @@ def test_the_real_runner_boots_as_a_private_package(tmp_path):
     log = (tmp_path / "setup.log").read_text()
     assert outcome.state == "failed" and str(ADDON / "setup" / "runner.py") in log
     assert "FileNotFoundError" in log and "missing-request.json" in log
+
+
+# ------------------------------------------------------------------ which Python makes the environment
+
+def _environment_step(request_, monkeypatch, versions: dict, which: dict):
+    import cupid_blender.setup.runner as runner
+
+    monkeypatch.setattr(runner, "python_version", lambda cmd, plat=None: versions.get(cmd[-1]))
+    setup = runner.Setup(request_, Reporter(io.StringIO(), io.StringIO()), plat=Platform("linux", "x86_64"),
+                         which=which.get)
+    made = []
+
+    def fake_run(cmd, on_line=None, env=None):
+        if list(cmd[-3:-1]) == ["-m", "venv"]:
+            made.append(cmd[0])
+            os.makedirs(os.path.dirname(setup.layout.python), exist_ok=True)
+            Path(setup.layout.python).write_text("")
+        return 0, []
+    setup.run = fake_run
+    setup.rep.step = "environment"
+    return setup, made
+
+
+def test_blenders_own_python_makes_the_environment_when_it_can(request_, monkeypatch):
+    request_.pythons = [["/blender/4.2/python/bin/python3.11"]]
+    setup, made = _environment_step(request_, monkeypatch, {"/blender/4.2/python/bin/python3.11": (3, 11),
+                                                            "/usr/bin/python3": (3, 12)}, {"python3": "/usr/bin/python3"})
+    assert setup.step_environment() == {"base": "Blender's own Python 3.11 (/blender/4.2/python/bin/python3.11)"}
+    assert made == ["/blender/4.2/python/bin/python3.11"]
+
+
+def test_blender_5_1s_python_3_13_hands_over_to_a_system_python(request_, monkeypatch):
+    request_.pythons = [["/blender/5.1/python/bin/python3.13"]]
+    setup, made = _environment_step(request_, monkeypatch, {"/blender/5.1/python/bin/python3.13": (3, 13),
+                                                            "/usr/bin/python3": (3, 12)}, {"python3": "/usr/bin/python3"})
+    assert setup.step_environment() == {"base": "a system Python 3.12 (/usr/bin/python3)"}
+    assert made == ["/usr/bin/python3"]
+    nothing, _ = _environment_step(request_, monkeypatch, {"/blender/5.1/python/bin/python3.13": (3, 13)}, {})
+    with pytest.raises(StepFailed, match=r"3\.13 is too new for numpy 1\.x.*Install Python 3\.12 from python\.org"):
+        nothing.step_environment()

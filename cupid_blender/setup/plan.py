@@ -20,7 +20,7 @@ from .torch_build import TorchBuild
 GB = 1024 ** 3
 TORCH_GB = {"cpu": 0.8, "cuda": 6.5, "mps": 0.5, "custom": 0.8}       # installed PyTorch per build
 DOWNLOAD_ROOM_GB = {"cpu": 0.5, "cuda": 3.5, "mps": 0.3, "custom": 0.5}   # pip's downloads while it installs
-KIND_WORDS = {"cpu": "CPU build", "cuda": "CUDA build", "mps": "Apple silicon build", "custom": "CUPID_TORCH's"}
+KIND_WORDS = {"cpu": "CPU build", "cuda": "CUDA build", "mps": "Apple silicon build", "custom": "as CUPID_TORCH asks"}
 LIBRARIES_GB = 1.0            # the cupid wheel's other dependencies (OpenCV, ONNX Runtime, SciPy, ...)
 WEIGHTS_GB = 5.0              # `cupid download`: CUPID, TRELLIS parts, DINOv2, MoGe, SAM ViT-B, U2-Net
 # The longest file path inside PyTorch's wheel, relative to site-packages (171 characters in 2.13.0,

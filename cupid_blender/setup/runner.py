@@ -30,23 +30,20 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence, TextIO
 
+from .output import DISK_FULL, PipProgress, explain_failure, free_space, gb
 from .plan import SetupRequest
 from .state import STEP_LABELS, STEPS, BackendLayout, SetupState, forget_record, write_record
 from .system import Platform, child_environment, hidden_process_options, python_version, system_python_candidates
 
 MIN_PYTHON = (3, 10)
+# The newest Python the backend's libraries install on: it pins numpy<2, and numpy 1.x publishes no builds
+# for Python 3.13 (Blender 5.1's), so there a system Python 3.10-3.12 makes the environment.
+MAX_PYTHON = (3, 12)
 # Where each step's share of the progress bar ends (the downloads take the time).
 STEP_END = {"environment": 0.05, "torch": 0.40, "cupid": 0.70, "weights": 0.95, "check": 1.0}
 TINY_MESSAGE = ("The official weights could not be downloaded (see the message above).",
                 "Using a tiny random-weight model instead: it runs the whole pipeline, but its shapes are noise.",
                 "Run 'cupid download' again when you are online.")
-DISK_FULL = re.compile(r"No space left on device|Errno 28\b|ENOSPC|There is not enough space on the disk", re.I)
-NO_NETWORK = re.compile(r"NewConnectionError|Failed to establish a new connection|Temporary failure in name "
-                        r"resolution|Name or service not known|getaddrinfo failed|Network is unreachable|"
-                        r"ConnectTimeout|Read timed out|ProxyError|SSLError|CERTIFICATE_VERIFY_FAILED", re.I)
-LONG_PATH = re.compile(r"Long Path|path too long|filename or extension is too long", re.I)
-
-
 class StepFailed(Exception):
     """A step failed; the message is the one line the panel shows."""
 
@@ -76,67 +73,6 @@ class Reporter:
         frac = start + (STEP_END[self.step] - start) * min(max(within, 0.0), 1.0)
         self.fraction = max(self.fraction, frac)
         self.emit("progress", step=self.step, fraction=round(self.fraction, 4), message=message)
-
-
-def gb(n: float) -> str:
-    return f"{n / 1024 ** 3:.2f} GB" if n >= 1024 ** 3 else f"{n / 1024 ** 2:.0f} MB"
-
-
-class PipProgress:
-    """How far a ``pip install`` is, from its output lines (``--progress-bar raw`` adds bytes where
-    pip has it: 24.1 and newer)."""
-
-    def __init__(self, report: Callable[[float, str], None], what: str) -> None:
-        self.report, self.what = report, what
-        self.within, self.current = 0.02, ""
-
-    def __call__(self, line: str) -> None:
-        text = line.strip()
-        raw = re.match(r"Progress (\d+) of (\d+)", text)
-        if raw and int(raw.group(2)) > 0:
-            done, total = int(raw.group(1)), int(raw.group(2))
-            self.report(self.within, f"{self.what}: {self.current} {gb(done)} of {gb(total)}".replace("  ", " "))
-            return
-        m = re.match(r"(Collecting|Downloading|Processing|Using cached) (\S+)(.*)", text)
-        if m:
-            self.current = m.group(2).rsplit("/", 1)[-1]
-            size = re.search(r"\(([\d.]+ [kMG]B)\)", m.group(3))
-            self.within = min(self.within + 0.02, 0.6)
-            self.report(self.within, f"{self.what}: {m.group(1).lower()} {self.current}"
-                                     + (f" ({size.group(1)})" if size else ""))
-        elif text.startswith("Installing collected packages"):
-            count = len(text.split(":", 1)[1].split(","))
-            self.within = 0.7
-            self.report(self.within, f"{self.what}: installing {count} package(s)")
-        elif text.startswith("Successfully installed"):
-            self.within = 1.0
-            self.report(self.within, f"{self.what}: installed")
-
-
-def explain_failure(what: str, lines: Sequence[str], where: str, free_bytes: Optional[int] = None) -> str:
-    """One line for a failed program (pip, cupid): the disk, the network, Windows' paths, or its last error."""
-    text = "\n".join(lines)
-    if DISK_FULL.search(text):
-        free = f" ({gb(free_bytes)} free)" if free_bytes is not None else ""
-        return (f"{what} failed: the disk holding {where} is full{free}. Free some space and press Set Up Backend "
-                f"again; it resumes here")
-    if LONG_PATH.search(text):
-        return (f"{what} failed: a path grew past Windows' 260-character limit. Turn on long paths or choose a short "
-                f"Backend folder in the add-on preferences, then press Set Up Backend again")
-    if NO_NETWORK.search(text):
-        return (f"{what} failed: no connection to the package index (check the network, or a proxy: HTTPS_PROXY), "
-                f"then press Set Up Backend again; it resumes here")
-    errors = [ln.strip() for ln in lines if ln.strip().startswith("ERROR:") or "Error:" in ln]
-    last = (errors or [ln.strip() for ln in lines if ln.strip()] or ["no output"])[-1]
-    last = re.sub(r"^ERROR:\s*", "", last)
-    return f"{what} failed: {last[:300]} (details in the set-up log); press Set Up Backend again to retry"
-
-
-def free_space(path: str) -> Optional[int]:
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return None
 
 
 class Setup:
@@ -194,9 +130,11 @@ class Setup:
         candidates += [("a system Python", c) for c in system_python_candidates(self.plat, self.which)]
         for kind, cmd in candidates:
             version = python_version(cmd, plat=self.plat)
-            if version is None or version < MIN_PYTHON:
-                tried.append(f"{kind} {' '.join(cmd)}: " + ("cannot make environments" if version is None
-                                                            else f"Python {version[0]}.{version[1]} is too old"))
+            if version is None or not MIN_PYTHON <= version <= MAX_PYTHON:
+                why = "cannot make environments" if version is None else \
+                    f"Python {version[0]}.{version[1]} is too old" if version < MIN_PYTHON else \
+                    f"Python {version[0]}.{version[1]} is too new for numpy 1.x, which the backend needs"
+                tried.append(f"{kind} {' '.join(cmd)}: {why}")
                 continue
             shutil.rmtree(venv, ignore_errors=True)
             self.rep.progress(0.3, f"Creating the environment with {kind} {version[0]}.{version[1]}")
@@ -213,7 +151,7 @@ class Setup:
             tried.append(f"{kind} {' '.join(cmd)}: venv failed ({(tail or ['no output'])[-1][:120]})")
             shutil.rmtree(venv, ignore_errors=True)
         raise StepFailed("no Python here can create the backend's environment (" + "; ".join(tried) + "). "
-                         "Install Python 3.11 from python.org (on Windows tick 'Add python.exe to PATH'), then press "
+                         "Install Python 3.12 from python.org (on Windows tick 'Add python.exe to PATH'), then press "
                          "Set Up Backend again")
 
     def step_torch(self) -> dict:
@@ -332,7 +270,7 @@ class Setup:
             result = getattr(self, f"step_{step}")()
             self.state.finish(step, inputs, result, previous)
             self.rep.progress(1.0, f"{STEP_LABELS[step]}: done")
-            ran = True
+            ran = ran or result != previous   # a retry with the same outcome (still offline) changes nothing
         record = write_record(self.layout, python=self.layout.python, model=self.state.result("weights")["model"],
                               weights=self.state.result("weights")["weights"], torch=self.req.torch.to_dict(),
                               cupid=self.state.result("cupid").get("version", ""),

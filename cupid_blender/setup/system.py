@@ -173,7 +173,7 @@ def system_python_candidates(plat: Platform, which: Callable[[str], Optional[str
     if plat.windows:
         launcher = which("py")
         if launcher:
-            out += [[launcher, f"-3.{minor}"] for minor in (13, 12, 11, 10)]
+            out += [[launcher, f"-3.{minor}"] for minor in (12, 11, 10)]
     for name in ("python3", "python"):
         found = which(name)
         if found and "WindowsApps" not in found and [found] not in out:

@@ -88,9 +88,11 @@ class CancelDuringTorch:
 def main(cfg: dict) -> dict:
     out: dict = {"blender": bpy.app.version_string, "python": sys.version.split()[0]}
     repo = os.path.realpath(cfg["repo"])
+    own = tuple(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix))   # Blender's environment itself
     out["clean"] = {"cupid": importlib.util.find_spec("cupid") is not None,
                     "cupid_blender": importlib.util.find_spec("cupid_blender") is not None,
-                    "repo_on_path": [p for p in sys.path if os.path.realpath(p or ".").startswith(repo)],
+                    "repo_on_path": [p for p in sys.path if os.path.realpath(p or ".").startswith(repo)
+                                     and not os.path.realpath(p).startswith(own)],
                     "home": os.path.expanduser("~"),
                     "home_files": sorted(str(p.relative_to(Path.home())) for p in Path.home().rglob("*"))}
 
@@ -152,6 +154,16 @@ def main(cfg: dict) -> dict:
     out["log"] = Path(folder, "setup.log").read_text(encoding="utf-8")
     out["record"] = json.loads(Path(folder, "setup.json").read_text(encoding="utf-8"))
     out["again"] = setup()
+    if cfg.get("full"):   # the UI's way: the set-up started, then followed by the timer until it ends
+        prefs.python_path = ""
+        wm, proc = bpy.context.window_manager, setup_ops.start_setup(prefs, False)[0]
+        ticks, t0 = 0, time.monotonic()
+        while setup_ops._timer() is not None and time.monotonic() - t0 < 300:
+            ticks += 1
+            time.sleep(0.25)
+        out["timer"] = {"ticks": ticks, "running": wm.cupid_setup_running, "progress": wm.cupid_setup_progress,
+                        "message": wm.cupid_setup_message, "python_path": prefs.python_path,
+                        "process": setup_ops.SETUP["process"] is None}
     out["panel_after"] = draw_panel(name, False)
     proxy = type("PrefsDrawn", (), {"__getattr__": lambda self, key: getattr(prefs, key)})()
     out["prefs_drawn"] = draw(type(prefs).draw, proxy)
