@@ -26,8 +26,8 @@ from .backend_manager import MANAGER
 from .io.settings import downloaded_official, hub_caches
 from .operators import _CtrlC
 from .preferences import get_prefs
-from .setup.plan import (SetupProblem, SetupRequest, check_space, describe_space, existing_parent, long_path_problem,
-                         refuse_location, space_needed)
+from .setup.plan import (SetupProblem, SetupRequest, by_disk, check_space, describe_space, existing_parent,
+                         long_path_problem, refuse_location, space_needed)
 from .setup.process import SetupOutcome, SetupProcess, write_request
 from .setup.state import BackendLayout, SetupState
 from .setup.system import Platform, long_paths_enabled
@@ -88,11 +88,12 @@ def plan_setup(prefs: Any, repair: bool) -> tuple[SetupRequest, BackendLayout, l
         raise SetupProblem(str(exc)) from None
     weights = bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else ""
     done = [] if repair else SetupState(layout.state).completed()
-    items = space_needed(torch.kind, done, downloaded_official(hub_caches(os.environ, Path.home(), weights)) is not None)
-    where = existing_parent(layout.root)
-    short = check_space(items, shutil.disk_usage(where).free, where)
-    if short:
-        raise SetupProblem(short)
+    caches = hub_caches(os.environ, Path.home(), weights)
+    items = space_needed(torch.kind, done, downloaded_official(caches) is not None)
+    for where, wanted in by_disk(items, existing_parent(layout.root), existing_parent(str(caches[0]))):
+        short = check_space(wanted, shutil.disk_usage(where).free, where)
+        if short:
+            raise SetupProblem(short)
     lines = [f"PyTorch: {torch.label}" + (f" ({torch.reason})" if torch.reason else ""),
              f"Backend folder: {layout.root}"]
     if items:

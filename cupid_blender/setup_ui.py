@@ -70,7 +70,10 @@ def draw_panel_box(layout: Any, context: Any, prefs: Any) -> bool:
         box.label(text="Setting up the CUPID backend", icon="SETTINGS")
         draw_progress(box, wm)
         return True
-    box.label(text="No CUPID backend on this computer yet", icon="ERROR")
+    if prefs.python_path.strip():   # configured, but gone (removed, or Blender's Python moved)
+        box.label(text=f"The CUPID backend is gone ({prefs.python_path})", icon="ERROR")
+    else:
+        box.label(text="No CUPID backend on this computer yet", icon="ERROR")
     box.operator("cupid.setup_backend", icon="IMPORT")
     if wm.cupid_setup_error:
         box.label(text=wm.cupid_setup_error, icon="CANCEL")

@@ -8,7 +8,7 @@ install/setup.sh's message), and pip takes torch==2.13.0 from this machine's pac
 
 Blender 5.0 also goes through what goes wrong first: no backend yet, Online Access off, too little disk
 space, a failing pip, a cancel while pip installs PyTorch; then the set-up resumes. Blender 4.2 runs the
-compatibility subset (install, set up, reconstruct, disable).
+compatibility subset (install, set up, reconstruct, disable). The two run side by side.
 
 The Blender environments are .venv-blender-5.0 and .venv-blender-4.2 in the checkout (install/test.sh
 makes them), or CUPID_BLENDER_5_0 / CUPID_BLENDER_4_2 naming their Python. Without them the tests skip,
@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,8 @@ def pip_cache() -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else ""
 
 
-def run_artist(version: str, zip_path: Path, photo: Path, tmp: Path, full: bool) -> dict:
-    """Copy nothing but the zip, the photo and the driver into a fresh folder and run it there."""
+def start_artist(version: str, zip_path: Path, photo: Path, tmp: Path, full: bool) -> tuple:
+    """Copy nothing but the zip, the photo and the driver into a fresh folder and start it there."""
     python = blender_python(version)
     work = tmp / "artist Ünï"
     work.mkdir()
@@ -105,19 +106,51 @@ def run_artist(version: str, zip_path: Path, photo: Path, tmp: Path, full: bool)
              "CUPID_TORCH_INDEX": os.environ.get("CUPID_TORCH_INDEX") or None,
              "PIP_CACHE_DIR": pip_cache() or None, "VIRTUAL_ENV": None, "CUPID_WEIGHTS_DIR": None,
              "HF_HOME": None, "HF_HUB_CACHE": None, "XDG_CACHE_HOME": None}
-    out = launch.run(work / "setup_backend.py", cfg, work, timeout=1500, python=str(python), user=user, **extra)
-    out["user"], out["log_file"] = str(user), str(work / "blender.log")
+    proc, log = launch.start(work / "setup_backend.py", cfg, work, str(python), user, **extra)
+    return cfg, proc, log, user
+
+
+@pytest.fixture(scope="module")
+def artists(artist_zip, photo, tmp_path_factory) -> dict:
+    """Blender 5.0 (with the failure cases) and 4.2 (the compatibility subset), side by side; each
+    version's result, or why it could not run (a missing Blender environment skips or fails its tests)."""
+    started, out = {}, {}
+    for version, full in (("5.0", True), ("4.2", False)):
+        try:
+            started[version] = start_artist(version, artist_zip, photo, tmp_path_factory.mktemp(f"b{version}"), full)
+        except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+            out[version] = exc
+    deadline = time.monotonic() + 2400
+    for version, (cfg, proc, log, user) in started.items():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        try:
+            out[version] = {**launch.result(cfg, proc, log), "user": str(user), "log_file": str(log)}
+        except AssertionError as exc:
+            out[version] = exc
     return out
 
 
-@pytest.fixture(scope="module")
-def blender50(artist_zip, photo, tmp_path_factory) -> dict:
-    return run_artist("5.0", artist_zip, photo, tmp_path_factory.mktemp("b50"), full=True)
+def _result(artists: dict, version: str) -> dict:
+    res = artists[version]
+    if isinstance(res, pytest.skip.Exception):
+        pytest.skip(str(res))
+    if isinstance(res, BaseException):
+        raise res
+    return res
 
 
 @pytest.fixture(scope="module")
-def blender42(artist_zip, photo, tmp_path_factory) -> dict:
-    return run_artist("4.2", artist_zip, photo, tmp_path_factory.mktemp("b42"), full=False)
+def blender50(artists) -> dict:
+    return _result(artists, "5.0")
+
+
+@pytest.fixture(scope="module")
+def blender42(artists) -> dict:
+    return _result(artists, "4.2")
 
 
 def _ops(drawn: list) -> list:
@@ -153,6 +186,8 @@ def check_clean_setup_and_reconstruct(out: dict, version: str) -> None:
     again = out["again"]
     assert again["ret"] == ["FINISHED"] and "already set up" in again["message"] and again["seconds"] < 30, again
     assert "cupid.setup_backend" not in _ops(out["panel_after"])
+    assert "cupid.setup_backend" in _ops(out["panel_gone"])
+    assert any(t.startswith("The CUPID backend is gone (") for t in _labels(out["panel_gone"]))
     assert any(t.startswith("Set up: torch==2.13.0") for t in _labels(out["prefs_drawn"])), _labels(out["prefs_drawn"])
     assert {"cupid.setup_backend", "cupid.remove_backend"} <= set(_ops(out["prefs_drawn"]))
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from cupid_blender.setup import system, torch_build
-from cupid_blender.setup.plan import (LONGEST_INSIDE_VENV, SetupRequest, check_space, long_path_problem,
+from cupid_blender.setup.plan import (LONGEST_INSIDE_VENV, SetupRequest, by_disk, check_space, long_path_problem,
                                       refuse_location, space_needed)
 from cupid_blender.setup.state import BackendLayout
 from cupid_blender.setup.system import Platform
@@ -336,6 +336,14 @@ def test_check_space_states_the_figures():
     assert message.startswith("Not enough disk space for the CUPID backend: it needs about 7.3 GB on /home/jürgen")
     assert "PyTorch (CPU build) 0.8 GB" in message and "3.0 GB are free" in message and "Free 4.3 GB" in message
     assert check_space(items, 8 * 1024 ** 3, "/") is None
+
+
+def test_the_weights_are_counted_on_the_disk_of_the_weights_cache(tmp_path):
+    items = space_needed("cpu", [], weights_present=False)
+    assert by_disk(items, str(tmp_path), str(tmp_path)) == [(str(tmp_path), items)]     # one disk: the sum
+    if os.path.isdir("/proc") and os.stat("/proc").st_dev != os.stat(tmp_path).st_dev:   # another file system
+        split = by_disk(items, str(tmp_path), "/proc")
+        assert split == [(str(tmp_path), items[:-1]), ("/proc", items[-1:])] and items[-1][0] == "the weights"
 
 
 def test_request_round_trips_through_json():

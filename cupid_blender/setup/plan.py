@@ -22,6 +22,7 @@ TORCH_GB = {"cpu": 0.8, "cuda": 6.5, "mps": 0.5, "custom": 0.8}       # installe
 DOWNLOAD_ROOM_GB = {"cpu": 0.5, "cuda": 3.5, "mps": 0.3, "custom": 0.5}   # pip's downloads while it installs
 KIND_WORDS = {"cpu": "CPU build", "cuda": "CUDA build", "mps": "Apple silicon build", "custom": "as CUPID_TORCH asks"}
 LIBRARIES_GB = 1.0            # the cupid wheel's other dependencies (OpenCV, ONNX Runtime, SciPy, ...)
+WEIGHTS_ITEM = "the weights"
 WEIGHTS_GB = 5.0              # `cupid download`: CUPID, TRELLIS parts, DINOv2, MoGe, SAM ViT-B, U2-Net
 # The longest file path inside PyTorch's wheel, relative to site-packages (171 characters in 2.13.0,
 # a licence file deep in its dist-info), plus the venv's own "env\Lib\site-packages\" (22) and room.
@@ -63,8 +64,20 @@ def space_needed(torch_kind: str, done: list[str], weights_present: bool) -> lis
     if "cupid" not in done:
         items.append(("CUPID's libraries", LIBRARIES_GB))
     if "weights" not in done and not weights_present:
-        items.append(("the weights", WEIGHTS_GB))
+        items.append((WEIGHTS_ITEM, WEIGHTS_GB))
     return items
+
+
+def by_disk(items: list[tuple[str, float]], backend: str, weights_cache: str) -> list[tuple[str, list]]:
+    """(folder, items) per disk: the weights go to the weights cache, which may lie on another disk than
+    the backend folder (both existing folders)."""
+    weights = [i for i in items if i[0] == WEIGHTS_ITEM]
+    rest = [i for i in items if i[0] != WEIGHTS_ITEM]
+    try:
+        same = os.stat(backend).st_dev == os.stat(weights_cache).st_dev
+    except OSError:
+        same = True
+    return [(backend, items)] if same or not weights else [(backend, rest), (weights_cache, weights)]
 
 
 def describe_space(items: list[tuple[str, float]]) -> str:

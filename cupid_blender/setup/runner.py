@@ -112,7 +112,11 @@ class Setup:
         return proc.wait(), tail
 
     def pip_install(self, args: Sequence[str], what: str) -> None:
-        cmd = [self.layout.python, "-m", "pip", "install", "--prefer-binary", *self._pip_progress(), *args]
+        # --no-compile: pip would compile every module of every package (torch's thousands) to bytecode,
+        # more than half the install's time here; Python compiles the ones the backend imports at its
+        # first start instead (the check step's), once.
+        cmd = [self.layout.python, "-m", "pip", "install", "--prefer-binary", "--no-compile", *self._pip_progress(),
+               *args]
         code, tail = self.run(cmd, PipProgress(self.rep.progress, what))
         if code != 0:
             raise StepFailed(explain_failure(f"Installing {what}", tail, self.layout.root, free_space(self.layout.root)))

@@ -165,6 +165,9 @@ def main(cfg: dict) -> dict:
                         "message": wm.cupid_setup_message, "python_path": prefs.python_path,
                         "process": setup_ops.SETUP["process"] is None}
     out["panel_after"] = draw_panel(name, False)
+    kept, prefs.python_path = prefs.python_path, os.path.join(cfg["tmp"], "gone", "python")
+    out["panel_gone"] = draw_panel(name, False)       # the configured environment was deleted
+    prefs.python_path = kept
     proxy = type("PrefsDrawn", (), {"__getattr__": lambda self, key: getattr(prefs, key)})()
     out["prefs_drawn"] = draw(type(prefs).draw, proxy)
     probe = subprocess.run([prefs.python_path, "-c", "import cupid, torch, sys; print(cupid.__file__); "
