@@ -2,9 +2,10 @@
 request handed to the set-up process, the disk space the chosen build needs (stated in figures),
 and Windows' path-length limit.
 
-Sizes: the CPU build was measured on Linux here (PyTorch 2.13.0 CPU 0.75 GB installed, the backend's
-other libraries 0.95 GB, the whole environment 1.7 GB); the CUDA and Apple builds are estimates from
-their published wheel sizes (no GPU or Mac here). The weights are about 5 GB (README, Models).
+Sizes: the CPU build was measured on Linux here (PyTorch 2.13.0 CPU 0.7 GB installed, the backend's
+other libraries 0.8 GB, the whole environment 1.5 GB without pip's bytecode); the CUDA and Apple builds
+are estimates from their published wheel sizes (no GPU or Mac here). The weights are about 5 GB
+(README, Models).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .system import MAX_PATH, Platform
 from .torch_build import TorchBuild
 
 GB = 1024 ** 3
-TORCH_GB = {"cpu": 0.8, "cuda": 6.5, "mps": 0.5, "custom": 0.8}       # installed PyTorch per build
+TORCH_GB = {"cpu": 0.8, "cuda": 6.5, "mps": 0.5, "custom": 0.8}       # installed PyTorch per build, with room
 DOWNLOAD_ROOM_GB = {"cpu": 0.5, "cuda": 3.5, "mps": 0.3, "custom": 0.5}   # pip's downloads while it installs
 KIND_WORDS = {"cpu": "CPU build", "cuda": "CUDA build", "mps": "Apple silicon build", "custom": "as CUPID_TORCH asks"}
 LIBRARIES_GB = 1.0            # the cupid wheel's other dependencies (OpenCV, ONNX Runtime, SciPy, ...)
