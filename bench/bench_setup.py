@@ -45,11 +45,12 @@ def set_up(python: str, wheel: Path, root: Path) -> dict:
     while True:
         status, outcome = proc.poll()
         if status.step != step:
-            if step is not None:
+            if step:
                 times[step] = time.monotonic() - t_step
             step, t_step = status.step, time.monotonic()
         if outcome is not None:
-            times[step] = time.monotonic() - t_step
+            if step:
+                times[step] = time.monotonic() - t_step
             break
         time.sleep(0.1)
     if outcome.state != "done":
@@ -63,7 +64,9 @@ def yardstick(python: str, wheel: Path, root: Path, torch_args: list) -> dict:
     subprocess.run([python, "-m", "venv", str(root)], check=True)
     py = venv_python(str(root), Platform.current())
     for args in (torch_args, [str(wheel)]):
-        subprocess.run([py, "-m", "pip", "install", "-q", *args], check=True, stdout=subprocess.DEVNULL)
+        out = subprocess.run([py, "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"yardstick: pip install {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return {"total": time.monotonic() - t0, "disk": disk(root)}
 
 

@@ -56,12 +56,13 @@ def bundled_wheel() -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 
 def _forbidden_places() -> list[tuple[str, str]]:
-    """Where a backend must never be made: Blender's installation (and a checkout of this add-on's source)."""
+    """Where a backend must never be made: Blender's installation, and the CUPID source checkout this
+    add-on runs from (a developer's linked add-on: the folder holding .git and backend/pyproject.toml)."""
     places = [(os.path.dirname(bpy.app.binary_path) if bpy.app.binary_path else "", "Blender's installation"),
               (bpy.utils.resource_path("LOCAL"), "Blender's installation")]
-    here = Path(ADDON_DIR)
+    here = Path(os.path.realpath(ADDON_DIR))
     for parent in (here, *here.parents):
-        if (parent / ".git").exists():
+        if (parent / ".git").exists() and (parent / "backend" / "pyproject.toml").is_file():
             places.append((str(parent), "a source checkout"))
             break
     return places
