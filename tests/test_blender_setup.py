@@ -263,3 +263,8 @@ def test_the_ui_timer_follows_a_set_up_and_points_the_preferences_at_it(blender5
     t = blender50["timer"]
     assert t["ticks"] >= 1 and not t["running"] and t["progress"] == 1.0 and t["process"], t
     assert t["python_path"] == blender50["setup"]["prefs"][0] and "already set up" in t["message"], t
+
+
+def test_remove_backend_deletes_the_environment_and_the_preference(blender42):
+    assert blender42["removed"] == {"ret": ["FINISHED"], "folder": False, "python_path": "",
+                                    "backend_running": False, "panel": True}

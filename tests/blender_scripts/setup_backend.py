@@ -8,8 +8,9 @@ CONFIG_JSON: {"zip", "photo" (an opaque JPEG), "result", "repo" (the checkout th
 reachable), "full" (true: the failure cases too)}.
 With "full": the panel before the set-up, a reconstruction without a backend, Online Access off, too
 little disk space (faked), a failing pip (no package index), a cancel while pip installs PyTorch, then
-the set-up that resumes. Always: the set-up, a second one (a no-op), a reconstruction with the backend
-it made, what that backend imports from, and disabling the add-on.
+the set-up that resumes, and the UI's timer. Always: the set-up, a second one (a no-op), a reconstruction
+with the backend it made, what that backend imports from, and disabling the add-on (without "full":
+Remove Backend first).
 """
 from __future__ import annotations
 
@@ -187,6 +188,12 @@ def main(cfg: dict) -> dict:
                           "scene_camera": bpy.context.scene.camera.name if bpy.context.scene.camera else None}
     manager = sys.modules[name + ".backend_manager"].MANAGER
     out["backend_running"] = manager.running()
+    if not cfg.get("full"):   # Remove Backend: the environment goes, the preferences forget it
+        ret = sorted(bpy.ops.cupid.remove_backend())
+        out["removed"] = {"ret": ret, "folder": os.path.isdir(folder), "python_path": prefs.python_path,
+                          "backend_running": manager.running(),
+                          "panel": "cupid.setup_backend" in [e[1][0] for e in draw_panel(name, False)
+                                                             if e[0] == "operator"]}
     addon_utils.disable(name, default_set=True)
     out["disabled"] = {"enabled": addon_utils.check(name)[1], "backend_running": manager.running(),
                        "operator": hasattr(bpy.types, "CUPID_OT_setup_backend")}
