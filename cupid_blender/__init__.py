@@ -13,17 +13,19 @@ from __future__ import annotations
 
 
 def _classes() -> tuple:
-    from . import operators, panel, picking, preferences, refine
+    from . import operators, panel, picking, preferences, refine, setup_ops
 
-    return (*preferences.classes, *operators.classes, *refine.classes, *picking.classes, *panel.classes)
+    return (*preferences.classes, *operators.classes, *setup_ops.classes, *refine.classes, *picking.classes,
+            *panel.classes)
 
 
 def register() -> None:
     import bpy
 
-    from . import operators, properties
+    from . import operators, properties, setup_ops
 
     properties.register()
+    setup_ops.register()
     for cls in _classes():
         bpy.utils.register_class(cls)
     operators.register()
@@ -32,7 +34,7 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import operators, picking, properties
+    from . import operators, picking, properties, setup_ops
     from .backend_manager import MANAGER
 
     operators.unregister()
@@ -40,4 +42,5 @@ def unregister() -> None:
     MANAGER.stop()
     for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)
+    setup_ops.unregister()
     properties.unregister()

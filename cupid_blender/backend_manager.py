@@ -4,7 +4,9 @@ No bpy here: the operator reads the preferences on the main thread into a :class
 and the worker thread calls :meth:`BackendManager.client`, which may start the process and wait
 for its token file (``{"url", "token"}``, written once the service listens). A process that
 died is started again on the next request; it is stopped on unregister and at interpreter exit,
-and its temporary directory (token file, log) goes with it.
+and its temporary directory (token file, log; readable by this user only, on Windows too) goes with
+it. On Windows the process runs without a console window and is stopped without POSIX signals
+(``setup.system``: ``hidden_process_options``, ``stop_process``, ``make_owner_only``).
 """
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
+
+from .setup.system import Platform, child_environment, hidden_process_options, make_owner_only, stop_process
 
 
 class BackendStartError(Exception):
@@ -46,19 +49,23 @@ def _client_module() -> Any:
 
 
 def resolve_python(python: str) -> str:
-    """Absolute path of the configured interpreter, or a clear error naming where it was looked for."""
+    """Absolute path of the configured interpreter (a path, or a bare command name looked up on PATH:
+    ``python3``, ``python.exe``), or a clear error naming where it was looked for."""
     python = os.path.expanduser(python.strip()) if python else ""
-    found = shutil.which(python) if python and os.sep not in python else (python if python and os.path.isfile(python) else None)
+    bare = bool(python) and not os.path.dirname(python)   # "C:/env/Scripts/python.exe" and "C:\\..." are paths
+    found = shutil.which(python) if bare else (python if python and os.path.isfile(python) else None)
     if not found or not os.access(found, os.X_OK):
-        raise BackendStartError(f"CUPID backend environment not found at {python or '(empty path)'}: "
-                                f"run install/setup.sh, or set the backend Python in the add-on preferences")
+        raise BackendStartError(f"CUPID backend environment not found at {python or '(none set)'}: press Set Up "
+                                f"Backend in the CUPID panel (or, from a checkout, run install/setup.sh), or set the "
+                                f"backend Python in the add-on preferences")
     return found
 
 
 class BackendManager:
     """One local backend process per Blender session (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, platform: Optional[Platform] = None) -> None:
+        self.platform = platform or Platform.current()
         self._lock = threading.Lock()
         self._proc: Optional[subprocess.Popen] = None
         self._config: Optional[BackendConfig] = None
@@ -112,25 +119,26 @@ class BackendManager:
         mod = _client_module()
         python = resolve_python(config.python)
         self._stopped = False
-        self._tmpdir = tempfile.mkdtemp(prefix="cupid-backend-")
+        self._tmpdir = tempfile.mkdtemp(prefix="cupid-backend-")   # 0700 on POSIX
+        try:
+            make_owner_only(self._tmpdir, self.platform)   # Windows: this user alone (the token lives here)
+        except OSError as exc:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+            raise BackendStartError(f"cannot make a private folder for the backend's token: {exc}") from exc
         token_file = os.path.join(self._tmpdir, "token.json")
         self._log_path = os.path.join(self._tmpdir, "backend.log")
         cmd = [python, "-m", "cupid", "serve", "--port", "0", "--token-file", token_file,
                "--device", config.device or "auto", "--dtype", config.dtype or "auto"]
         if config.model:
             cmd += ["--model", config.model]
-        env = dict(os.environ)
-        env.pop("PYTHONHOME", None)   # Blender's own python settings must not leak into the venv
-        env.pop("PYTHONPATH", None)
+        env = child_environment(os.environ)   # Blender's own python settings must not leak into the venv
         if config.weights_dir:
             env["CUPID_WEIGHTS_DIR"] = config.weights_dir
         log = open(self._log_path, "wb")
-        try:
-            kwargs: dict = {}
-            if sys.platform == "win32":
-                kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        try:   # no console window on Windows
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          env=env, **kwargs)
+                                          env=env, **hidden_process_options(self.platform))
         except OSError as exc:
             raise BackendStartError(f"cannot start the CUPID backend with {python}: {exc}") from exc
         finally:
@@ -189,13 +197,8 @@ class BackendManager:
     def _stop_locked(self) -> None:
         proc, self._proc, self._client = self._proc, None, None
         self._stopped = True
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        if proc is not None:
+            stop_process(proc, self.platform)   # SIGTERM on POSIX; TerminateProcess on Windows
         if proc is not None:
             self._proc = proc  # keep the exit code for the status line
             if proc.poll() is None:

@@ -32,6 +32,7 @@ from .preferences import build_defaults, get_prefs
 from .preview import PREVIEW_PROP, PreviewBuild, build_preview
 from . import composite as composite_setup
 from .properties import COMPOSITE_HELP, MODES, REAL_SIZE_HELP
+from .setup_ui import layout_of
 from .results import JOB_PROP, JOB_SIZE_PROP
 
 ACTIVE: dict = {"job": None}
@@ -45,7 +46,8 @@ _BACKEND: dict = {"stopped_by_artist": False}
 def active_model(prefs: Any) -> str:
     """The model the local backend runs (the downloaded weights replace the offline test model)."""
     weights = bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else ""
-    return effective_model(prefs.model, build_defaults().get("model", ""), hub_caches(os.environ, Path.home(), weights))
+    return effective_model(prefs.model, build_defaults().get("model", ""), hub_caches(os.environ, Path.home(), weights),
+                           setup_model=layout_of(prefs).tiny_model)
 
 
 def backend_config(context: Any) -> BackendConfig:
@@ -147,11 +149,12 @@ def prepare_inputs(context: Any, filepath: str = "", image: str = "", mask: str 
 # ---------------------------------------------------------------------------------------------
 
 class _CtrlC:
-    """While a job is waited for in the foreground, Ctrl-C cancels it (a second one stops waiting)
-    instead of killing Blender; the previous handler comes back afterwards."""
+    """While a job (anything with ``cancel()``: a reconstruction, the backend's set-up) is waited for
+    in the foreground, Ctrl-C cancels it (a second one stops waiting) instead of killing Blender; the
+    previous handler comes back afterwards."""
 
-    def __init__(self, job: ReconstructJob) -> None:
-        self.job, self.pressed, self.abandoned = job, False, False
+    def __init__(self, job: Any, what: str = "the reconstruction") -> None:
+        self.job, self.what, self.pressed, self.abandoned = job, what, False, False
         self._installed, self._previous = False, None
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -160,7 +163,7 @@ class _CtrlC:
             return
         self.pressed = True
         self.job.cancel()
-        print("CUPID: Ctrl-C: cancelling the reconstruction (Ctrl-C again to stop waiting)", flush=True)
+        print(f"CUPID: Ctrl-C: cancelling {self.what} (Ctrl-C again to stop waiting)", flush=True)
 
     def __enter__(self) -> "_CtrlC":
         if threading.current_thread() is threading.main_thread():

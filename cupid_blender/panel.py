@@ -9,6 +9,7 @@ from .io.settings import model_label, model_line, resolve_sampling
 from .operators import active_model, backend_status, cpu_warning, results_folder
 from .preferences import get_prefs
 from .results import FIT_PROP, JOB_PROP, PHOTO_FACTOR_PROP, parts, photo_mix_nodes, result_collection
+from .setup_ui import draw_panel_box
 
 
 def _model_line(context: Any, prefs: Any) -> str:
@@ -34,6 +35,7 @@ class CUPID_PT_reconstruct(bpy.types.Panel):
         s = context.scene.cupid
         wm = context.window_manager
         prefs = get_prefs(context)
+        draw_panel_box(layout, context, prefs)   # Set Up Backend, while no local backend is there
 
         col = layout.column(align=True)
         col.label(text="Photo")

@@ -1,9 +1,11 @@
 """Add-on preferences: how to reach the backend (a local process or a remote URL + token),
-device, precision, model, weights cache, where results are kept, and default sampler settings.
+device, precision, model, weights cache, where results are kept, default sampler settings, and the
+backend set-up (PyTorch build, backend folder; *Set Up Backend*, *Repair*, *Remove*).
 
-Defaults for the local backend come from ``defaults.json`` next to this file when the extension
-was built from a checkout (install/build_extension.py writes the checkout's venv python, weights
-directory and model there), so a fresh install works without typing paths.
+The artist's zip records nothing of the machine it was built on: *Set Up Backend* fills the backend
+Python and model in. A developer's zip, built from a checkout, carries ``defaults.json`` next to this
+file (install/build_extension.py writes the checkout's venv python, weights directory and model there),
+so it works without the set-up.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any, Dict
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+
+from .setup_ui import draw_preferences_box
 
 _DEFAULTS_FILE = os.path.join(os.path.dirname(__file__), "defaults.json")
 
@@ -51,10 +55,22 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
         default="LOCAL", update=forget_backend_report,
         description="Where reconstructions run")
     python_path: StringProperty(
-        name="Backend Python", subtype="FILE_PATH", default=_D.get("python", "python3"),
+        name="Backend Python", subtype="FILE_PATH", default=_D.get("python", ""),
         update=forget_backend_report,
-        description="Python of the environment where the `cupid` backend is installed (install/setup.sh "
-                    "makes .venv/bin/python)")
+        description="Python of the environment where the `cupid` backend is installed: Set Up Backend fills "
+                    "it in (a developer's install/setup.sh makes .venv/bin/python)")
+    torch_build: EnumProperty(
+        name="PyTorch build",
+        items=[("AUTO", "Auto", "CUDA where an NVIDIA driver answers (the build its CUDA version runs), the "
+                                "standard build on Apple silicon, else the CPU build"),
+               ("CUDA", "CUDA", "The CUDA build from PyTorch's index (needs an NVIDIA GPU and driver; about 6.5 GB)"),
+               ("CPU", "CPU", "The CPU build from PyTorch's CPU index, without CUDA libraries (about 0.8 GB)")],
+        default="AUTO",
+        description="Which PyTorch Set Up Backend installs (Repair installs it again after a change)")
+    backend_dir: StringProperty(
+        name="Backend folder", subtype="DIR_PATH", default="",
+        description="Where Set Up Backend makes the backend environment (empty: Blender's user folder for this "
+                    "extension). A short path such as C:\\cupid helps on Windows without long paths")
     remote_url: StringProperty(
         name="URL", default="http://127.0.0.1:8765",
         update=forget_backend_report,
@@ -115,6 +131,7 @@ class CUPID_AddonPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "backend_kind", expand=True)
         col = layout.column()
         if self.backend_kind == "LOCAL":
+            draw_preferences_box(col, context, self)
             col.prop(self, "python_path")
             col.prop(self, "device")
             col.prop(self, "dtype")

@@ -1,8 +1,12 @@
 """Build the installable CUPID extension zip with Blender's own extension tool.
 
-Stages blender_manifest.toml + cupid_blender/**/*.py into a temporary source directory (optionally with
-a defaults.json naming this checkout's backend python and weights directory), runs
-``blender_ext.py build`` and then ``blender_ext.py validate`` on the result.
+Stages blender_manifest.toml + cupid_blender/**/*.py and the backend itself, the `cupid` package as a
+wheel of the add-on's own version (``bundled/cupid-VERSION-py3-none-any.whl``: *Set Up Backend*
+installs it into the environment it makes, so the zip alone is enough), into a temporary source
+directory, optionally with a defaults.json naming this checkout's backend python, weights directory
+and model (a developer's zip; ``--no-defaults`` builds the artist's zip, which records nothing of this
+machine), then runs ``blender_ext.py build`` and ``blender_ext.py validate`` on the result. The wheel is
+pure Python, so one zip serves every platform (no ``--split-platforms``).
 
     python install/build_extension.py [--output-dir dist] [--no-defaults] [--blender-ext PATH] [--model ID|DIR]
 """
@@ -23,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "cupid_blender"
 MANIFEST = REPO / "blender_manifest.toml"
+BACKEND = REPO / "backend"
+BUNDLED = "bundled"          # the zip's folder holding the backend wheel (not Blender's own `wheels`)
 
 
 class BuildError(Exception):
@@ -75,13 +81,35 @@ def stamped_manifest() -> str:
     return re.sub(r'^version = "[^"]*"', f'version = "{backend_version()}"', text, count=1, flags=re.M)
 
 
+def build_wheel(dest: Path) -> Path:
+    """The backend (backend/: pyproject.toml + cupid/) as a pure-Python wheel in `dest`, built from a
+    copy so the checkout gets no build/ or egg-info; without build isolation where setuptools is at
+    hand (no network needed), else pip fetches it."""
+    with tempfile.TemporaryDirectory(prefix="cupid-wheel-") as tmp:
+        src = Path(tmp) / "backend"
+        shutil.copytree(BACKEND, src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info"))
+        import importlib.util
+
+        isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(dest),
+                               str(src)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"could not build the backend wheel:\n{proc.stdout}{proc.stderr}")
+    wheels = sorted(dest.glob(f"cupid-{backend_version()}-py3-none-any.whl"))
+    if not wheels:
+        raise BuildError(f"pip built no pure-Python cupid {backend_version()} wheel in {dest}: "
+                         f"{sorted(p.name for p in dest.iterdir())}")
+    return wheels[0]
+
+
 def stage(dest: Path, defaults: dict | None) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "blender_manifest.toml").write_text(stamped_manifest(), encoding="utf-8")
-    for path in sorted(PACKAGE.rglob("*.py")):  # the package and its subpackages (io/)
+    for path in sorted(PACKAGE.rglob("*.py")):  # the package and its subpackages (io/, setup/)
         target = dest / path.relative_to(PACKAGE)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
+    build_wheel(dest / BUNDLED)
     if defaults:
         (dest / "defaults.json").write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
 

@@ -205,6 +205,9 @@ def test_settings_decisions(tmp_path):
     (hub / "models--hbb1--Cupid" / "snapshots" / "abc" / "pipeline.json").write_text("{}")
     assert settings.effective_model(str(tiny), str(tiny), [hub]) == "hbb1/Cupid"          # downloaded: used
     assert settings.effective_model("/my/model", str(tiny), [hub]) == "/my/model"         # chosen: kept
+    # the tiny model Set Up Backend installed offline (an artist's zip has no build default) is replaced too
+    assert settings.effective_model(str(tiny), "", [hub], setup_model=str(tiny)) == "hbb1/Cupid"
+    assert settings.effective_model(str(tiny), "", [hub]) == str(tiny)
     assert settings.hub_caches({"HF_HUB_CACHE": "/c"}, home, "/w") == [Path("/w")]   # the add-on's Weights cache
     assert settings.hub_caches({"HF_HUB_CACHE": "/c", "HF_HOME": "/h"}, home) == [Path("/c")]
     assert settings.hub_caches({"HF_HOME": "/h"}, home) == [Path("/h/hub")]

@@ -1,5 +1,6 @@
-"""The add-on's house rules: the pure-Python rooms (``cupid_blender/io``, the client and the backend
-manager) import without Blender and never import a bpy room (no circles: tests/test_architecture.py)."""
+"""The add-on's house rules: the pure-Python rooms (``cupid_blender/io``, ``cupid_blender/setup``, the
+client and the backend manager) import without Blender and never import a bpy room (no circles:
+tests/test_architecture.py)."""
 from __future__ import annotations
 
 import ast
@@ -8,8 +9,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cupid_blender"
-PURE = sorted(["client", "backend_manager"] + [f"io.{p.stem}" for p in (PACKAGE / "io").glob("*.py")
-                                                if p.stem != "__init__"])
+PURE = sorted(["client", "backend_manager"] + [f"{room}.{p.stem}" for room in ("io", "setup")
+                                                for p in (PACKAGE / room).glob("*.py") if p.stem != "__init__"])
 BPY_MODULES = {"bpy", "mathutils", "bpy_extras", "addon_utils", "bmesh", "gpu"}
 
 
@@ -64,5 +65,6 @@ def test_pure_rooms_never_reach_a_bpy_room():
         assert not (outer & BPY_MODULES), f"{mod} imports {outer & BPY_MODULES}"
         assert inner <= pure, f"pure room {mod} imports bpy rooms {inner - pure}"
     assert len(PURE) >= 6 and "io.job" in PURE and "io.bundle" in PURE and "io.camera" in PURE
+    assert "setup.runner" in PURE and "setup.system" in PURE   # the set-up process runs without Blender
     assert graph  # the walk found the package
 

@@ -11,8 +11,10 @@ which `HF_HUB_OFFLINE=1` runs work with no network at all.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 from .errors import CheckpointError
 
@@ -76,13 +78,72 @@ def cached_file(repo_id: str, filename: str) -> Path | None:
     return Path(found) if isinstance(found, (str, os.PathLike)) and Path(found).is_file() else None
 
 
-def hub_snapshot(repo_id: str, patterns: list[str] | None = None, *, cache: str | None = None) -> Path:
-    """Download (resumably) the files of `repo_id` matching `patterns`; returns the snapshot folder."""
-    from huggingface_hub import snapshot_download
+ByteReport = Callable[[str, int], None]   # (file name in the repository, bytes of it on disk so far)
+
+
+def hub_files(repo_id: str, patterns: list[str] | None = None) -> list[tuple[str, int]]:
+    """(name, size in bytes) of the files of `repo_id` matching `patterns` (one Hub API call)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
 
     try:
-        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns,
-                                      cache_dir=cache if cache is not None else cache_dir()))
+        info = HfApi().model_info(repo_id, files_metadata=True)
+    except _hub_errors() as exc:
+        raise CheckpointError(f"could not list {repo_id} on Hugging Face ({_why(exc)}). Check your network "
+                              f"connection (or HF_ENDPOINT / proxy settings) and run 'cupid download' again") from None
+    sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
+    return [(name, sizes[name]) for name in filter_repo_objects(sorted(sizes), allow_patterns=patterns)]
+
+
+def _byte_bar(name: str, report: ByteReport) -> type:
+    """A stand-in for huggingface_hub's tqdm bar of one file download: every update becomes
+    report(name, bytes so far) (the larger count, where a download draws two bars)."""
+    seen = {"n": 0}
+
+    class ByteBar:
+        disable = False
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.total = kwargs.get("total")
+            self.n = int(kwargs.get("initial") or 0)
+            self._tell()
+
+        def _tell(self) -> None:
+            if self.n > seen["n"]:
+                seen["n"] = self.n
+                report(name, self.n)
+
+        def update(self, n: float | None = 1) -> None:
+            self.n += int(n or 0)
+            self._tell()
+
+        def __enter__(self) -> "ByteBar":
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            return None
+
+        def __getattr__(self, attr: str) -> Any:   # refresh, close, set_description, ...: nothing to draw
+            return lambda *a, **k: None
+
+    return ByteBar
+
+
+def hub_snapshot(repo_id: str, patterns: list[str] | None = None, *, cache: str | None = None,
+                 on_bytes: ByteReport | None = None) -> Path:
+    """Download (resumably) the files of `repo_id` matching `patterns`; returns the snapshot folder.
+    With `on_bytes`, the files are fetched one by one first, reporting the bytes of each as they come."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    folder = cache if cache is not None else cache_dir()
+    try:
+        if on_bytes is not None:
+            with_bars = "tqdm_class" in inspect.signature(hf_hub_download).parameters
+            for name, size in hub_files(repo_id, patterns):
+                extra = {"tqdm_class": _byte_bar(name, on_bytes)} if with_bars else {}
+                hf_hub_download(repo_id=repo_id, filename=name, cache_dir=folder, **extra)
+                on_bytes(name, size)
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns, cache_dir=folder))
     except _hub_errors() as exc:
         raise CheckpointError(f"could not download {repo_id} from Hugging Face ({_why(exc)}). Check your "
                               f"network connection (or HF_ENDPOINT / proxy settings) and run 'cupid download' "

@@ -73,13 +73,14 @@ def is_tiny(model: str) -> bool:
         return False
 
 
-def effective_model(pref_model: str, build_model: str, caches: list[Path]) -> str:
-    """The model the backend runs. The build's default is the tiny model when `install/setup.sh`
-    ran offline: once the official weights are downloaded they replace it, with no change in the
-    preferences. A model the artist picked is used as given."""
+def effective_model(pref_model: str, build_model: str, caches: list[Path], setup_model: str = "") -> str:
+    """The model the backend runs. The build's default (or the one *Set Up Backend* installed) is the
+    tiny model when `install/setup.sh` (or the set-up) ran offline: once the official weights are
+    downloaded they replace it, with no change in the preferences. A model the artist picked is used
+    as given."""
     if not pref_model:
         return OFFICIAL_MODEL if downloaded_official(caches) else build_model
-    if pref_model == build_model and is_tiny(pref_model) and downloaded_official(caches):
+    if pref_model in (build_model, setup_model) and is_tiny(pref_model) and downloaded_official(caches):
         return OFFICIAL_MODEL
     return pref_model
 

@@ -31,17 +31,25 @@ def ellipse(w: int, h: int, cx: float, cy: float, rx: float, ry: float) -> np.nd
     return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
 
 
-def start(driver: Path, cfg: dict, tmp: Path, **env_extra: str) -> tuple[subprocess.Popen, Path]:
-    """Start `python DRIVER CONFIG` with Blender's user resources in `tmp` and the backend from the
-    installed environment (no PYTHONPATH), its output in a file; (process, log path)."""
+def start(driver: Path, cfg: dict, tmp: Path, python: str = sys.executable, user: Path | None = None,
+          **env_extra: str | None) -> tuple[subprocess.Popen, Path]:
+    """Start `python DRIVER CONFIG` (`python`: the Blender module's interpreter) with Blender's user
+    resources in `user` (default `tmp`/blender_user) and the backend from the installed environment
+    (no PYTHONPATH), its output in a file; (process, log path). An `env_extra` value None removes
+    that variable."""
     (tmp / "config.json").write_text(json.dumps(cfg))
-    user = tmp / "blender_user"
+    user = user or tmp / "blender_user"
     user.mkdir(exist_ok=True)
-    env = {**os.environ, "BLENDER_USER_RESOURCES": str(user), "HF_HUB_OFFLINE": "1", **env_extra}
+    env = {**os.environ, "BLENDER_USER_RESOURCES": str(user), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)  # the backend runs from the installed environment, like an artist's
+    for key, value in env_extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     log = tmp / "blender.log"
     with open(log, "wb") as fh:  # a file, not a pipe: Blender's own output must never block it
-        proc = subprocess.Popen([sys.executable, "-u", str(driver), str(tmp / "config.json")],
+        proc = subprocess.Popen([python, "-u", str(driver), str(tmp / "config.json")],
                                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp)
     return proc, log
 
@@ -55,9 +63,10 @@ def result(cfg: dict, proc: subprocess.Popen, log: Path) -> dict:
     return out
 
 
-def run(driver: Path, cfg: dict, tmp: Path, timeout: float = 1200, **env_extra: str) -> dict:
+def run(driver: Path, cfg: dict, tmp: Path, timeout: float = 1200, python: str = sys.executable,
+        user: Path | None = None, **env_extra: str | None) -> dict:
     """Start a driver, wait for it (killed past `timeout`) and return its result."""
-    proc, log = start(driver, cfg, tmp, **env_extra)
+    proc, log = start(driver, cfg, tmp, python, user, **env_extra)
     try:
         proc.wait(timeout=timeout)
     finally:
