@@ -115,8 +115,12 @@ def test_opaque_jpeg_reconstructs_with_the_camera_in_the_photos_pixels(pipe, tmp
     assert Image.open(out / scene["image"]["file"]).size == (W, H)
     # the crop, independently of the preprocessing code: the central half box, grown 1.2x
     side = 1.2 * max(W, H) / 2
-    K, t = np.array(scene["camera"]["K"]), np.array(scene["camera"]["t"])
-    centre = (K @ t)[:2] / (K @ t)[2]
+    # the shell's centre is the object frame's origin; the upright world stands the object on z = 0,
+    # so it is where the object's transform puts that origin
+    K, R, t = (np.array(scene["camera"][k]) for k in ("K", "R", "t"))
+    origin = np.array(scene["objects"][0]["matrix_world"])[:3, 3]
+    cam = K @ (R @ origin + t)
+    centre = cam[:2] / cam[2]
     assert np.abs(centre - np.array([W / 2, H / 2])).max() < 0.03 * side
     assert K[0, 0] == pytest.approx(side / 2 / np.tan(np.radians(20.0)), rel=0.1)
     # and exactly the crop the preprocessing reports, in photo pixels
