@@ -195,8 +195,12 @@ def check_clean_setup_and_reconstruct(out: dict, version: str) -> None:
     assert rec3d["ret"] == ["FINISHED"], rec3d
     added = {name: kind for kind, name in rec3d["added"]}
     assert added["astronaut camera"] == "CAMERA" and added["astronaut object_0"] == "MESH" and rec3d["faces"] > 0
-    # the Gaussians: a point cloud where Blender has them (5.0), else points of a mesh (4.2)
-    assert set(added) == {"astronaut camera", "astronaut object_0", "astronaut object_0 gaussians"}, rec3d
+    # the Gaussians: a point cloud where Blender has them (5.0), else points of a mesh (4.2); the upright
+    # world brings a ground plane (a shadow catcher) and a sun
+    assert set(added) == {"astronaut camera", "astronaut object_0", "astronaut object_0 gaussians",
+                          "astronaut ground", "astronaut sun"}, rec3d
+    assert added["astronaut ground"] == "MESH" and added["astronaut sun"] == "LIGHT", rec3d
+    assert added["astronaut object_0 gaussians"] == ("POINTCLOUD" if version == "5.0" else "MESH"), rec3d
     assert rec3d["scene_camera"] == "astronaut camera"
     assert out["backend_running"] and out["disabled"] == {"enabled": False, "backend_running": False,
                                                           "operator": False}
