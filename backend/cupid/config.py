@@ -98,4 +98,10 @@ ALPHA_THRESHOLD = 0.8      # alpha above which a pixel belongs to the object's b
 MIN_UV_VOXELS = 10         # stage 1 lowers the occupancy threshold until this many voxels carry uv
 UV_THRESHOLD_STEP = 0.05
 MAX_IMAGE_PIXELS = 64_000_000   # larger photos are refused before decoding
+# The only decoders a photo or mask file is opened with (PIL format names; the README's list; a phone's
+# multi-picture JPEG opens through JPEG): anything else (EPS runs Ghostscript, and dozens of rarely
+# fuzzed decoders) is refused as not a readable image before any decoder reads it
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP")
+MAX_OBJECTS = 64                # objects a scene's label image may hold (cupid serve --max-objects)
+MAX_PROMPTS = 64                # points + boxes of one request, one object each (cupid serve --max-prompts)
 MIN_IMAGE_SIDE = 16

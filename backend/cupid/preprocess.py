@@ -78,7 +78,7 @@ def _open(source: ImageSource, what: str, name: str | None = None) -> Image.Imag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=config.IMAGE_FORMATS)
             w, h = img.size
             if w * h > config.MAX_IMAGE_PIXELS:
                 raise InputError(f"{what} {name} is too large: {w}x{h} pixels, the limit is "
@@ -89,7 +89,8 @@ def _open(source: ImageSource, what: str, name: str | None = None) -> Image.Imag
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"{what} {name} is too large to decode safely ({exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        detail = "it is truncated" if "truncat" in str(exc).lower() else "corrupt, truncated or not an image file"
+        detail = "it is truncated" if "truncat" in str(exc).lower() else (
+            f"corrupt, truncated or not a {', '.join(config.IMAGE_FORMATS)} file")
         raise InputError(f"{what} {name} is not a readable image ({detail})") from None
     return img
 

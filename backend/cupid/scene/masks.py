@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import IMAGE_FORMATS
 from ..errors import CheckpointError, InputError
 
 __all__ = ["ObjectMasks", "read_mask", "masks_from_label_image", "masks_from_images", "load_object_masks",
@@ -90,11 +91,11 @@ def _open_image(src: MaskSource, what: str):
         return src
     try:
         if isinstance(src, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(src))
+            img = Image.open(io.BytesIO(src), formats=IMAGE_FORMATS)
         elif isinstance(src, (str, os.PathLike)):
             if not Path(src).is_file():
                 raise InputError(f"{what}: file {src} does not exist")
-            img = Image.open(src)
+            img = Image.open(src, formats=IMAGE_FORMATS)
         else:
             raise InputError(f"{what}: expected an image file, bytes, a PIL image or an array, got {type(src).__name__}")
         img.load()
