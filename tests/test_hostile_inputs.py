@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image
 
-from helpers.bad_images import eps_file
+from helpers.bad_images import eps_file, label_squares
 
 from cupid.errors import InputError
 from cupid.preprocess import load_photo
@@ -45,3 +45,117 @@ def test_the_documented_formats_open(fmt):
     buf = io.BytesIO()
     Image.new("RGB", (32, 24), (10, 200, 30)).save(buf, format=fmt)
     assert load_photo(buf.getvalue()).shape == (24, 32, 4)
+
+
+# ---------------------------------------------------------------- object and prompt bombs
+
+def _photo_png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((side, side, 3), 120, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _peak(fn):
+    """(result or raised InputError, peak bytes numpy and PIL allocated while fn ran)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            out = fn()
+        except InputError as exc:
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_label_bomb_is_refused_before_any_mask_is_made():
+    """The issue's 4 KB label PNG: 300 squares on 1000x1000 took +2.6 GB at submit; now a 422 after
+    counting, within a few bytes per pixel."""
+    from cupid.server.inputs import decode_inputs
+
+    photo, labels = _photo_png(1000), label_squares(300, 1000)
+    assert len(labels) < 8000
+    out, peak = _peak(lambda: decode_inputs(photo, labels, "scene", max_objects=64))
+    assert isinstance(out, InputError) and "objects in the label image: 300, more than the 64" in out.message
+    assert "--max-objects" in out.message
+    assert peak < 40e6, peak / 1e6   # 1 MP: the RGBA photo, the decoded label image and its packed labels
+
+
+def test_a_scene_label_image_stays_compact_from_upload_to_crops():
+    """64 objects on 1000x1000: one label byte per pixel waits on disk (not 64 masks), and the worker
+    cuts it into 64 crops without a [K, H, W] stack."""
+    from cupid.pipeline.scene import object_alphas
+    from cupid.server.inputs import decode_inputs
+
+    photo, labels = _photo_png(1000), label_squares(64, 1000)
+    inputs, peak = _peak(lambda: decode_inputs(photo, labels, "scene", max_objects=64))
+    assert inputs.mask.shape == (1000, 1000) and inputs.mask.dtype == np.uint8 and peak < 40e6, peak / 1e6
+    crops, peak = _peak(lambda: object_alphas(inputs.photo[..., :3], inputs.pipeline_mask("scene")))
+    assert len(crops) == 64 and sum(c.nbytes for c in crops) == 64 * 8 * 8
+    assert peak < 20e6, peak / 1e6   # was 64 full-size float32 alphas (256 MB) and their occluder stacks
+    full = np.asarray(crops[5])
+    assert full.shape == (1000, 1000) and full.dtype == np.float32 and full.sum() == 64
+    assert full[0:8, 50:58].all()   # object 6 (label 6): the sixth square of the first row
+
+
+def test_exclusive_crops_match_the_occluders_of_soft_overlapping_masks():
+    from cupid.scene.masks import ObjectMasks, exclusive_crops, occluder_mask
+
+    rng = np.random.default_rng(3)
+    alphas = rng.random((4, 40, 50)).astype(np.float32) * (rng.random((4, 40, 50)) > 0.4)
+    masks = ObjectMasks(alphas, list("abcd"))
+    for k, crop in enumerate(exclusive_crops(masks)):
+        want = np.where(occluder_mask(masks, k), 0.0, masks.alphas[k])
+        np.testing.assert_allclose(np.asarray(crop), want, atol=1 / 255)
+
+
+def test_a_prompt_bomb_is_refused_before_it_is_read():
+    import json
+
+    from cupid.scene.masks import parse_prompts
+
+    field = json.dumps({"points": [[1, 1]] * 1990, "boxes": [[0, 0, 2, 2]] * 10})
+    out, peak = _peak(lambda: parse_prompts(field, max_prompts=64))
+    assert isinstance(out, InputError) and "points and boxes (one object each): 2000, more than the 64" \
+        in out.message and "--max-prompts" in out.message
+    assert parse_prompts(json.dumps({"points": [[1, 1]] * 60, "boxes": [[0, 0, 2, 2]] * 4}), max_prompts=64)
+
+
+# ---------------------------------------------------------------- the same against a real server
+
+@pytest.fixture(scope="module")
+def served(tiny_model, tmp_path_factory):
+    from test_server import Server
+
+    s = Server(tiny_model, tmp_path_factory.mktemp("hostile"))
+    s.client.health()
+    yield s
+    s.stop()
+
+
+def _refused(call) -> "BackendError":
+    from cupid_blender.client import BackendError
+
+    with pytest.raises(BackendError) as err:
+        call()
+    return err.value
+
+
+def test_the_server_refuses_bombs_and_foreign_formats_without_growing(served):
+    """Real allocations: the RSS of the `cupid serve` process around each refused upload."""
+    import json
+
+    photo = _photo_png(1000)
+    before = served.rss_kb()
+    err = _refused(lambda: served.client.submit(photo, "room.png", mask_bytes=label_squares(300, 1000),
+                                                mode="scene"))
+    assert (err.status, err.code) == (422, "bad_input") and "300, more than the 64" in err.message
+    fields = {"mode": "scene", "prompts": json.dumps({"points": [[5, 5]] * 2000})}
+    err = _refused(lambda: served.client._start_job(fields, {"image": ("p.png", _photo_png(256))}))
+    assert (err.status, err.code) == (422, "bad_input") and "2000, more than the 64" in err.message
+    err = _refused(lambda: served.client.submit(eps_file(), "drawing.eps"))
+    assert (err.status, err.code) == (422, "bad_input") and "not a readable image" in err.message
+    grown = (served.rss_kb() - before) / 1024
+    assert grown < 100, f"the server grew by {grown:.0f} MB"   # the label bomb alone took +2.6 GB

@@ -177,7 +177,7 @@ def test_occlusion_aware_object_input():
     m = MS.masks_from_label_image(lab)
     occ = MS.occluder_mask(m, 0)
     np.testing.assert_array_equal(occ, lab == 7)
-    alphas = object_alphas(photo, lab)
+    alphas = [np.asarray(a) for a in object_alphas(photo, lab)]   # crops, full-size as arrays
     assert len(alphas) == 2
     np.testing.assert_array_equal(alphas[0] > 0.5, lab == 3)
     np.testing.assert_array_equal(alphas[1] > 0.5, lab == 7)
@@ -204,5 +204,6 @@ def test_soft_overlap_goes_to_the_stronger_mask():
     m = MS.ObjectMasks(np.stack([a, b]), ["a", "b"])
     assert MS.occluder_mask(m, 0)[25, 25] and not MS.occluder_mask(m, 1)[25, 25]
     from cupid.pipeline.scene import object_alphas
-    alphas = object_alphas(np.zeros((H, W, 3), np.uint8), [(a * 255).astype(np.uint8), (b * 255).astype(np.uint8)])
+    alphas = [np.asarray(c) for c in object_alphas(np.zeros((H, W, 3), np.uint8),
+                                                  [(a * 255).astype(np.uint8), (b * 255).astype(np.uint8)])]
     assert alphas[0][25, 25] == 0 and alphas[1][25, 25] > 0.8

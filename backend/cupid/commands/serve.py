@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="disk the waiting jobs' decoded photos may take; past it, 503 busy (default 1024)")
     p.add_argument("--max-results-mb", type=int, default=2048,
                    help="disk kept finished results may take; past it the oldest unfetched go (default 2048)")
+    p.add_argument("--max-objects", type=int, default=config.MAX_OBJECTS,
+                   help=f"objects a scene's label image may hold; more: 422 (default {config.MAX_OBJECTS})")
+    p.add_argument("--max-prompts", type=int, default=config.MAX_PROMPTS,
+                   help=f"points + boxes one request may pick objects with; more: 422 (default {config.MAX_PROMPTS})")
     p.add_argument("--max-connections", type=int, default=64, help="open connections at once (default 64)")
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="seconds a connection may stay open without sending a request (default 5)")
@@ -155,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     from ..server import ServerSettings, create_app
     from ..server.connections import bounded_protocol
 
-    for flag in ("max_queue", "max_queued_mb", "max_results_mb", "max_connections", "max_upload_mb"):
+    for flag in ("max_queue", "max_queued_mb", "max_results_mb", "max_connections", "max_upload_mb", "max_objects",
+                 "max_prompts"):
         if getattr(args, flag) < 1:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.idle_timeout <= 0:
@@ -172,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ServerSettings(host=args.host, port=port, token=token or secrets.token_urlsafe(32), device=device,
                               dtype=dtype, max_upload_bytes=args.max_upload_mb * MB, result_ttl=args.result_ttl,
                               preload=args.preload, max_queue=args.max_queue,
-                              max_queued_bytes=args.max_queued_mb * MB, max_result_bytes=args.max_results_mb * MB)
+                              max_queued_bytes=args.max_queued_mb * MB, max_result_bytes=args.max_results_mb * MB,
+                              max_objects=args.max_objects, max_prompts=args.max_prompts)
     app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype,
                                                                      **point_map_option(args)))
     wildcard = args.host in WILDCARD_HOSTS

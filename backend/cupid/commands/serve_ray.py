@@ -89,7 +89,8 @@ def run_on_ray(args: argparse.Namespace, helpers: TokenFile) -> int:
     settings = ServerSettings(host=args.host, port=port, token=token or secrets.token_urlsafe(32), device=args.device,
                               dtype=args.dtype, max_upload_bytes=args.max_upload_mb * MB, result_ttl=args.result_ttl,
                               preload=True, max_queue=args.max_queue, max_queued_bytes=args.max_queued_mb * MB,
-                              max_result_bytes=args.max_results_mb * MB)
+                              max_result_bytes=args.max_results_mb * MB, max_objects=args.max_objects,
+                              max_prompts=args.max_prompts)
     if args.ray and options.results_dir is None:
         print("note: without --results-dir, inputs and results live in this machine's temp dir: replicas on other "
               "machines cannot reach them (give a folder on shared storage)", file=sys.stderr, flush=True)

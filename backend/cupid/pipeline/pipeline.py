@@ -444,11 +444,11 @@ class CupidPipeline:
         alphas = object_alphas(photo, mask, prompts, lambda: self.segmentation_model)
         objects = []
         for k, alpha in enumerate(alphas):
-            processed = preprocess(photo, mask=(alpha * 255).astype(np.uint8))
+            processed = preprocess(photo, mask=(alpha.full() * 255).astype(np.uint8))
             obj = self.reconstruct_object(processed, seed=seed + 7919 * k, steps=steps,
                                           progress=job.part(k, len(alphas), SCENE_OBJECTS_SPAN), name=f"object_{k}",
                                           pnp=pnp)
-            obj.mask = alpha   # the visible part of the object: what its fit score checks
+            obj.mask = alpha   # the visible part of the object (a crop): what its fit score checks
             objects.append(obj)
         job.mark("pointmap", SCENE_OBJECTS_SPAN + 0.01)
         model = self.point_map_model

@@ -18,8 +18,8 @@ from ..errors import CupidError, InputError
 from ..geometry import CameraPose
 from ..reconstruction import ReconstructedObject
 from ..scene.alignment import align_object, visible_points
-from ..scene.masks import (ObjectMasks, check_prompts, load_object_masks, occluder_mask, segment_automatic,
-                           segment_prompts)
+from ..scene.masks import (MaskCrop, ObjectMasks, check_prompts, exclusive_crops, label_crops, load_kind,
+                           load_object_masks, renumbered_labels, segment_automatic, segment_prompts)
 
 Prompts = tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]]   # (points [[x, y]], boxes [[x0, y0, x1, y1]])
 SCENE_OBJECTS_SPAN = 0.85  # share of a scene job's progress bar its objects take (then point map, export)
@@ -41,17 +41,20 @@ def object_masks(photo: np.ndarray, mask: Any = None, prompts: Prompts | None = 
 
 
 def object_alphas(photo: np.ndarray, mask: Any = None, prompts: Prompts | None = None,
-                  segmenter: Callable[[], Any] | None = None) -> list[np.ndarray]:
-    """One float alpha [H, W] per object (see `object_masks`), each without the pixels another object
-    owns (its occluders)."""
-    masks = object_masks(photo, mask, prompts, segmenter)
-    if len(masks) == 0:
+                  segmenter: Callable[[], Any] | None = None) -> list[MaskCrop]:
+    """One alpha per object (see `object_masks`), each without the pixels another object owns (its
+    occluders), kept as a bounding-box crop (`np.asarray(crop)`: the float [H, W] alpha). A label image
+    as an array (a server job's) is cut into crops directly: no [K, H, W] stack is ever made of it."""
+    size = (photo.shape[1], photo.shape[0])
+    if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.dtype in (np.uint8, np.uint16) \
+            and load_kind(mask) == "labels":
+        crops = label_crops(renumbered_labels(mask, size)[0])
+    else:
+        masks = object_masks(photo, mask, prompts, segmenter)
+        crops = exclusive_crops(masks) if len(masks) else []
+    if not crops:
         raise InputError("scene mode found no object in the photo: give a label image or pick the objects")
-    alphas = []
-    for k in range(len(masks)):
-        alpha = np.asarray(masks.alphas[k], dtype=np.float32)
-        alphas.append(np.where(occluder_mask(masks, k), np.float32(0.0), alpha))
-    return alphas
+    return crops
 
 
 def _valid_intrinsics(K: np.ndarray, W: int, H: int) -> bool:

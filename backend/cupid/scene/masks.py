@@ -25,7 +25,8 @@ from ..errors import CheckpointError, InputError
 
 __all__ = ["ObjectMasks", "read_mask", "masks_from_label_image", "masks_from_images", "load_object_masks",
            "occluder_mask", "label_png", "segment_automatic", "segment_prompts", "check_prompts",
-           "parse_point", "parse_box", "parse_prompts"]
+           "parse_point", "parse_box", "parse_prompts", "MaskCrop", "compact_alpha", "exclusive_crops",
+           "label_crops", "scene_mask", "count_limit", "load_kind", "renumbered_labels"]
 
 MaskSource = Any  # path | bytes | PIL.Image | np.ndarray
 
@@ -73,6 +74,101 @@ def label_png(masks: ObjectMasks) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(masks.label_image()).save(buf, format="PNG")  # uint8 → "L", uint16 → "I;16"
     return buf.getvalue()
+
+
+def compact_alpha(alpha: np.ndarray) -> np.ndarray:
+    """alpha in [0, 1] as uint8 ×255 when that round-trips exactly (8-bit and binary masks), else float32."""
+    alpha = np.asarray(alpha)
+    if alpha.dtype == bool:
+        return alpha.astype(np.uint8) * np.uint8(255)
+    q = np.rint(alpha * 255.0).astype(np.uint8)
+    return q if np.array_equal(q.astype(np.float32) / 255.0, alpha) else alpha.astype(np.float32)
+
+
+@dataclass
+class MaskCrop:
+    """One object's alpha kept compact: only its bounding box, as uint8 ×255 when exact (else float32).
+
+    A scene's objects are often small: K full-size float32 masks of a 12 MP photo take 48 MB each,
+    their crops a few bytes per object pixel. `np.asarray(crop)` gives the full-size float32 alpha in
+    [0, 1] (for one object at a time, where a consumer needs the whole photo)."""
+
+    alpha: np.ndarray            # [h, w] uint8 ×255, or float32 in [0, 1]
+    offset: tuple[int, int]      # (x0, y0) of the box in the photo
+    shape: tuple[int, int]       # (H, W) of the photo
+
+    ndim = 2
+
+    @classmethod
+    def of(cls, alpha: np.ndarray) -> "MaskCrop":
+        """The crop of a full-size alpha (float in [0, 1], bool, or uint8 ×255) around its non-zero pixels."""
+        alpha = np.asarray(alpha)
+        rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+        if rows.size == 0:
+            return cls(np.zeros((0, 0), np.uint8), (0, 0), alpha.shape)
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        part = alpha[y0:y1, x0:x1]
+        return cls(part.copy() if part.dtype == np.uint8 else compact_alpha(part), (x0, y0), alpha.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.alpha.nbytes)
+
+    def full(self, dtype: Any = np.float32) -> np.ndarray:
+        """The alpha over the whole photo: float in [0, 1] (or uint8 ×255 for dtype uint8)."""
+        out = np.zeros(self.shape, dtype)
+        h, w = self.alpha.shape
+        x0, y0 = self.offset
+        part = self.alpha
+        if np.dtype(dtype) == np.uint8:
+            part = part if part.dtype == np.uint8 else np.rint(part * 255.0).astype(np.uint8)
+        elif part.dtype == np.uint8:
+            part = part.astype(np.float32) / np.float32(255.0)
+        out[y0:y0 + h, x0:x0 + w] = part
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.full(np.float32 if dtype is None else dtype)
+
+
+def exclusive_crops(masks: "ObjectMasks") -> list[MaskCrop]:
+    """One crop per object without the pixels another object owns (see `occluder_mask`): one pass over
+    the objects keeps the largest and second largest alpha per pixel (O(H·W) extra memory, not O(K·H·W))."""
+    alphas = masks.alphas
+    if len(masks) == 1:
+        return [MaskCrop.of(alphas[0])]
+    top1 = np.full(alphas.shape[1:], -1.0, np.float32)
+    top2 = top1.copy()
+    arg = np.zeros(alphas.shape[1:], np.int32)
+    for k, a in enumerate(alphas):
+        gt = a > top1
+        np.copyto(top2, np.where(gt, top1, np.maximum(top2, a)))
+        np.copyto(top1, a, where=gt)
+        arg[gt] = k
+    crops = []
+    for k, a in enumerate(alphas):
+        others = np.where(arg == k, top2, top1)
+        crops.append(MaskCrop.of(np.where((others > 0.5) & (others >= a), np.float32(0.0), a)))
+    return crops
+
+
+def label_crops(labels: np.ndarray) -> list[MaskCrop]:
+    """One binary crop per label 1..K of a renumbered label image (objects of a label image never overlap)."""
+    from scipy import ndimage
+
+    crops = []
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        part = (labels[box] == k).astype(np.uint8) * np.uint8(255)
+        crops.append(MaskCrop(part, (box[1].start, box[0].start), labels.shape))
+    return crops
+
+
+def count_limit(count: int, limit: int | None, what: str, flag: str) -> None:
+    """Refuse `count` things past `limit` (None: no limit), naming the setting that raises it."""
+    if limit is not None and count > limit:
+        raise InputError(f"{what}: {count}, more than the {limit} this backend takes (cupid serve {flag})")
 
 
 # ---------------------------------------------------------------- reading user masks
@@ -192,37 +288,68 @@ def masks_from_images(sources: Sequence[MaskSource], image_size: Sequence[int] |
     return ObjectMasks(np.stack(alphas), out_names)
 
 
+def _packed_rgb(a: np.ndarray) -> np.ndarray:
+    """HxWx3+ uint8 colours as one uint32 per pixel (0xRRGGBB): 4 bytes a pixel, not 3 int64."""
+    out = a[..., 0].astype(np.uint32) << 16
+    out |= a[..., 1].astype(np.uint32) << 8
+    out |= a[..., 2]
+    return out
+
+
 def _labels(src: MaskSource) -> tuple[np.ndarray, bool]:
     """Integer label array and whether it encodes 24-bit colours."""
     a = _as_array(src, "label image")
     if a.ndim == 3 and a.shape[2] in (3, 4):  # colour-coded labels: each distinct non-black colour
-        rgb = a[..., :3].astype(np.int64)
-        return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], True
+        return _packed_rgb(a), True
     if a.ndim != 2:
         raise InputError(f"label image must be a single-channel or colour image, got shape {a.shape}")
     if a.dtype == bool:
-        return a.astype(np.int64), False
+        return a.astype(np.uint8), False
     if np.issubdtype(a.dtype, np.floating):
         if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
             raise InputError("label image must hold integer labels (0 = background)")
-    return a.astype(np.int64), False
+        return a.astype(np.int64), False
+    return a, False
+
+
+def renumbered_labels(src: MaskSource, image_size: Sequence[int] | None = None, min_pixels: int = 16,
+                      max_objects: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """A label image (0 = background, every other value or colour one object) as labels 1..K ordered by
+    value (uint8, uint16 from 128 objects on: what `load_object_masks` reads back as labels) and a name
+    per object. The objects are counted before anything per object is made: past `max_objects`, refused."""
+    lab, colour = _labels(src)
+    _check_size(lab.shape, image_size, "label image")
+    if lab.dtype in (np.uint8, np.uint16):   # a histogram: no sort, no per-pixel index
+        counts = np.bincount(lab.ravel(), minlength=1)
+        values = np.flatnonzero(counts)
+        values, counts = values[values != 0], counts[values[values != 0]]
+    else:
+        values, counts = np.unique(lab, return_counts=True)
+        values, counts = values[values != 0], counts[values != 0]
+    if values.size == 0:
+        raise InputError("label image is empty: every pixel is 0 (background); label objects with 1, 2, ...")
+    count_limit(int(values.size), max_objects, "objects in the label image", "--max-objects")
+    small = [f"{int(v)} ({int(c)} px)" for v, c in zip(values, counts) if c < min_pixels]
+    if small:
+        raise InputError(f"label image objects too small (need {min_pixels} pixels): {', '.join(small[:20])}"
+                         + (f" and {len(small) - 20} more" if len(small) > 20 else ""))
+    kind = np.uint8 if values.size < 128 else np.uint16
+    if lab.dtype in (np.uint8, np.uint16):
+        lut = np.zeros(int(values[-1]) + 1, kind)
+        lut[values] = np.arange(1, values.size + 1)
+        labels = lut[lab]
+    else:   # values is sorted: a label's place in it is its new number
+        labels = np.where(lab != 0, np.searchsorted(values, lab) + 1, 0).astype(kind)
+    names = [f"label_{int(v):06x}" if colour else f"label_{int(v)}" for v in values]
+    return labels, names
 
 
 def masks_from_label_image(src: MaskSource, image_size: Sequence[int] | None = None,
-                           min_pixels: int = 16) -> ObjectMasks:
+                           min_pixels: int = 16, max_objects: int | None = None) -> ObjectMasks:
     """Split a label image (0 = background, every other value or colour one object) into masks,
     ordered by label value."""
-    lab, colour = _labels(src)
-    _check_size(lab.shape, image_size, "label image")
-    values, counts = np.unique(lab[lab != 0], return_counts=True)
-    if values.size == 0:
-        raise InputError("label image is empty: every pixel is 0 (background); label objects with 1, 2, ...")
-    small = [f"{int(v)} ({int(c)} px)" for v, c in zip(values, counts) if c < min_pixels]
-    if small:
-        raise InputError(f"label image objects too small (need {min_pixels} pixels): {', '.join(small)}")
-    alphas = np.stack([(lab == v).astype(np.float32) for v in values])
-    names = [f"label_{int(v):06x}" if colour else f"label_{int(v)}" for v in values]
-    return ObjectMasks(alphas, names)
+    labels, names = renumbered_labels(src, image_size, min_pixels, max_objects)
+    return ObjectMasks(np.stack([labels == k for k in range(1, len(names) + 1)]), names)
 
 
 def _looks_like_labels(src: MaskSource) -> bool:
@@ -230,12 +357,12 @@ def _looks_like_labels(src: MaskSource) -> bool:
     all < 32768) or several distinct non-grey colours, rather than a white-on-black/alpha mask."""
     a = _as_array(src, "mask")
     if a.ndim == 3:
-        rgb = a[..., :3].reshape(-1, 3)
-        if np.all(rgb == rgb[:, :1]):  # grey stored as RGB
+        if np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):  # grey stored as RGB
             a = a[..., 0]
-        else:
-            colours = np.unique(rgb, axis=0)
-            return int((colours.max(axis=1) > 0).sum()) >= 2
+        else:   # two distinct non-black colours, found without sorting every pixel
+            packed = _packed_rgb(a).ravel()
+            lit = np.flatnonzero(packed)
+            return lit.size > 0 and bool(np.any(packed[lit] != packed[lit[0]]))
     if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
         return False
     nz = np.unique(a[a != 0])
@@ -246,19 +373,42 @@ def _looks_like_labels(src: MaskSource) -> bool:
 
 
 def load_object_masks(sources: MaskSource | Sequence[MaskSource], image_size: Sequence[int] | None = None,
-                      kind: str = "auto", min_pixels: int = 16) -> ObjectMasks:
+                      kind: str = "auto", min_pixels: int = 16, max_objects: int | None = None) -> ObjectMasks:
     """Masks from user files: kind 'labels' (one label image), 'masks' (one image per object) or
     'auto' (several files -> masks; one file -> label image if it holds small integer labels or
     several colours, else a single object mask)."""
     single = not isinstance(sources, (list, tuple))
     items = [sources] if single else list(sources)
+    if _is_label_image(items, kind):
+        return masks_from_label_image(items[0], image_size, min_pixels, max_objects)
+    count_limit(len(items), max_objects, "mask images", "--max-objects")
+    return masks_from_images(items, image_size, min_pixels=min_pixels)
+
+
+def load_kind(source: MaskSource) -> str:
+    """How `load_object_masks` reads one file or array: "labels" or "masks" (one object)."""
+    return "labels" if _is_label_image([source], "auto") else "masks"
+
+
+def _is_label_image(items: list, kind: str) -> bool:
     if kind not in ("auto", "labels", "masks"):
         raise InputError(f"mask kind must be 'auto', 'labels' or 'masks', got {kind!r}")
     if kind == "labels" or (kind == "auto" and len(items) == 1 and _looks_like_labels(items[0])):
         if len(items) != 1:
             raise InputError(f"a label image is one file, got {len(items)}")
-        return masks_from_label_image(items[0], image_size, min_pixels)
-    return masks_from_images(items, image_size, min_pixels=min_pixels)
+        return True
+    return False
+
+
+def scene_mask(source: MaskSource, image_size: Sequence[int], max_objects: int | None = None,
+               min_pixels: int = 16) -> np.ndarray:
+    """A scene's uploaded mask, compact, as `load_object_masks` reads it back: a label image as labels
+    1..K ([H, W] uint8/uint16: one or two bytes a pixel whatever K), one object's mask as [1, H, W]
+    (uint8 ×255 when exact). Past `max_objects`, refused before any per-object array is made."""
+    source = _as_array(source, "mask")   # decoded once for both looks
+    if _is_label_image([source], "auto"):
+        return renumbered_labels(source, image_size, min_pixels, max_objects)[0]
+    return compact_alpha(masks_from_images([source], image_size, min_pixels=min_pixels).alphas)
 
 
 # ---------------------------------------------------------------- occlusion
@@ -408,7 +558,8 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return _numbers(text, 4, "--box", "X0,Y0,X1,Y1")  # type: ignore[return-value]
 
 
-def parse_prompts(field: str | bytes | dict | None) -> tuple[list[list[float]], list[list[float]]] | None:
+def parse_prompts(field: str | bytes | dict | None,
+                  max_prompts: int | None = None) -> tuple[list[list[float]], list[list[float]]] | None:
     """The service's `prompts` form field, JSON `{"points": [[x, y], ...], "boxes": [[x0, y0, x1, y1], ...]}`,
     → (points, boxes); None or an empty field means automatic masks. Positions are checked against the
     photo by :func:`check_prompts`."""
@@ -427,11 +578,15 @@ def parse_prompts(field: str | bytes | dict | None) -> tuple[list[list[float]], 
     unknown = sorted(set(field) - {"points", "boxes"})
     if unknown:
         raise InputError(f"unknown prompt kind(s) {', '.join(map(repr, unknown))}: use \"points\" and \"boxes\"")
-    out = []
-    for key, width in (("points", 2), ("boxes", 4)):
-        items = field.get(key) or []
+    lists = {key: field.get(key) or [] for key in ("points", "boxes")}
+    for key, items in lists.items():
         if not isinstance(items, list):
             raise InputError(f"prompts.{key} must be a list")
+    count_limit(len(lists["points"]) + len(lists["boxes"]), max_prompts, "points and boxes (one object each)",
+                "--max-prompts")
+    out = []
+    for key, width in (("points", 2), ("boxes", 4)):
+        items = lists[key]
         out.append(_prompt_array(items, width, key).tolist() if items else [])
     if not out[0] and not out[1]:
         raise InputError("no object picked: prompts has no point and no box")

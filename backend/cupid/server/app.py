@@ -169,7 +169,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
             raise InputError("form field 'image' is required")
         if real_size is not None and mode != "object":
             raise InputError("form field 'real_size' is for object mode (a scene is in meters when its point map is)")
-        picks = parse_prompts(prompts) if prompts.strip() else None
+        picks = parse_prompts(prompts, settings.max_prompts) if prompts.strip() else None
         if picks is not None and (mode != "scene" or mask is not None):
             raise InputError("prompts pick objects in scene mode, without a mask")
         jobs.check_room()  # before decoding: a full queue costs no work
@@ -178,7 +178,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
 
         def take_in() -> Job:
             inputs = decode_inputs(data, mask_data, mode, image.filename,
-                                   mask.filename if mask is not None else None)
+                                   mask.filename if mask is not None else None, max_objects=settings.max_objects)
             if picks is not None:
                 check_prompts(*picks, (inputs.photo.shape[1], inputs.photo.shape[0]))
             return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks, real_size=real_size,
@@ -203,7 +203,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
                                                              "cuts out (the photo's alpha or the background "
                                                              "remover)")] = "scene") -> Response:
         """The objects a reconstruction would use, as a label image, before any reconstruction runs."""
-        picks = parse_prompts(prompts) if prompts.strip() else None
+        picks = parse_prompts(prompts, settings.max_prompts) if prompts.strip() else None
         if picks is not None and mode != "scene":
             raise InputError("prompts pick objects in scene mode")
         data = await image.read()

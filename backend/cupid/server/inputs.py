@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npformat
 
+from .. import config
 from ..errors import InputError
 from ..preprocess import EMPTY_OBJECT_MASK, load_mask, load_photo, object_crop
 from .errors import DiskFull, is_disk_full
@@ -23,8 +24,9 @@ from .errors import DiskFull, is_disk_full
 
 @dataclass
 class JobInputs:
-    """photo: HxWx4 uint8. mask: object mode HxW uint8 (255 = object); scene mode [K, H, W]
-    per-object alphas (uint8 ×255 when that is exact, else float32); None when not given."""
+    """photo: HxWx4 uint8. mask: object mode HxW uint8 (255 = object); scene mode a label image
+    [H, W] (labels 1..K, uint8/uint16) or one object's alpha [1, H, W] (uint8 ×255 when that is
+    exact, else float32), see `cupid.scene.masks.scene_mask`; None when not given."""
 
     photo: np.ndarray
     mask: np.ndarray | None = None
@@ -35,21 +37,16 @@ class JobInputs:
 
     def pipeline_mask(self, mode: str) -> Any:
         """The mask as `CupidPipeline.reconstruct` takes it (scene mode: one array per object)."""
-        if self.mask is None or mode != "scene":
-            return self.mask
+        if self.mask is None or mode != "scene" or self.mask.ndim == 2:
+            return self.mask   # a scene's label image is read as labels (values below 128, or 16-bit)
         return list(self.mask)
 
 
-def _as_uint8(alpha: np.ndarray) -> np.ndarray:
-    """alpha in [0, 1] as uint8 ×255 when that round-trips exactly (8-bit and binary masks), else as is."""
-    q = np.rint(alpha * 255.0).astype(np.uint8)
-    return q if np.array_equal(q.astype(np.float32) / 255.0, alpha) else alpha.astype(np.float32)
-
-
 def decode_inputs(image: bytes | Path, mask: bytes | Path | None, mode: str, image_name: str | None = None,
-                  mask_name: str | None = None) -> JobInputs:
+                  mask_name: str | None = None, max_objects: int | None = config.MAX_OBJECTS) -> JobInputs:
     """Decode and check an upload (or, for the CLI, files); raises InputError with the reason (answered as
-    422 bad_input), naming an upload by the file name its sender gave."""
+    422 bad_input), naming an upload by the file name its sender gave. A scene's label image with more
+    than `max_objects` objects is refused after counting them, before any per-object array exists."""
     if not image:
         raise InputError("the uploaded image is empty")
     photo = load_photo(image, image_name)
@@ -57,9 +54,8 @@ def decode_inputs(image: bytes | Path, mask: bytes | Path | None, mode: str, ima
     if mode == "scene":
         if mask is None:
             return JobInputs(photo)  # segmented on the worker (segment-anything)
-        from ..scene.masks import load_object_masks
-        alphas = load_object_masks(mask, size).alphas
-        return JobInputs(photo, np.stack([_as_uint8(a) for a in alphas]))
+        from ..scene.masks import scene_mask
+        return JobInputs(photo, scene_mask(mask, size, max_objects))
     if mask is not None:
         alpha = np.rint(load_mask(mask, size, mask_name) * 255.0).astype(np.uint8)
         if object_crop(alpha) is None:
