@@ -24,7 +24,7 @@ from . import scene_builder
 from .backend_manager import MANAGER, BackendConfig
 from .imaging import read_picture
 from .io.bundle import object_names
-from .io.job import JobRequest, Outcome, ReconstructJob, UserError, describe_error
+from .io.job import JobRequest, Outcome, ReconstructJob, UserError, describe_error, superseded_jobs
 from .io.settings import (UNSET, batch_inputs, effective_model, expected_cpu_seconds, folder_name, free_suffix,
                           hub_caches, is_tiny, resolve_sampling, results_root)
 from .io.upload import InputProblem, Upload, prepare_upload
@@ -273,6 +273,8 @@ class Run:
                 wm.cupid_last_message = str(exc)
                 return "ERROR", f"CUPID: {exc}"
             self._remember_job(res)
+            referenced = [str(c[JOB_PROP]) for c in bpy.data.collections if JOB_PROP in c]
+            self.job.release(superseded_jobs(self.job.request, referenced))
             verb = "refined" if self.replace else "added"
             msg = f"CUPID: {verb} {len(res.objects)} object(s) and a camera in {res.collection.name!r}"
             msg = "; ".join([msg] + res.notes)

@@ -16,7 +16,7 @@ import pytest
 
 from cupid_blender.client import CupidClient
 from cupid_blender.io.bundle import read_bundle, restore_original_photo
-from cupid_blender.io.job import JobRequest, Refine, ReconstructJob, Restore
+from cupid_blender.io.job import JobRequest, Refine, ReconstructJob, Restore, superseded_jobs
 from cupid_blender.io.picks import (Pick, PickProblem, colour_labels, cutout, label_colours, labels_from_pixels,
                                     overlay, pick_from_drag, prompts, view_to_photo)
 from cupid_blender.io.preview import read_preview
@@ -115,6 +115,10 @@ class Service(QuietHandler):
         Service.log.append(("POST", self.path, body))
         self._send(202, b'{"id": "j1"}')
 
+    def do_DELETE(self) -> None:
+        Service.log.append(("DELETE", self.path))
+        self._send(200, json.dumps({"state": "done", "stage": "done", "progress": 1.0}).encode())
+
 
 @pytest.fixture()
 def service(tmp_path):
@@ -185,6 +189,40 @@ def test_a_refine_posts_the_camera_and_restores_the_photo(service, tmp_path):
     assert previews == [None, None]
     scene = json.loads((outcome.bundle / "scene.json").read_text())
     assert scene["image"] == {"file": "photo_original.png", "width": 512, "height": 384}
+    job.cleanup()
+
+
+def _deletes(wait: float = 2.0) -> list[str]:
+    """The paths DELETEd so far (a release runs on its own thread: give it a moment)."""
+    import time
+
+    end = time.monotonic() + wait
+    while True:
+        found = [entry[1] for entry in Service.log if entry[0] == "DELETE"]
+        if found or time.monotonic() > end:
+            return found
+        time.sleep(0.02)
+
+
+def test_a_scene_job_is_freed_once_fetched_and_an_object_job_kept_for_refines(service, tmp_path):
+    up = Upload(b"photo", "room.png", None, 128, 96, 128, 96)
+    job, _, outcome = _run(service, JobRequest(up, "object", 0, 0, tmp_path / "results"))
+    assert outcome.state == "done" and _deletes(0.3) == []   # its stage 1 is what a refine starts from
+    job.cleanup()
+    job, _, outcome = _run(service, JobRequest(up, "scene", 0, 0, tmp_path / "results"))
+    assert outcome.state == "done" and _deletes() == ["/v1/jobs/j1"]   # a scene has nothing to refine from
+    job.cleanup()
+
+
+def test_a_built_refine_frees_its_source_unless_another_result_names_it(service, tmp_path):
+    camera = {"K": np.array(PREVIEW["camera"]["K"]), "R": np.eye(3), "t": [0.1, 0, 2.5]}
+    request = JobRequest(None, "object", 0, 5, tmp_path / "results", Refine("j0", camera))
+    assert superseded_jobs(request, ["j1", "j0"]) == [] and superseded_jobs(request, ["j1"]) == ["j0"]
+    assert superseded_jobs(JobRequest(None, "object", 0, 5, tmp_path), ["j1"]) == []   # not a refine
+    job, _, outcome = _run(service, request)
+    assert outcome.state == "done" and _deletes(0.3) == []   # fetched: the refine's own job stays for refines
+    job.release(superseded_jobs(request, ["j1"]))            # what the operator does once the result is built
+    assert _deletes() == ["/v1/jobs/j0"]
     job.cleanup()
 
 

@@ -129,7 +129,7 @@ def test_a_prompt_bomb_is_refused_before_it_is_read():
 def served(tiny_model, tmp_path_factory):
     from test_server import Server
 
-    s = Server(tiny_model, tmp_path_factory.mktemp("hostile"))
+    s = Server(tiny_model, tmp_path_factory.mktemp("hostile"), "--max-kept-mb", "15")
     s.client.health()
     yield s
     s.stop()
@@ -159,3 +159,55 @@ def test_the_server_refuses_bombs_and_foreign_formats_without_growing(served):
     assert (err.status, err.code) == (422, "bad_input") and "not a readable image" in err.message
     grown = (served.rss_kb() - before) / 1024
     assert grown < 100, f"the server grew by {grown:.0f} MB"   # the label bomb alone took +2.6 GB
+
+
+# ---------------------------------------------------------------- decoding within a per-pixel budget
+
+PEAK_SCRIPT = r"""
+import re, sys
+from pathlib import Path
+def kb(field):
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+from cupid.preprocess import load_photo
+data = Path(sys.argv[1]).read_bytes()
+Path("/proc/self/clear_refs").write_text("5")   # the peak (VmHWM) starts again from here
+base = kb("VmRSS")
+photo = load_photo(data)
+print((kb("VmHWM") - base) * 1024 / photo.shape[0] / photo.shape[1])
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_decoding_a_photo_holds_its_per_pixel_budget(tmp_path):
+    """A 16 MP PNG of 40 KB, decoded in a fresh process: its peak resident memory, per pixel, stays within
+    10 bytes (PIL's decoded RGB 4, the RGBA result 4, bands); whole-image conversions took 16."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (4000, 4000), (100, 150, 200)).save(path)
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(path)], capture_output=True, text=True,
+                         check=True, timeout=120)
+    per_pixel = float(out.stdout.strip())
+    assert per_pixel <= 10.0, f"decoding peaked at {per_pixel:.1f} bytes per pixel"
+
+
+# ---------------------------------------------------------------- memory kept per job
+
+def test_kept_stage_ones_stay_within_max_kept_mb(served):
+    """A tiny job's stage 1 holds 6.4 MB of arrays on the monkey photo: with --max-kept-mb 15 the third
+    job's takes the first's place, and a refine of the first asks for the reconstruction again."""
+    from pathlib import Path
+
+    photo = (Path(__file__).resolve().parents[1] / "examples" / "monkey.png").read_bytes()
+    ids = [served.client.submit(photo, "monkey.png", seed=s, steps=1) for s in range(3)]
+    assert all(served.client.wait(j, poll=0.1, timeout=300)["state"] == "done" for j in ids)
+    kept = served.client.health()["kept_bytes"]
+    assert 6e6 < kept <= 15 * 1024 * 1024, kept   # two stage 1s, measured from their arrays
+    camera = served.client.preview(ids[2])["camera"]
+    err = _refused(lambda: served.client.refine(ids[0], camera, steps=1))
+    assert err.status == 404 and "no longer kept" in err.message and "--max-kept-mb" in err.message
+    assert "run the reconstruction again" in err.message
+    refined = served.client.refine(ids[2], camera, steps=1)   # the newest are kept
+    assert served.client.wait(refined, poll=0.1, timeout=300)["state"] == "done"
+    assert served.client.health()["kept_bytes"] <= 15 * 1024 * 1024

@@ -95,19 +95,41 @@ def _open(source: ImageSource, what: str, name: str | None = None) -> Image.Imag
     return img
 
 
+DECODE_BAND_PIXELS = 1 << 20   # pixels converted at a time (a band of rows): a few MB whatever the photo
+
+
+def _band_to_rgba(band: Image.Image, peak: float) -> np.ndarray:
+    """One band of rows of any PIL mode -> [rows, W, 4] uint8; `peak` scales 16-bit and float pixels (it is
+    the whole image's); a palette's transparency travels with the band (a crop keeps `info`)."""
+    if band.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(band, dtype=np.float64)
+        band = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif band.mode == "F":
+        arr = np.asarray(band, dtype=np.float64)
+        band = Image.fromarray(np.clip(arr * peak, 0, 255).astype(np.uint8), "L")
+    return np.asarray(band.convert("RGBA"))
+
+
 def _to_rgba(img: Image.Image) -> np.ndarray:
-    """Any PIL mode (16-bit, greyscale, palette, CMYK, LA...) -> HxWx4 uint8, EXIF orientation applied."""
-    img = ImageOps.exif_transpose(img)
+    """Any PIL mode (16-bit, greyscale, palette, CMYK, LA...) -> HxWx4 uint8, EXIF orientation applied.
+
+    Memory budget: beyond the decoded image (PIL keeps 4 bytes a pixel for RGB) this holds the HxWx4
+    result (4 bytes a pixel) and one band of `DECODE_BAND_PIXELS` pixels in each conversion's types;
+    an EXIF rotation adds one more copy of the decoded image: at most 8 bytes a pixel, never the
+    whole-image float64 and RGBA copies (a 64 MP photo once peaked at 5 GB)."""
+    if img.getexif().get(0x0112, 1) != 1:   # exif_transpose copies the image even when it has nothing to turn
+        img = ImageOps.exif_transpose(img)
+    peak = 1.0
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        peak = 65535.0 if img.getextrema()[1] > 255 else 255.0
     elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return np.asarray(img.convert("RGBA"))
+        peak = 255.0 if img.getextrema()[1] <= 1.0 else 1.0
+    w, h = img.size
+    out = np.empty((h, w, 4), np.uint8)
+    rows = max(1, DECODE_BAND_PIXELS // max(w, 1))
+    for y in range(0, h, rows):
+        out[y:y + rows] = _band_to_rgba(img.crop((0, y, w, min(h, y + rows))), peak)
+    return out
 
 
 def load_photo(source: ImageSource, name: str | None = None) -> np.ndarray:

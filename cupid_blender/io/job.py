@@ -20,7 +20,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from ..backend_manager import BackendStartError
 from ..client import BackendError, BackendUnavailable
@@ -122,6 +122,15 @@ class Outcome:
     message: str = ""
 
 
+def superseded_jobs(request: JobRequest, referenced: Iterable[str]) -> list[str]:
+    """Backend jobs this run leaves without a result to refine from: a refine's source once the refined
+    result is built (its collection refines from the new job now), unless another result still names it
+    in `referenced` (the jobs the file's CUPID results name)."""
+    if request.refine is None or request.refine.from_job in set(referenced):
+        return []
+    return [request.refine.from_job]
+
+
 class ReconstructJob:
     """Submit, wait for and download one reconstruction; :meth:`run` is the worker thread's body."""
 
@@ -166,6 +175,23 @@ class ReconstructJob:
         """The preview, once (after a :meth:`poll` that drained it)."""
         preview, self._preview = self._preview, None
         return preview
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        """Let the backend free jobs no result refines from any more (their stage 1 kept in its memory):
+        a DELETE each on a daemon thread, through this job's client; failures are ignored (the backend
+        forgets them after its time-to-live anyway)."""
+        client, ids = self._client, [j for j in job_ids if j]
+        if client is None or not ids:
+            return
+
+        def free() -> None:
+            for job_id in ids:
+                try:
+                    client.cancel(job_id)
+                except Exception:  # noqa: BLE001 - freeing is a courtesy to the backend, never an error
+                    pass
+
+        threading.Thread(target=free, name="cupid-release", daemon=True).start()
 
     def cleanup(self) -> None:
         """Remove what is left of the download (a kept result was moved out of it first)."""
@@ -254,8 +280,9 @@ class ReconstructJob:
                 return Outcome("failed", message=f"CUPID backend error ({err['code']}): {detail}")
             return Outcome("failed", message=f"CUPID reconstruction failed: {st.get('message') or 'unknown error'}")
         self._publish("done", "downloading result", 1.0)
-        # the result stays on the service (until it expires there): its stage 1 is what a refine starts from
-        bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle", free=False))
+        # an object's result stays on the service (its stage 1 is what a refine starts from) until the artist
+        # refines it (see `superseded_jobs`) or it expires there; a scene has nothing to refine from: freed now
+        bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle", free=r.mode != "object"))
         restore = r.restore
         if restore is not None:
             restore_original_photo(bundle, restore.width, restore.height, restore.photo, restore.name)

@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="disk the waiting jobs' decoded photos may take; past it, 503 busy (default 1024)")
     p.add_argument("--max-results-mb", type=int, default=2048,
                    help="disk kept finished results may take; past it the oldest unfetched go (default 2048)")
+    p.add_argument("--max-kept-mb", type=int, default=512,
+                   help="memory the stage 1s kept for refines may take; past it the least recently used go, and "
+                        "a refine of theirs asks to run the reconstruction again (default 512)")
     p.add_argument("--max-objects", type=int, default=config.MAX_OBJECTS,
                    help=f"objects a scene's label image may hold; more: 422 (default {config.MAX_OBJECTS})")
     p.add_argument("--max-prompts", type=int, default=config.MAX_PROMPTS,
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     from ..server.connections import bounded_protocol
 
     for flag in ("max_queue", "max_queued_mb", "max_results_mb", "max_connections", "max_upload_mb", "max_objects",
-                 "max_prompts"):
+                 "max_prompts", "max_kept_mb"):
         if getattr(args, flag) < 1:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.idle_timeout <= 0:
@@ -178,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
                               dtype=dtype, max_upload_bytes=args.max_upload_mb * MB, result_ttl=args.result_ttl,
                               preload=args.preload, max_queue=args.max_queue,
                               max_queued_bytes=args.max_queued_mb * MB, max_result_bytes=args.max_results_mb * MB,
-                              max_objects=args.max_objects, max_prompts=args.max_prompts)
+                              max_objects=args.max_objects, max_prompts=args.max_prompts,
+                              max_kept_bytes=args.max_kept_mb * MB)
     app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype,
                                                                      **point_map_option(args)))
     wildcard = args.host in WILDCARD_HOSTS

@@ -106,7 +106,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
     if jobs is None:
         jobs = JobQueue(factory, max_queue=settings.max_queue, max_queued_bytes=settings.max_queued_bytes,
                         max_result_bytes=settings.max_result_bytes, result_ttl=settings.result_ttl,
-                        preload=settings.preload)
+                        preload=settings.preload, max_kept_bytes=settings.max_kept_bytes)
     # no /docs or /redoc: they load scripts from a CDN and cannot send the bearer token;
     # the schema itself is at /openapi.json (behind the token like every route)
     api = FastAPI(title="CUPID backend", version=__version__, docs_url=None, redoc_url=None,

@@ -54,6 +54,9 @@ class Job:
     refine_from: Any = None        # a refine: the source job's kept stage 1 (cupid.pipeline.StageOne)
     camera: Any = None             # a refine: the camera to use (cupid.geometry.CameraPose)
     stage_one: Any = None          # object mode: stage 1's result, kept while the result is (for refines)
+    kept_bytes: int = 0            # what that stage 1 holds in memory (counted against max_kept_bytes)
+    kept_used: float = 0.0         # when it was kept or last refined from (the least recently used goes first)
+    kept_gone: str | None = None   # why its stage 1 is no longer kept
     preview: dict | None = None    # stage 1's camera and voxels, once known
     inputs_dir: Path | None = None
     input_bytes: int = 0
@@ -81,7 +84,7 @@ class JobQueue:
 
     def __init__(self, factory: PipelineFactory, *, max_queue: int = 16, max_queued_bytes: int = 1024 * MB,
                  max_result_bytes: int = 2048 * MB, result_ttl: float = 3600.0, fetched_grace: float = 120.0,
-                 preload: bool = False, root: Path | None = None):
+                 preload: bool = False, root: Path | None = None, max_kept_bytes: int = 512 * MB):
         self._factory = factory
         self._pipeline: Any = None
         self._load_error: CupidError | None = None
@@ -94,10 +97,12 @@ class JobQueue:
         self.max_queue = max_queue
         self.max_queued_bytes = max_queued_bytes
         self.max_result_bytes = max_result_bytes
+        self.max_kept_bytes = max_kept_bytes
         self.result_ttl = result_ttl
         self.fetched_grace = fetched_grace
         self._queued_bytes = 0
         self._result_bytes = 0
+        self._kept_bytes = 0
         self._run_time = 5.0  # seconds a job takes, smoothed (for Retry-After)
         self._dir = WorkDir(root)
         self._stop = threading.Event()
@@ -128,7 +133,8 @@ class JobQueue:
 
     def usage(self) -> dict[str, int]:
         with self._lock:
-            return {"queued_bytes": self._queued_bytes, "result_bytes": self._result_bytes}
+            return {"queued_bytes": self._queued_bytes, "result_bytes": self._result_bytes,
+                    "kept_bytes": self._kept_bytes}
 
     def replicas(self) -> None:
         """One worker thread in this process: no replicas to list (`cupid serve --ray` lists its own)."""
@@ -185,8 +191,12 @@ class JobQueue:
             source = self._jobs.get(from_job)
             first = None if source is None else source.stage_one
             if first is None:
+                if source is not None and source.kept_gone:
+                    raise NotFound(f"job {from_job}'s stage 1 is no longer kept ({source.kept_gone}): run the "
+                                   f"reconstruction again")
                 raise NotFound(f"job {from_job} is unknown, expired or has no stage 1 to refine from (a scene, or "
                                f"not finished): run the reconstruction again")
+            source.kept_used = time.monotonic()
             width, height = first.processed.size
             cam = CameraPose.from_dict({**camera, "width": width, "height": height})
             self._pipeline.check_camera(cam, first.structure, first.processed)
@@ -326,7 +336,8 @@ class JobQueue:
                     job.message = stage
 
             def keep_stage_one(first: Any) -> None:
-                job.stage_one, job.preview = first, first.preview().to_dict()
+                job.preview = first.preview().to_dict()
+                self._keep(job, first)
 
             export = {"photo_texture": job.photo_texture}
             if job.refine_from is not None:
@@ -365,7 +376,7 @@ class JobQueue:
         A cancelled job keeps its stage 1 (the artist may stop at the preview and refine from it)."""
         job.refine_from = None
         if not isinstance(exc, Cancelled):
-            job.stage_one = None
+            self._forget(job, "the job failed")
         if isinstance(exc, Cancelled):
             self._finish(job, "cancelled", "cancelled")
         elif isinstance(exc, CupidError):
@@ -377,11 +388,35 @@ class JobQueue:
             self._fail(job, CupidError(f"internal error in the backend ({type(exc).__name__}); its log has the "
                                        f"details", code="internal_error"))
 
-    # ---------------------------------------------------------------- results and cleaning
+    # ---------------------------------------------------------------- kept stage 1s and results
+    def _keep(self, job: Job, first: Any) -> None:
+        """Keep a job's stage 1 for refines within `max_kept_bytes`: the least recently used others go
+        first; one larger than the whole cap is not kept at all."""
+        size = held_bytes(first)
+        with self._lock:
+            self._forget(job, "replaced")
+            job.stage_one, job.kept_bytes, job.kept_used, job.kept_gone = first, size, time.monotonic(), None
+            self._kept_bytes += size
+            cap = f"stage 1s kept for refines are capped at {self.max_kept_bytes / MB:.0f} MB (cupid serve " \
+                  f"--max-kept-mb)"
+            while self._kept_bytes > self.max_kept_bytes:
+                held = [j for j in self._jobs.values() if j.stage_one is not None and j is not job]
+                if not held:
+                    self._forget(job, f"{cap}, and it alone takes {size / MB:.0f} MB")
+                    return
+                self._forget(min(held, key=lambda j: j.kept_used), f"{cap} and newer ones took its place")
+
+    def _forget(self, job: Job, why: str) -> None:
+        with self._lock:
+            if job.stage_one is not None:
+                job.kept_gone = why
+            self._kept_bytes -= job.kept_bytes
+            job.stage_one, job.kept_bytes = None, 0
+
     def _drop_result(self, job: Job, why: str) -> None:
         with self._lock:
             self._free_zip(job, why)
-            job.stage_one = None   # refines are possible while the result is kept
+            self._forget(job, why)   # refines are possible while the result is kept
 
     def _free_zip(self, job: Job, why: str) -> None:
         with self._lock:
@@ -430,4 +465,31 @@ class JobQueue:
             self._dir.heartbeat()
 
 
-__all__ = ["Job", "JobQueue", "PipelineFactory", "FINISHED"]
+def held_bytes(value: Any, seen: set[int] | None = None) -> int:
+    """Bytes of the arrays and tensors `value` holds (through dataclasses, dicts, lists and tuples), each
+    counted once: what keeping it costs in memory."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(value) in seen or value is None or isinstance(value, (str, bytes, int, float, bool)):
+        return 0
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, torch.Tensor):
+        return int(value.untyped_storage().nbytes())
+    if dataclasses.is_dataclass(value):
+        items = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = list(getattr(value, "__dict__", {}).values())
+    return sum(held_bytes(v, seen) for v in items)
+
+
+__all__ = ["Job", "JobQueue", "PipelineFactory", "FINISHED", "held_bytes"]

@@ -81,6 +81,8 @@ class Health(BaseModel):
     queue_length: int = Field(description="jobs queued or running")
     queued_bytes: int
     result_bytes: int
+    kept_bytes: int = Field(0, description="memory the stage 1s kept for refines take (cupid serve "
+                                           "--max-kept-mb; the Ray service keeps none)")
     limits: Limits
     replicas: list[Replica] | None = Field(None, description="`cupid serve --ray`: the model replicas, each with "
                                                              "its device and state; null for one local worker")

@@ -22,6 +22,7 @@ class ServerSettings:
     max_queue: int = 16                  # jobs queued or running; one more is answered 503 busy
     max_queued_bytes: int = 1024 * MB    # decoded inputs spooled on disk for those jobs
     max_result_bytes: int = 2048 * MB    # finished zips kept; the oldest go first past it
+    max_kept_bytes: int = 512 * MB       # stage 1s kept in memory for refines; the least recently used go first
     max_objects: int = 64                # objects of a scene's label image; more: 422 before any is made
     max_prompts: int = 64                # points + boxes of one request; more: 422 before any model runs
 

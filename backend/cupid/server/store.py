@@ -32,7 +32,7 @@ class JobStore(Protocol):
 
     def queue_length(self) -> int: ...
 
-    def usage(self) -> dict[str, int]: ...            # {"queued_bytes", "result_bytes"}
+    def usage(self) -> dict[str, int]: ...            # {"queued_bytes", "result_bytes"[, "kept_bytes"]}
 
     def replicas(self) -> list[dict] | None: ...      # the model replicas; None: one worker in this process
 
