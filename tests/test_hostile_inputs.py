@@ -100,6 +100,24 @@ def test_a_scene_label_image_stays_compact_from_upload_to_crops():
     assert full[0:8, 50:58].all()   # object 6 (label 6): the sixth square of the first row
 
 
+def test_an_uploaded_label_image_reaches_the_worker_as_the_objects_the_file_holds(tmp_path):
+    """Spooled to disk and read back, the compact label image gives the objects, in label order, that the
+    file read directly gives."""
+    from cupid.pipeline.scene import object_alphas
+    from cupid.scene.masks import load_object_masks
+    from cupid.server import inputs as job_inputs
+
+    labels = label_squares(5, 200)
+    inputs = job_inputs.decode_inputs(_photo_png(200), labels, "scene")
+    job_inputs.spool(inputs, tmp_path / "job")
+    back = job_inputs.load(tmp_path / "job")
+    crops = object_alphas(back.photo[..., :3], back.pipeline_mask("scene"))
+    want = load_object_masks(labels, (200, 200)).alphas
+    assert len(crops) == len(want) == 5
+    for crop, alpha in zip(crops, want):
+        np.testing.assert_array_equal(np.asarray(crop), alpha)
+
+
 def test_exclusive_crops_match_the_occluders_of_soft_overlapping_masks():
     from cupid.scene.masks import ObjectMasks, exclusive_crops, occluder_mask
 
