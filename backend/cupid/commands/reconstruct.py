@@ -147,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
         bar.n = int(fraction * 1000)
         bar.refresh()
 
-    # a photo or mask that cannot be used is refused before the model loads (as the service does)
-    decode_inputs(Path(args.photo), Path(args.mask) if args.mask else None, args.mode)
+    # a photo or mask that cannot be used is refused before the model loads (as the service does; a
+    # scene's objects are not capped here: the files and the memory are the user's own)
+    decode_inputs(Path(args.photo), Path(args.mask) if args.mask else None, args.mode, max_objects=None)
     print(f"loading model {args.model} ...")
     device, dtype = announce_device(args.device, args.dtype)
     pipe = CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype, **point_map_option(args))
