@@ -128,7 +128,7 @@ def main() -> int:
                 c.wait(job, poll=0.05, timeout=600)
                 shutil.rmtree(served.dir / "result", ignore_errors=True)
                 c.result(job, served.dir / "result", free=False)   # as the add-on fetches an object's result
-                if (k + 1) % 50 == 0:
+                if (k + 1) % max(1, args.jobs // 10) == 0:
                     kept = c.health().get("kept_bytes", 0) / 2 ** 20
                     print(f"{k + 1:4d} kept jobs ({time.monotonic() - t0:5.0f} s)   kept stage 1s "
                           f"{kept:6.1f} MB  {served.memory()}", flush=True)
