@@ -22,6 +22,9 @@ TIFF_FLOAT = 3
 TIFF_PHOTOMETRIC = 262       # 32844 LogL, 32845 LogLuv: SGI's high dynamic range encodings
 TIFF_LOG = (32844, 32845)
 
+# OpenCV decodes EXR only when asked to, and reads the switch once, at its first EXR: set it on import
+os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+
 
 def linear_to_srgb(rgb: np.ndarray) -> np.ndarray:
     """The sRGB transfer curve on linear values (clipped to [0, 1] first): the add-on's formula."""
@@ -59,7 +62,6 @@ def read_linear_image(data: bytes) -> Image.Image | None:
     ValueError when such a file cannot be decoded."""
     if not is_linear_image(data):
         return None
-    os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")   # OpenCV decodes EXR only when asked to
     import cv2
 
     try:
