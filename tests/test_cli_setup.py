@@ -171,3 +171,15 @@ def test_staging_replaces_a_bundle_only_once_the_new_one_is_complete(tmp_path):
         (work / "scene.json").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["scene.json"] and (out / "scene.json").read_text() == "new"
     assert sorted(p.name for p in out.parent.iterdir()) == ["b"]
+
+
+def test_scene_mode_says_how_many_objects_the_label_image_holds(no_model, tmp_path, capsys):
+    """Grey labels 128 and 255 are two objects (issue 24), and the command says so before loading the model."""
+    w, h = Image.open(PHOTO).size
+    labels = np.zeros((h, w), np.uint8)
+    labels[10:60, 10:60] = 128
+    labels[70:120, 70:120] = 255
+    Image.fromarray(labels).save(tmp_path / "labels.png")
+    assert main(["reconstruct", str(PHOTO), "-o", str(tmp_path / "o"), "--mode", "scene",
+                 "--mask", str(tmp_path / "labels.png")]) == 2
+    assert "scene mode: 2 objects in the label image labels.png" in capsys.readouterr().out
