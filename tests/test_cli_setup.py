@@ -183,3 +183,14 @@ def test_scene_mode_says_how_many_objects_the_label_image_holds(no_model, tmp_pa
     assert main(["reconstruct", str(PHOTO), "-o", str(tmp_path / "o"), "--mode", "scene",
                  "--mask", str(tmp_path / "labels.png")]) == 2
     assert "scene mode: 2 objects in the label image labels.png" in capsys.readouterr().out
+
+
+def test_install_setup_sh_records_its_model_and_its_main_job_runs_it():
+    """setup.sh writes the record with the backend's writer (as the fixture above does) once the model is in
+    place, forgets it before changing the environment, and its main job runs the recorded model again."""
+    script = (REPO / "install" / "setup.sh").read_text()
+    forget, record = script.index('rm -f "$VENV/cupid-setup.json"'), script.index('-m cupid.setup_record "$MODEL"')
+    weights, main_job = script.index('say "Weights"'), script.index("-m cupid reconstruct")
+    assert forget < weights < record < main_job
+    job = script[main_job:].splitlines()[0]
+    assert "--model" not in job and "--overwrite" in job     # a second run replaces out/monkey
