@@ -133,6 +133,9 @@ def test_a_seed_the_service_refuses_is_refused_before_any_work(seed, no_model, t
     assert no_model == [] and not (tmp_path / "o").exists()
     assert main(["reconstruct", str(PHOTO), "-o", str(tmp_path / "o"), "--seed", str(2 ** 63 - 1)]) == 2
     assert no_model and "stop here" in capsys.readouterr().err                # the largest seed passes
+    pytest.importorskip("ray")
+    assert main(["batch", str(PHOTO), "-o", str(tmp_path / "b"), "--seed", seed]) == 2    # the same check
+    assert "--seed must be from 0 to 2^63 - 1" in capsys.readouterr().err
 
 
 def test_a_non_empty_output_needs_overwrite_and_a_bundle(no_model, tmp_path, capsys):
