@@ -35,6 +35,13 @@ class JobInputs:
     def nbytes(self) -> int:
         return int(self.photo.nbytes + (0 if self.mask is None else self.mask.nbytes))
 
+    @property
+    def object_count(self) -> int:
+        """Scene mode: the objects the mask holds (a label image's labels 1..K, else one per [H, W] plane)."""
+        if self.mask is None:
+            return 0
+        return int(self.mask.max()) if self.mask.ndim == 2 else int(self.mask.shape[0])
+
     def pipeline_mask(self, mode: str) -> Any:
         """The mask as `CupidPipeline.reconstruct` takes it (scene mode: one array per object)."""
         if self.mask is None or mode != "scene" or self.mask.ndim == 2:
