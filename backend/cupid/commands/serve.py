@@ -11,6 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
+from .. import config
 from ..errors import CliError
 from .device import (add_device_arguments, add_model_argument, add_point_map_argument, announce_device,
                      announce_model, point_map_option)
