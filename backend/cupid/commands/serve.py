@@ -9,7 +9,9 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
 from .. import config
 from ..errors import CliError
@@ -45,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", type=int, default=64, help="open connections at once (default 64)")
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="seconds a connection may stay open without sending a request (default 5)")
+    p.add_argument("--watch-stdin", action="store_true",
+                   help="shut down cleanly (temporary files removed) when standard input closes: the program that "
+                        "started the service with a pipe (the Blender add-on) is gone, even killed or crashed")
     from .serve_ray import add_ray_arguments
     add_ray_arguments(p)
 
@@ -124,6 +129,25 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def watch_stdin(on_eof: Callable[[], None], stream: Any = None) -> threading.Thread:
+    """Call `on_eof` once `stream` (standard input) reaches its end: the parent holding the pipe's other
+    end has closed it or died (the system closes a dead process's pipes, on Windows as on POSIX), so
+    a service it started does not outlive it holding the model's memory. Anything written is ignored."""
+    stream = stream if stream is not None else getattr(sys.stdin, "buffer", sys.stdin)
+
+    def watch() -> None:
+        try:
+            while stream.read(4096):
+                pass
+        except (OSError, ValueError):   # a closed or unusable stdin: the parent is gone as well
+            pass
+        on_eof()
+
+    thread = threading.Thread(target=watch, name="cupid-stdin-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def _server_class() -> type:
     import uvicorn
 
@@ -189,6 +213,12 @@ def run(args: argparse.Namespace) -> int:
     server = _Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                     http=bounded_protocol(args.max_connections),
                                     timeout_keep_alive=args.idle_timeout))  # type: ignore[arg-type]
+    if args.watch_stdin:
+        def parent_gone() -> None:
+            print("CUPID backend: standard input closed (the program that started it is gone): stopping",
+                  file=sys.stderr, flush=True)
+            server.should_exit = True
+        watch_stdin(parent_gone)
     try:
         server.run(sockets=[sock])
     finally:
