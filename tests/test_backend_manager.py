@@ -17,6 +17,7 @@ from cupid_blender.client import BackendUnavailable  # noqa: E402
 
 from cupid.models.dtype import dtype_name, resolve_dtype  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable  # the backend environment (the venv running the tests)
 
 
@@ -52,7 +53,7 @@ def test_start_reuse_restart_after_crash_and_stop(manager, tiny):
     manager._proc.wait(timeout=10)
     assert not manager.running()
     # a job still talking to it is told what happened and what to do
-    with pytest.raises(BackendUnavailable, match=r"stopped \(exit code -9\) while working; run it again"):
+    with pytest.raises(BackendUnavailable, match=r"stopped while working \(exit code -9\); run it again"):
         client.status("0123456789abcdef")
     again = manager.client(cfg, timeout=120)
     assert "version" in again.health()
@@ -66,6 +67,35 @@ def test_start_reuse_restart_after_crash_and_stop(manager, tiny):
     assert manager.status_text().startswith("stopped")
     manager.client(cfg, timeout=120)  # a stop on purpose is not counted as a crash
     assert manager.restarts == 1
+
+
+def test_a_backend_stopped_mid_job_says_so_is_waited_for_and_restarts(manager, tiny):
+    """SIGTERM while a job runs (issue #24): the backend closes its port at once and exits seconds later.
+    The job's report says the backend stopped while working (not "not running at URL"), comes once the
+    process is gone, and the next job starts a new backend instead of meeting the dying one."""
+    cfg = _config(tiny)
+    client = manager.client(cfg, timeout=120)
+    assert manager.is_up(cfg) and "--watch-stdin" in manager._proc.args
+    job = client.submit((REPO / "examples" / "monkey.png").read_bytes(), "monkey.png", steps=400)
+    deadline = time.monotonic() + 120
+    while client.status(job)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc = manager._proc
+    os.kill(proc.pid, signal.SIGTERM)
+    with pytest.raises(BackendUnavailable) as info:
+        client.wait(job, poll=0.05, timeout=60)
+    assert "the local CUPID backend stopped while working" in str(info.value)
+    assert "not running at" not in str(info.value)
+    assert proc.poll() is not None and not manager.is_up(cfg)    # gone before the report
+    again = manager.client(cfg, timeout=120)                       # the next press: a new backend
+    assert manager._proc.pid != proc.pid and "version" in again.health()
+
+
+def test_stop_closes_the_pipe_the_backend_watches(manager, tiny):
+    manager.client(_config(tiny), timeout=120)
+    proc = manager._proc
+    manager.stop()
+    assert proc.stdin.closed and proc.poll() is not None
 
 
 def test_a_missing_python_is_a_clear_error(manager, tmp_path):
