@@ -125,12 +125,14 @@ class Outcome:
 class ReconstructJob:
     """Submit, wait for and download one reconstruction; :meth:`run` is the worker thread's body."""
 
-    def __init__(self, connect: Connect, request: JobRequest) -> None:
+    def __init__(self, connect: Connect, request: JobRequest, backend_up: bool = False) -> None:
+        """`backend_up`: the backend already runs (the first stage shown is then the upload or the
+        refine, not "starting backend")."""
         self._connect = connect
         self.request = request
         self._events: "queue.Queue[Progress | PreviewReady | Outcome]" = queue.Queue()
         self._cancel = threading.Event()
-        self._progress = Progress("queued", "starting backend", 0.0)
+        self._progress = Progress("queued", self._sending() if backend_up else "starting backend", 0.0)
         self._outcome: Optional[Outcome] = None
         self._preview: Optional[PreviewReady] = None
         self._preview_asked = False
@@ -139,6 +141,9 @@ class ReconstructJob:
         self._dtype = ""
         self.workdir: Optional[Path] = None   # the download, inside the results folder
         self.job_id: Optional[str] = None
+
+    def _sending(self) -> str:
+        return "refining" if self.request.refine is not None else "uploading"
 
     # -- the UI thread's side ------------------------------------------------------------------
     def cancel(self) -> None:
@@ -229,7 +234,7 @@ class ReconstructJob:
         self._dtype = str(health.get("dtype") or "")
         r, up = self.request, self.request.upload
         if r.refine is not None:
-            self._publish("queued", "refining", 0.0)
+            self._publish("queued", self._sending(), 0.0)
             try:
                 self.job_id = client.refine(r.refine.from_job, r.refine.camera, steps=r.steps,
                                             photo_texture=r.photo_texture)
@@ -240,7 +245,7 @@ class ReconstructJob:
                                 f"(job {r.refine.from_job}: it was restarted, or the result expired): run the "
                                 f"reconstruction again") from None
         else:
-            self._publish("queued", "uploading", 0.0)
+            self._publish("queued", self._sending(), 0.0)
             self.job_id = client.submit(up.image, up.filename, mask_bytes=up.mask, mode=r.mode, seed=r.seed,
                                         steps=r.steps, real_size=r.real_size if r.mode == "object" else None,
                                         photo_texture=r.photo_texture)

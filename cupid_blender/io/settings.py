@@ -99,6 +99,39 @@ def model_line(model: str, device: str, dtype: str) -> str:
     return f"Model: {model} · Device: {device}{precision}"
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")   # "owner/name" on Hugging Face
+
+
+def full_size_model(model: str) -> bool:
+    """Is `model` one the backend can load at full size: a model folder that is there and not a tiny
+    test model, or a Hugging Face id ("owner/name")? A path that does not exist is none (the job fails
+    before any CPU time is spent: no time warning for it)."""
+    if not model:
+        return False
+    folder = Path(os.path.expanduser(model))
+    if folder.is_dir():
+        return not is_tiny(model)
+    return bool(HUB_ID.fullmatch(model)) and not folder.is_absolute() and "\\" not in model
+
+
+def runs_on_cpu(device: str, answered: str, record: Optional[Mapping], gpu_seen: bool = True) -> bool:
+    """Will the local backend run on the CPU? What it answered (`answered`, once a job or Start
+    Backend reached it) decides; before that the Device preference, and for *Auto* what the set-up
+    recorded (the device its health check reported, else the PyTorch build it installed: a CPU
+    build can only run on the CPU), and without a record whether this computer has a GPU driver at
+    all (`gpu_seen`: nvidia-smi, or Apple silicon)."""
+    if answered:
+        return answered == "cpu"
+    if device != "auto":
+        return device == "cpu"
+    rec = record or {}
+    if rec.get("device"):
+        return str(rec["device"]) == "cpu"
+    if (rec.get("torch") or {}).get("kind"):
+        return str(rec["torch"]["kind"]) == "cpu"
+    return not gpu_seen
+
+
 def expected_cpu_seconds(steps: int, dtype: str = "float32") -> float:
     """Rough time of one full-size job on a CPU at `steps` sampler steps (0: the model's default) in the
     precision the backend runs the flows in; float32's (the slower) while it is not known ("auto")."""
