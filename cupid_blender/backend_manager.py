@@ -176,7 +176,7 @@ class BackendManager:
         else:
             self._stop_locked()
             raise BackendStartError(f"the CUPID backend did not come up within {timeout:.0f} s")
-        client = mod.CupidClient(info["url"], info["token"], explain_unavailable=self._explainer(self._proc))
+        client = mod.CupidClient(info["url"], info["token"])   # explained only once it answered (below)
         while True:
             try:
                 client.health()
@@ -186,6 +186,7 @@ class BackendManager:
                     self._stop_locked()
                     raise BackendStartError("the CUPID backend started but does not answer /v1/health")
                 time.sleep(0.2)
+        client.explain_unavailable = self._explainer(self._proc)
         self._client = client
         return client
 

@@ -8,6 +8,7 @@ cancel), then moves the result into the results folder and builds the scene from
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -82,9 +83,11 @@ def cpu_warning(context: Any, steps: int) -> Optional[str]:
     return f"Full-size model on the CPU: about {minutes:.0f} min per photo (a GPU takes a minute or two)"
 
 
+@functools.lru_cache(maxsize=1)
 def gpu_seen() -> bool:
     """Does this computer show a GPU the backend could use (Apple silicon, or an NVIDIA driver's
-    nvidia-smi on PATH)? A look-up on PATH, no process started: the panel asks on every redraw."""
+    nvidia-smi on PATH)? A look-up on PATH, no process started, once per session (the panel asks on
+    every redraw)."""
     plat = Platform.current()
     return plat.apple_silicon if plat.mac else shutil.which("nvidia-smi") is not None
 

@@ -96,3 +96,23 @@ def test_the_first_stage_shown_is_the_upload_when_the_backend_is_up(tmp_path):
     assert ReconstructJob(never, upload).poll()[0].stage == "starting backend"
     assert ReconstructJob(never, upload, backend_up=True).poll()[0].stage == "uploading"
     assert ReconstructJob(never, refine, backend_up=True).poll()[0].stage == "refining"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_picks_on_the_photo_blender_shows_land_on_the_same_pixels_upright(orientation):
+    """Picks are made on the stored pixels (Blender shows a phone photo sideways); the photo sent is upright:
+    each pick is turned with it, onto the very pixel it was made on, and a box stays that box."""
+    from cupid_blender.io.orientation import stored_size, upright_xy
+    from cupid_blender.io.picks import Pick, upright_picks
+
+    W, H = 7, 4
+    stored = np.arange(W * H).reshape(H, W)
+    up = upright(stored, orientation)
+    assert stored_size(up.shape[1], up.shape[0], orientation) == (W, H)
+    for y in range(H):
+        for x in range(W):
+            ux, uy = upright_xy(x + 0.5, y + 0.5, W, H, orientation)
+            assert up[int(uy), int(ux)] == stored[y, x]
+    box, = upright_picks([Pick("BOX", 1.0, 1.0, 3.0, 2.0)], W, H, orientation)
+    inside = up[int(box.y0):int(box.y1), int(box.x0):int(box.x1)]
+    assert sorted(inside.ravel()) == sorted(stored[1:2, 1:3].ravel())

@@ -129,6 +129,12 @@ def test_a_phone_photo_is_upright_everywhere(run):
     assert refine["background"] == [[480, 320]]
 
 
+def test_a_pick_on_a_phone_photo_as_blender_shows_it_segments_the_upright_photo(run):
+    case = run["out"]["phone_pick"]
+    assert case["ret"] == ["FINISHED"], case
+    assert case["size"] == [480, 320] and case["at_pick"] > 0   # upright masks, the picked object under the pick
+
+
 def test_the_cpu_time_warning(run):
     warnings = run["out"]["cpu_warning"]
     assert warnings["absent_cpu"] is None and warnings["absent_auto"] is None   # that job fails at once

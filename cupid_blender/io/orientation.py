@@ -91,3 +91,16 @@ def upright(px: np.ndarray, orientation: int) -> np.ndarray:
         8: lambda a: np.rot90(a, 1),
     }.get(int(orientation))
     return px if turned is None else np.ascontiguousarray(turned(px))
+
+
+def stored_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """The size of the pixels as stored (as Blender shows them) of an upright width × height photo."""
+    return (height, width) if orientation in TURNS_AXES else (width, height)
+
+
+def upright_xy(x: float, y: float, width: int, height: int, orientation: int) -> tuple[float, float]:
+    """A position in the stored pixels (width × height, x right, y down from the top-left corner, as
+    picked on the photo Blender shows) in the upright photo's pixels: the same turn as :func:`upright`."""
+    W, H = float(width), float(height)
+    return {2: (W - x, y), 3: (W - x, H - y), 4: (x, H - y), 5: (y, x), 6: (H - y, x), 7: (H - y, W - x),
+            8: (y, W - x)}.get(int(orientation), (x, y))

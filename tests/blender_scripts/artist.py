@@ -10,7 +10,8 @@ the first stage shown), a square photo reconstructed next (it becomes the scene 
 now), Refine with This Camera on the first result untouched (the camera sent, the selection after it), a
 backend stopped with SIGTERM mid-job (the report, the process gone), a phone photo stored portrait with
 EXIF Orientation 6 with a mask painted sideways (refused) and upright (its result, which also shows the
-backend restarted), an untouched refine of it, and when the CPU-time warning shows.
+backend restarted), an untouched refine of it, a pick on it as Blender shows it, and when the CPU-time
+warning shows.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import threading
 import time
 
 import bpy  # first: it puts Blender's script modules (addon_utils) on sys.path
+import numpy as np
 
 from common import JobWatcher, call, draw_panel, install, run_driver  # noqa: E402
 
@@ -149,6 +151,22 @@ def main(cfg: dict) -> dict:
         t0 = time.monotonic()
         res = timed(out, "phone_refine", call("refine", collection="CUPID phone"), t0)
         out["phone_refine"] = {**res, "job": watcher.join(), **result_info("CUPID phone")}
+
+    # 5b. a pick on the phone photo as Blender shows it (stored pixels): the masks come back upright, the pick's
+    # object under it (upright (200, 120) is stored (120, 280) for Orientation 6)
+    picking, picks_mod = sys.modules[name + ".picking"], sys.modules[name + ".io.picks"]
+    settings = scene.cupid
+    settings.image, settings.mode, settings.mask = phone, "SCENE", None
+    settings.picks.clear()
+    picking.add_pick(settings, picks_mod.Pick("POINT", 120.0, 280.0), *phone.size)
+    out["phone_pick"] = call("segment", mode="SCENE")
+    mask = settings.mask
+    if mask is not None:
+        w, h = mask.size
+        px = np.empty(w * h * 4, np.float32)
+        mask.pixels.foreach_get(px)
+        px = px.reshape(h, w, 4)[::-1]
+        out["phone_pick"].update(size=[w, h], at_pick=float(px[120, 200, :3].max()))
 
     # 6. the CPU-time warning: never for a model path that is not there; with Device Auto on a machine the
     # set-up found CPU-only, before the backend has answered
