@@ -116,3 +116,9 @@ def test_picks_on_the_photo_blender_shows_land_on_the_same_pixels_upright(orient
     box, = upright_picks([Pick("BOX", 1.0, 1.0, 3.0, 2.0)], W, H, orientation)
     inside = up[int(box.y0):int(box.y1), int(box.x0):int(box.x1)]
     assert sorted(inside.ravel()) == sorted(stored[1:2, 1:3].ravel())
+
+
+def test_a_truncated_or_odd_exif_block_reads_as_upright():
+    data, _ = _oriented("JPEG", 6)
+    assert exif_orientation(data[:40]) == 1                          # cut inside the EXIF block
+    assert exif_orientation(b"\xff\xd8\xff\xff" + data[2:]) == 6     # a fill byte before the first marker

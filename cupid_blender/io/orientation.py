@@ -41,6 +41,9 @@ def _jpeg_exif(data: bytes) -> Optional[bytes]:
     at = 2
     while at + 4 <= len(data) and data[at] == 0xFF:
         marker = data[at + 1]
+        if marker == 0xFF:           # a fill byte before the marker
+            at += 1
+            continue
         if marker in (0xD9, 0xDA):   # end of image / start of scan: no more headers
             return None
         (length,) = struct.unpack(">H", data[at + 2:at + 4])
