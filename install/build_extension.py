@@ -81,16 +81,29 @@ def stamped_manifest() -> str:
     return re.sub(r'^version = "[^"]*"', f'version = "{backend_version()}"', text, count=1, flags=re.M)
 
 
+SETUPTOOLS_NEEDED = (77,)   # backend/pyproject.toml's build-system requires (license as an SPDX string)
+
+
+def local_setuptools_will_do() -> bool:
+    """Is the setuptools at hand new enough to build the backend without fetching one?"""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("setuptools")
+    except metadata.PackageNotFoundError:
+        return False
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:len(SETUPTOOLS_NEEDED)])
+    return parts >= SETUPTOOLS_NEEDED
+
+
 def build_wheel(dest: Path) -> Path:
     """The backend (backend/: pyproject.toml + cupid/) as a pure-Python wheel in `dest`, built from a
-    copy so the checkout gets no build/ or egg-info; without build isolation where setuptools is at
-    hand (no network needed), else pip fetches it."""
+    copy so the checkout gets no build/ or egg-info; without build isolation where a new enough
+    setuptools is at hand (no network needed), else pip fetches one."""
     with tempfile.TemporaryDirectory(prefix="cupid-wheel-") as tmp:
         src = Path(tmp) / "backend"
         shutil.copytree(BACKEND, src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info"))
-        import importlib.util
-
-        isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+        isolation = ["--no-build-isolation"] if local_setuptools_will_do() else []
         proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(dest),
                                str(src)], capture_output=True, text=True)
         if proc.returncode != 0:

@@ -30,6 +30,7 @@ PY
 say "Backend environment in $VENV"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" || die "could not create a virtual environment (on Debian/Ubuntu: apt install python3-venv)"
 PY="$VENV/bin/python"
+rm -f "$VENV/cupid-setup.json"   # the record of a finished set-up comes back once its model is in place
 "$PY" -m pip install -q --upgrade pip || die "pip could not upgrade itself (no network?)"
 "$PY" -m pip install -q "$TORCH_SPEC" || die "could not install $TORCH_SPEC"
 "$PY" -m pip install -q -e "$ROOT/backend" || die "could not install the cupid backend package"
@@ -48,6 +49,14 @@ if [ -z "$MODEL" ]; then
     MODEL="$ROOT/weights/tiny"
   fi
 fi
+# The model this environment runs: `cupid reconstruct`, `cupid serve` and `cupid batch` take it when
+# --model names none (the same record the add-on's Set Up Backend writes into its own environment).
+case "$MODEL" in
+  "$ROOT/weights/tiny") WEIGHTS=tiny ;;
+  hbb1/Cupid) WEIGHTS=official ;;
+  *) WEIGHTS=given ;;
+esac
+"$PY" -m cupid.setup_record "$MODEL" "$WEIGHTS" || die "could not record the set-up's model in $VENV"
 
 say "Blender extension zip"
 # The zip is built with Blender's own extension tool (blender_ext.py): from a Blender on PATH when
@@ -64,7 +73,7 @@ fi
 "$PY" "$ROOT/install/build_extension.py" --output-dir "$ROOT/dist" --model "$MODEL" || die "could not build the extension zip"
 
 say "Main job: reconstructing examples/monkey.png"
-"$PY" -m cupid reconstruct "$ROOT/examples/monkey.png" -o "$ROOT/out/monkey" --model "$MODEL" --steps "${CUPID_STEPS:-0}"
+"$PY" -m cupid reconstruct "$ROOT/examples/monkey.png" -o "$ROOT/out/monkey" --overwrite --steps "${CUPID_STEPS:-0}"
 
 say "Done"
 echo "Result bundle:   $ROOT/out/monkey (scene.json, object_0.glb, object_0.ply, overlay.png)"

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 BACKEND_FLOORS: list[set[str]] = [
     {"cupid", "cupid.errors", "cupid.config"},
-    {"cupid.hub", "cupid.geometry", "cupid.progress", "cupid.modules"},
+    {"cupid.hub", "cupid.geometry", "cupid.progress", "cupid.modules", "cupid.linear_images", "cupid.setup_record"},
     {"cupid.reconstruction", "cupid.sparse", "cupid.representations", "cupid.scene", "cupid.preprocess",
      "cupid.background"},
     {"cupid.sampler", "cupid.models"},

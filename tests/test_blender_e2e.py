@@ -199,6 +199,9 @@ def test_dead_backend_is_a_clear_report_and_changes_nothing(run):
 def test_bad_image_is_a_clear_report_and_changes_nothing(run):
     case = run["result"]["bad_image"]
     assert case["ret"] == ["ERROR"]
+    # from a script, as the README says: a RuntimeError whose message is the report (issue 24)
+    assert case["raised"] == "RuntimeError" and case["message"].startswith("Error: CUPID backend error (bad_input)")
+    assert "which Blender turns into a `RuntimeError` in a script" in " ".join(README.read_text().split())
     assert "CUPID backend error" in case["message"] and "image" in case["message"].lower()
     assert "Traceback" not in case["message"]
     _unchanged(case)
@@ -206,7 +209,7 @@ def test_bad_image_is_a_clear_report_and_changes_nothing(run):
 
 def test_cancelled_job_changes_nothing(run):
     case = run["result"]["cancelled"]
-    assert case["ret"] == ["CANCELLED"]
+    assert case["ret"] == ["CANCELLED"] and case["raised"] is None   # returned, not raised (README)
     assert case["message"] == "Reconstruction cancelled"
     assert case["seconds"] < 120  # a 500-step job would take far longer than a prompt cancel
     _unchanged(case)

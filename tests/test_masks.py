@@ -1,6 +1,8 @@
 """Object masks from user files / SAM, and the occlusion-aware object crop."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -51,6 +53,34 @@ def test_label_image_split(tmp_path):
         tiny = lab.copy()
         tiny[0, 0] = 9
         MS.masks_from_label_image(tiny)
+
+
+def test_grey_label_values_of_any_brightness_are_objects(tmp_path):
+    """Scene mode's promise: each grey value is one object, 128 and 255 as well as 1 and 2 (issue 24)."""
+    _, lab = _scene()
+    grey = np.where(lab == 3, 128, np.where(lab == 7, 255, 0)).astype(np.uint8)
+    for name, arr in (("grey.png", grey), ("grey_rgb.png", np.repeat(grey[..., None], 3, axis=2))):
+        m = MS.load_object_masks(_save(tmp_path, name, arr), (W, H))
+        assert m.names == ["label_128", "label_255"], name
+        np.testing.assert_array_equal(m.binary[0], lab == 3)
+        np.testing.assert_array_equal(m.binary[1], lab == 7)
+    # three bright labels in 16-bit, too
+    deep = np.where(lab == 3, 40000, np.where(lab == 7, 65535, 0)).astype(np.uint16)
+    deep[60:75, 5:30] = 50000
+    assert len(MS.load_object_masks(_save(tmp_path, "deep.png", deep), (W, H))) == 3
+
+
+def test_an_anti_aliased_or_feathered_mask_stays_one_object(tmp_path):
+    """Values that only form thin bands along an edge are a mask's anti-aliasing, not labels."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    r = np.hypot(xx - 50.3, yy - 40.7)
+    aa = np.clip((25.0 - r) * 255.0, 0, 255).astype(np.uint8)          # a disc, one pixel of anti-aliasing
+    feathered = np.clip((25.0 - r) * 40.0, 0, 255).astype(np.uint8)     # a 6-pixel feather
+    for name, arr in (("aa.png", aa), ("feathered.png", feathered)):
+        assert len(np.unique(arr)) > 3, name
+        m = MS.load_object_masks(_save(tmp_path, name, arr), (W, H))
+        assert len(m) == 1 and m.names == [Path(name).stem], name
+        np.testing.assert_allclose(m.alphas[0], arr / 255.0, atol=1e-6)
 
 
 def test_mask_list_soft_alpha_and_names(tmp_path):

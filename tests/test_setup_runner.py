@@ -86,6 +86,28 @@ def test_a_failed_step_resumes_there_and_the_record_comes_last(request_):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
+def test_the_record_inside_the_environment_names_the_model_the_backend_runs(request_):
+    """The backend's CLI reads the set-up's model from the environment (issue 24): the add-on's writer and
+    the backend's reader agree on the file and its format; a set-up under way has none."""
+    from cupid import setup_record
+
+    assert os.path.basename(StubSetup(request_, io.StringIO()).layout.env_record) == setup_record.RECORD_NAME
+    tiny = StubSetup(request_, io.StringIO(), weights="tiny")
+    rec = tiny.run_all()
+    env = tiny.layout.venv
+    assert setup_record.recorded_model(env) == tiny.layout.tiny_model == rec["model"]
+    assert setup_record.read_record(env) == rec == read_record(tiny.layout)
+    assert setup_record.choose_model(None, env)[0] == tiny.layout.tiny_model
+    assert setup_record.choose_model("other/model", env) == ("other/model", "--model")
+    failing = StubSetup(request_, io.StringIO(), weights="official", fail={"weights"})
+    with pytest.raises(StepFailed):
+        failing.run_all()
+    assert setup_record.recorded_model(env) is None                     # forgotten before anything changed
+    online = StubSetup(request_, io.StringIO(), weights="official")
+    online.run_all()
+    assert setup_record.recorded_model(env) == "hbb1/Cupid"
+
+
 def test_a_working_backend_is_a_no_op(request_):
     StubSetup(request_, io.StringIO()).run_all()
     again = StubSetup(request_, io.StringIO())

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from . import config
 from .errors import CheckpointError, InputError
+from .linear_images import read_linear_image
 
 ImageSource = Any  # a path, bytes, a PIL image or an HxWx{1,3,4} array
 Remover = Callable[[Image.Image], Image.Image]  # RGB photo -> RGBA cut-out (cupid.background.BackgroundRemover)
@@ -78,7 +79,7 @@ def _open(source: ImageSource, what: str, name: str | None = None) -> Image.Imag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = read_linear_image(data) or Image.open(io.BytesIO(data))   # EXR/HDR/float TIFF: as sRGB
             w, h = img.size
             if w * h > config.MAX_IMAGE_PIXELS:
                 raise InputError(f"{what} {name} is too large: {w}x{h} pixels, the limit is "

@@ -7,6 +7,8 @@ a failed or cancelled set-up resumes at the step that did not finish), ``setup.l
 ``setup.json``, the record of a working backend (its Python, the model it installed, the PyTorch
 build, the device its health check reported). The record is written last, after the smoke test, and
 removed before anything is changed, so a half-built environment is never taken for a working one.
+The same record goes into the environment itself, ``env/cupid-setup.json``, where the backend's CLI
+reads the model it should run (``cupid.setup_record``; ``install/setup.sh`` writes one there too).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ STEP_LABELS = {
     "check": "Checking the backend (start, health, stop)",
 }
 RECORD_SCHEMA = "cupid.setup/1"
+ENV_RECORD_NAME = "cupid-setup.json"   # the backend's cupid.setup_record.RECORD_NAME, at the env's sys.prefix
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class BackendLayout:
     @property
     def record(self) -> str:
         return self._join("setup.json")
+
+    @property
+    def env_record(self) -> str:
+        """The copy of the record inside the environment, which the backend's commands read."""
+        return self.plat.path.join(self.venv, ENV_RECORD_NAME)
 
     @property
     def log(self) -> str:
@@ -134,13 +142,16 @@ def read_record(layout: BackendLayout) -> Optional[dict]:
 
 
 def write_record(layout: BackendLayout, **fields: Any) -> dict:
+    """The record, in the backend folder (for the add-on) and in the environment (for its CLI)."""
     rec = {"schema": RECORD_SCHEMA, **fields, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(layout.env_record, rec)
     write_json(layout.record, rec)
     return rec
 
 
 def forget_record(layout: BackendLayout) -> None:
-    try:
-        os.remove(layout.record)
-    except FileNotFoundError:
-        pass
+    for path in (layout.record, layout.env_record):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass

@@ -115,9 +115,10 @@ def call(op: str, **kwargs: Any) -> dict:
     wm = bpy.context.window_manager
     try:
         ret = sorted(getattr(bpy.ops.cupid, op)(**kwargs))
-        return {"ret": ret, "message": wm.cupid_last_message}
+        return {"ret": ret, "message": wm.cupid_last_message, "raised": None}
     except RuntimeError as exc:  # an ERROR report of an operator called from Python
-        return {"ret": ["ERROR"], "message": str(exc), "last_message": wm.cupid_last_message}
+        return {"ret": ["ERROR"], "message": str(exc), "last_message": wm.cupid_last_message,
+                "raised": type(exc).__name__}
 
 
 class JobWatcher:

@@ -5,9 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import config
 from ..errors import CliError
-from .device import add_device_arguments
+from .device import add_device_arguments, add_model_argument, announce_model
 
 NAME = "batch"
 HELP = "reconstruct many photos (files, folders, CSV/JSONL listings) into bundles with a pool of workers on Ray"
@@ -31,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (a listing's 'seed' column wins)")
     p.add_argument("--min-fit", type=float, default=None, metavar="X",
                    help="flag photos whose fit IoU (reconstruction against the photo's outline) is below X, 0..1")
-    p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
+    add_model_argument(p)
     add_device_arguments(p)
 
 
@@ -73,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cluster.catalogue import list_inputs
     from ..cluster.runtime import require_ray
     from ..cluster.worker import BatchOptions
+    from ..server.schemas import check_seed
 
     require_ray()
     if args.workers < 1:
@@ -81,14 +81,14 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--steps must be 0 (the model's default) or more")
     if args.min_fit is not None and not 0.0 <= args.min_fit <= 1.0:
         raise CliError("--min-fit is an IoU: from 0 to 1")
-    if not 0 <= args.seed < 2 ** 63:
-        raise CliError("--seed must be from 0 to 2^63 - 1")
+    check_seed(args.seed, "--seed")
     items = list_inputs(args.inputs)
+    model = announce_model(args.model)
     out = Path(args.output).expanduser().resolve()
     options = BatchOptions(out=str(out), mode=args.mode, seed=args.seed, steps=args.steps, min_fit=args.min_fit)
     report = _Report(len({i.photo for i in items}))
     try:
-        summary = run_batch(items, options, ModelSpec(args.model, args.dtype), workers=args.workers, address=args.ray,
+        summary = run_batch(items, options, ModelSpec(model, args.dtype), workers=args.workers, address=args.ray,
                             device=args.device, report=report)
     finally:
         report.close()

@@ -1,4 +1,4 @@
-"""--device and --dtype, shared by the commands that load the model, and the line saying what they chose."""
+"""--model, --device and --dtype, shared by the commands that load the model, and the lines saying what they chose."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,22 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
+
+
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="Hugging Face id or local model directory (default: the model this environment's set-up "
+                        "installed, else the official hbb1/Cupid)")
+
+
+def announce_model(asked: str | None) -> str:
+    """The model to run: --model, else the set-up's (`cupid.setup_record`), else the official one; said
+    on stderr with where it came from ('model /x/weights/tiny (set up in /x/.venv/cupid-setup.json; ...)')."""
+    from ..setup_record import choose_model
+
+    model, why = choose_model(asked)
+    print(f"model {model} ({why})", file=sys.stderr, flush=True)
+    return model
 
 
 def add_point_map_argument(p: argparse.ArgumentParser) -> None:

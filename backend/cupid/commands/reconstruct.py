@@ -9,10 +9,11 @@ import numpy as np
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import config
 from ..errors import CliError
 from ..geometry.pnp import PNP_METHODS
-from .device import add_device_arguments, add_point_map_argument, announce_device, point_map_option
+from .staging import check_output, staging
+from .device import (add_device_arguments, add_model_argument, add_point_map_argument, announce_device,
+                     announce_model, point_map_option)
 
 if TYPE_CHECKING:
     from ..geometry import CameraPose
@@ -25,7 +26,10 @@ HELP = "reconstruct the object(s) in a photo and the camera that took it into a 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("photo", help="the photo: any photo (an opaque one is cut out automatically), an RGBA cut-out, "
                                  "or any photo with --mask")
-    p.add_argument("-o", "--output", required=True, help="directory for scene.json, GLB, PLY and overlay.png")
+    p.add_argument("-o", "--output", required=True,
+                   help="directory for scene.json, GLB, PLY and overlay.png: a new or empty one (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the bundle in a non-empty output directory (its files go, once the new one is done)")
     p.add_argument("--mask", help="mask image of the object (scene mode: a label image, one label per object)")
     p.add_argument("--mode", choices=("object", "scene"), default="object", help="one object, or every object")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
@@ -34,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pnp", choices=PNP_METHODS, default=None,
                    help="camera solver: robust (RANSAC + refinement, the default) or dlt (the release's, "
                         "to reproduce its results seed for seed); default: the model's pipeline.json")
-    p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
+    add_model_argument(p)
     p.add_argument("--point", action="append", default=[], metavar="X,Y",
                    help="scene mode: pick an object by a click at pixel X,Y of the photo (repeat for more objects)")
     p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
@@ -104,9 +108,15 @@ def run(args: argparse.Namespace) -> int:
     from ..run import reconstruct_bundle
     from ..scene.masks import parse_box, parse_point
     from ..server.inputs import decode_inputs
+    from ..server.schemas import check_seed
 
+    check_seed(args.seed, "--seed")
+    if args.steps < 0:
+        raise CliError("--steps must be 0 (the model's default) or more")
     if not Path(args.photo).is_file():
         raise CliError(f"photo not found: {args.photo}")
+    out_dir = Path(args.output)
+    check_output(out_dir, args.overwrite)
     if args.mask and not Path(args.mask).is_file():
         raise CliError(f"mask not found: {args.mask}")
     camera = read_camera_json(args.camera, args.photo) if args.camera else None
@@ -126,7 +136,6 @@ def run(args: argparse.Namespace) -> int:
         if args.mask:
             raise CliError("give either --mask or --point/--box, not both")
         prompts = ([list(parse_point(p)) for p in args.point], [list(parse_box(b)) for b in args.box])
-    out_dir = Path(args.output)
     bars: dict[str, tqdm] = {}
     state = {"stage": None, "tenth": -1}
     live = sys.stderr.isatty()  # a bar redrawn in place on a terminal; plain lines into a log file
@@ -148,18 +157,23 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     # a photo or mask that cannot be used is refused before the model loads (as the service does)
-    decode_inputs(Path(args.photo), Path(args.mask) if args.mask else None, args.mode)
-    print(f"loading model {args.model} ...")
+    inputs = decode_inputs(Path(args.photo), Path(args.mask) if args.mask else None, args.mode)
+    if args.mode == "scene" and inputs.mask is not None:
+        count = len(inputs.mask)
+        print(f"scene mode: {count} object{'s' if count != 1 else ''} in the label image {Path(args.mask).name}")
+    model = announce_model(args.model)
+    print(f"loading model {model} ...")
     device, dtype = announce_device(args.device, args.dtype)
-    pipe = CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype, **point_map_option(args))
-    try:
-        out = reconstruct_bundle(pipe, args.photo, out_dir, mask=args.mask, mode=args.mode, seed=args.seed,
-                                 steps=args.steps or None, progress=progress, pnp=args.pnp, camera=camera,
-                                 **({"real_size": args.real_size} if args.mode == "object" else {}),
-                                 prompts=prompts, on_stage_one=lambda first: write_preview(out_dir, first.preview()),
-                                 export=export)
-    finally:
-        for bar in bars.values():
-            bar.close()
-    print(f"wrote {Path(out) / 'scene.json'}")
+    pipe = CupidPipeline.from_pretrained(model, device=device, dtype=dtype, **point_map_option(args))
+    with staging(out_dir) as work:
+        try:
+            reconstruct_bundle(pipe, args.photo, work, mask=args.mask, mode=args.mode, seed=args.seed,
+                               steps=args.steps or None, progress=progress, pnp=args.pnp, camera=camera,
+                               **({"real_size": args.real_size} if args.mode == "object" else {}),
+                               prompts=prompts, on_stage_one=lambda first: write_preview(work, first.preview()),
+                               export=export)
+        finally:
+            for bar in bars.values():
+                bar.close()
+    print(f"wrote {out_dir / 'scene.json'}")
     return 0

@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import config
 from ..errors import CliError
-from .device import add_device_arguments, add_point_map_argument, announce_device, point_map_option
+from .device import (add_device_arguments, add_model_argument, add_point_map_argument, announce_device,
+                     announce_model, point_map_option)
 
 MB = 1024 * 1024
 NAME = "serve"
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", default=str(Path.home() / ".cupid" / "server.json"),
                    help="where {url, token} is kept (mode 0600); the token of an existing file is reused, so "
                         "clients stay set up across restarts (with --port 0 the file is removed at exit)")
-    p.add_argument("--model", default=config.CUPID_MODEL_ID, help="Hugging Face id or local model directory")
+    add_model_argument(p)
     add_device_arguments(p)
     add_point_map_argument(p)
     p.add_argument("--max-upload-mb", type=int, default=64, help="largest accepted upload")
@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.idle_timeout <= 0:
         raise CliError("--idle-timeout must be positive")
+    args.model = announce_model(args.model)
     from .serve_ray import TokenFile, run_if_ray
     if (code := run_if_ray(args, TokenFile(bind, existing_token, write_token_file))) is not None:
         return code

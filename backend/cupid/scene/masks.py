@@ -194,6 +194,8 @@ def masks_from_images(sources: Sequence[MaskSource], image_size: Sequence[int] |
 def _labels(src: MaskSource) -> tuple[np.ndarray, bool]:
     """Integer label array and whether it encodes 24-bit colours."""
     a = _as_array(src, "label image")
+    if a.ndim == 3 and a.shape[2] in (3, 4) and np.all(a[..., :3] == a[..., :1]):   # grey stored as RGB
+        a = a[..., 0]
     if a.ndim == 3 and a.shape[2] in (3, 4):  # colour-coded labels: each distinct non-black colour
         rgb = a[..., :3].astype(np.int64)
         return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], True
@@ -224,9 +226,33 @@ def masks_from_label_image(src: MaskSource, image_size: Sequence[int] | None = N
     return ObjectMasks(alphas, names)
 
 
+def _solid_values(a: np.ndarray) -> np.ndarray:
+    """The values of a 2-D array that fill at least one solid 3x3 patch (a pixel whose 8 neighbours
+    all share its value): a label's region has one, the thin bands anti-aliasing or feathering put
+    between a mask's object and its background do not."""
+    if a.shape[0] < 3 or a.shape[1] < 3:
+        return np.unique(a)
+    h, w = a.shape
+    centre = a[1:-1, 1:-1]
+    solid = np.ones(centre.shape, dtype=bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy != 1 or dx != 1:
+                solid &= a[dy:h - 2 + dy, dx:w - 2 + dx] == centre
+    return np.unique(centre[solid])
+
+
 def _looks_like_labels(src: MaskSource) -> bool:
-    """A single file is a label image when it holds small integer labels (8-bit: all < 128; 16/32-bit:
-    all < 32768) or several distinct non-grey colours, rather than a white-on-black/alpha mask."""
+    """Is a single file a label image (one object per distinct non-zero value or colour) rather than
+    one object's mask? The rule (README, *Mask*):
+
+    - several distinct non-grey colours: labels;
+    - small integer labels (8-bit: all < 128; 16/32-bit: all < 32768): labels;
+    - one non-zero grey value (a 0/255 mask): one object either way, read as a mask;
+    - otherwise grey values are labels when every one of them fills a solid patch somewhere (at least
+      3x3 pixels of only that value), as 128 and 255 painted with a hard brush do; an anti-aliased or
+      feathered mask has values that only ever form thin bands along its edge, and stays one object.
+    """
     a = _as_array(src, "mask")
     if a.ndim == 3:
         rgb = a[..., :3].reshape(-1, 3)
@@ -241,7 +267,11 @@ def _looks_like_labels(src: MaskSource) -> bool:
     if nz.size == 0:
         return False
     limit = 128 if a.dtype == np.uint8 else 32768
-    return int(nz.max()) < limit
+    if int(nz.max()) < limit:
+        return True
+    if nz.size == 1:
+        return False
+    return bool(np.isin(nz, _solid_values(a)).all())
 
 
 def load_object_masks(sources: MaskSource | Sequence[MaskSource], image_size: Sequence[int] | None = None,

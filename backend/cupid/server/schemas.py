@@ -5,12 +5,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..errors import InputError
 from ..geometry.pnp import PNP_METHODS
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 Mode = Literal["object", "scene"]
 PnpMethod = Literal[("", *PNP_METHODS)]  # type: ignore[valid-type]  # "": the model's default
 SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63 (torch's generator takes a signed 64-bit seed)
+
+
+def check_seed(seed: int, name: str = "seed") -> int:
+    """The service's rule for a seed (its form field: 0 <= seed < SEED_LIMIT), for the CLI's flags, which
+    must refuse a seed before any work rather than fail in the sampler."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise InputError(f"{name} must be from 0 to 2^63 - 1, got {seed}")
+    return seed
 
 
 class ErrorDetail(BaseModel):
