@@ -173,7 +173,8 @@ def main(cfg: dict) -> dict:
     state = sys.modules[name + ".setup.state"]
     prefs.backend_dir = cfg["backend_dir"]
     layout = sys.modules[name + ".setup_ui"].layout_of(prefs)
-    os.makedirs(os.path.dirname(layout.record), exist_ok=True)
+    for path in (layout.record, getattr(layout, "env_record", layout.record)):   # the record and its copy
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     state.write_record(layout, python=cfg["python"], torch={"kind": "cpu"}, device="cpu")
     warnings = {}
     absent = os.path.join(cfg["backend_dir"], "no-such-model")
