@@ -26,6 +26,7 @@ from ..backend_manager import BackendStartError
 from ..client import BackendError, BackendUnavailable
 from .bundle import SceneBuildError, find_bundle, restore_original_photo
 from .preview import PreviewData, read_preview
+from .settings import make_results_root
 from .upload import InputProblem, Upload
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -190,7 +191,7 @@ class ReconstructJob:
     def _incoming(self) -> Path:
         """The job's own folder inside the results folder (made on first use)."""
         if self.workdir is None:
-            self.request.results_root.mkdir(parents=True, exist_ok=True)
+            make_results_root(self.request.results_root, Path.home())
             self.workdir = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.request.results_root))
         return self.workdir
 

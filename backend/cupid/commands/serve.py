@@ -67,10 +67,11 @@ def write_token_file(path: Path, url: str, token: str, *, posix: bool = os.name 
 
     POSIX: 0600 from creation on, forced with fchmod whatever the umask. Elsewhere (Windows, no
     fchmod there) the file is created with the mode it can take and relies on the private profile
-    directory it lives in; `posix=False` runs that branch on any system."""
+    directory it lives in; `posix=False` runs that branch on any system. The temporary file is always
+    a new one (O_EXCL; O_NOFOLLOW where there is one, and O_EXCL alone refuses an existing name,
+    symlink included, on Windows too): a link planted at its name is never written through."""
     make_private_dirs(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+    fd, tmp = _new_private_file(path)
     try:
         if posix:
             os.fchmod(fd, 0o600)
@@ -81,6 +82,20 @@ def write_token_file(path: Path, url: str, token: str, *, posix: bool = os.name 
         raise
     os.close(fd)
     os.replace(tmp, path)
+
+
+def _new_private_file(path: Path) -> tuple[int, Path]:
+    """A file created anew beside `path` (0600, never through a link): `.NAME.PID.tmp`, or when
+    something already has that name, a random one."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+    names = [f".{path.name}.{os.getpid()}.tmp"] + [f".{path.name}.{secrets.token_hex(8)}.tmp" for _ in range(8)]
+    for name in names:
+        tmp = path.with_name(name)
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise CliError(f"cannot create a temporary file beside {path}: every name tried exists")
 
 
 def existing_token(path: Path) -> str | None:
