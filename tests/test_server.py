@@ -110,7 +110,8 @@ def test_token_file_is_private_and_complete(server):
 
 
 def test_wrong_token_with_a_big_upload_reads_as_wrong_token(server):
-    """The refusal comes after the body is read (and dropped), so the client sees the answer, not a reset."""
+    """The refusal is sent at once with `connection: close`, and the connection lingers reading and
+    dropping the rest of the body, so a client still uploading sees the answer, not a reset."""
     big = os.urandom(10 * MB)
     wrong = CupidClient(server.client.url, "not-the-token", timeout=30)
     with pytest.raises(BackendError) as err:

@@ -77,7 +77,10 @@ def test_the_queue_refuses_past_its_cap_with_memory_flat(tiny_model, tmp_path):
         s.stop()
 
 
-def test_connections_are_capped_and_idle_ones_closed(tiny_model, tmp_path):
+def test_idle_connections_give_way_and_are_closed(tiny_model, tmp_path):
+    """60 connections that send nothing against a cap of 8: each new one takes the place of the
+    longest idle one (closed silently), none waits for a slot, and the idle ones are gone after about
+    the idle timeout. (The cap answers 503 busy only when every slot does work: test_server_slow_clients.)"""
     s = Server(tiny_model, tmp_path, "--max-connections", "8", "--idle-timeout", "1")
     try:
         socks = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(60)]
@@ -90,9 +93,7 @@ def test_connections_are_capped_and_idle_ones_closed(tiny_model, tmp_path):
             answers.append(data)
             sock.close()
         took = time.monotonic() - t0
-        busy = [a for a in answers if a.startswith(b"HTTP/1.1 503") and b'"busy"' in a]
-        silent = [a for a in answers if a == b""]
-        assert len(busy) >= 52 and len(busy) + len(silent) == 60, answers[:3]
+        assert answers == [b""] * 60, [a[:60] for a in answers if a][:3]
         assert took < 5.0  # the idle ones were closed after about a second, not left open
         assert s.client.health()["version"]
     finally:
