@@ -157,6 +157,11 @@ class ReconstructJob:
             except queue.Empty:
                 return self._progress, self._outcome
             if isinstance(event, Outcome):
+                if event.state == "done" and self.cancel_requested:
+                    # the result came in as the artist cancelled: it is not imported, and the
+                    # backend forgets it (off this thread: the UI does not wait on the network)
+                    event = Outcome("cancelled")
+                    threading.Thread(target=self._forget, name="cupid-forget", daemon=True).start()
                 self._outcome = event
             elif isinstance(event, PreviewReady):
                 self._preview = event
@@ -246,7 +251,9 @@ class ReconstructJob:
                                         steps=r.steps, real_size=r.real_size if r.mode == "object" else None,
                                         photo_texture=r.photo_texture)
         st = client.wait(self.job_id, poll=POLL_S, on_progress=self._on_status, should_cancel=self._cancel.is_set)
-        if st["state"] == "cancelled":
+        if st["state"] == "cancelled" or self.cancel_requested:
+            if st["state"] == "done":   # it finished as the cancel went out: the artist does not want it
+                self._forget()
             return Outcome("cancelled")
         if st["state"] == "failed":
             err = st.get("error") if isinstance(st.get("error"), dict) else {}
@@ -257,7 +264,17 @@ class ReconstructJob:
         self._publish("done", "downloading result", 1.0)
         # the result stays on the service (until it expires there): its stage 1 is what a refine starts from
         bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle", free=False))
+        if self.cancel_requested:   # cancelled during the download: nothing is imported
+            self._forget()
+            return Outcome("cancelled")
         restore = r.restore
         if restore is not None:
             restore_original_photo(bundle, restore.width, restore.height, restore.photo, restore.name)
         return Outcome("done", bundle=bundle)
+
+    def _forget(self) -> None:
+        """Let the backend delete a finished job the artist cancelled (and its kept stage 1)."""
+        try:
+            self._client.cancel(self.job_id)
+        except Exception as exc:   # the backend forgets it after its time-to-live anyway
+            print(f"CUPID: could not delete cancelled job {self.job_id}: {exc}", flush=True)
