@@ -125,7 +125,8 @@ def probe_slow(host: str, port: int, token: str, n: int, hold: float) -> None:
         for i in mine:
             status, at = ended.get(i, ("still open", hold))
             outcomes.setdefault(status, []).append(at)
-        print(f"  {kind}: " + ", ".join(f"{len(v)} {k} (after {min(v):.1f}-{max(v):.1f} s)" for k, v in outcomes.items()))
+        told = (f"{len(v)} {k} (after {min(v):.1f}-{max(v):.1f} s)" for k, v in outcomes.items())
+        print(f"  {kind}: " + ", ".join(told))
     for _, sock, _ in socks:
         sock.close()
 
@@ -152,9 +153,11 @@ def probe_reader(host: str, port: int, token: str, job: str, wait: float) -> Non
     t0 = time.monotonic()
     data = read_all(sock, 5)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), -1)
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length")), -1)
     verdict = "dropped by the server" if len(body) < length else "kept open (whole answer still delivered)"
-    print(f"stopped reader, after {wait:.0f} s: {verdict}: {len(body)} of {length} bytes ({time.monotonic() - t0:.1f} s to read)")
+    print(f"stopped reader, after {wait:.0f} s: {verdict}: {len(body)} of {length} bytes "
+          f"({time.monotonic() - t0:.1f} s to read)")
     sock.close()
 
 

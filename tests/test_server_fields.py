@@ -76,7 +76,8 @@ def _check(r, field: str | None) -> dict:
 
 def test_deeply_nested_json_fields_are_422_naming_the_field(http):
     for deep in (DEEP, NESTED):
-        r = http.post("/v1/jobs", data={"mode": "scene", "prompts": deep}, files={"image": ("m.png", PHOTO, "image/png")})
+        r = http.post("/v1/jobs", data={"mode": "scene", "prompts": deep},
+                      files={"image": ("m.png", PHOTO, "image/png")})
         assert r.status_code == 422 and "'prompts'" in _check(r, "prompts")["error"]["message"]
         r = http.post("/v1/jobs", data={"from_job": "0" * 16, "camera": deep})
         assert r.status_code == 422 and "'camera'" in _check(r, "camera")["error"]["message"]

@@ -6,7 +6,6 @@ runs a real `cupid serve`."""
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time
@@ -135,7 +134,8 @@ def test_a_reader_that_stops_reading_is_dropped_after_the_write_timeout():
 
     async def endless(scope: dict, receive: Any, send: Any) -> None:
         """A large answer (256 MB in 1 MB pieces); records when its sending stopped."""
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(256 << 20).encode())]})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(256 << 20).encode())]})
         chunk = b"z" * (1 << 20)
         for k in range(256):
             await send({"type": "http.response.body", "body": chunk, "more_body": k < 255})
@@ -237,6 +237,6 @@ def test_sixty_four_slow_sockets_do_not_lock_out_a_legitimate_call(tiny_model, t
         assert all(a == b"" or a.startswith(b"HTTP/1.1 408") or a.startswith(b"HTTP/1.1 503") for a in answers), \
             [a[:60] for a in answers if a][:5]
         assert sum(a.startswith(b"HTTP/1.1 408") for a in answers) >= 32, [a[:40] for a in answers]
-        assert json.loads(json.dumps(s.client.health()))["version"]
+        assert s.client.health()["version"]
     finally:
         s.stop()
