@@ -252,8 +252,9 @@ class ReconstructJob:
                                         photo_texture=r.photo_texture)
         st = client.wait(self.job_id, poll=POLL_S, on_progress=self._on_status, should_cancel=self._cancel.is_set)
         if st["state"] == "cancelled" or self.cancel_requested:
-            if st["state"] == "done":   # it finished as the cancel went out: the artist does not want it
-                self._forget()
+            # nothing of it is wanted (a `done` that raced the cancel included): the backend may
+            # free what it keeps of it (its result, its stage 1)
+            self._forget()
             return Outcome("cancelled")
         if st["state"] == "failed":
             err = st.get("error") if isinstance(st.get("error"), dict) else {}
@@ -273,7 +274,7 @@ class ReconstructJob:
         return Outcome("done", bundle=bundle)
 
     def _forget(self) -> None:
-        """Let the backend delete a finished job the artist cancelled (and its kept stage 1)."""
+        """Let the backend delete a job the artist cancelled, once it ended (its result, its stage 1)."""
         try:
             self._client.cancel(self.job_id)
         except Exception as exc:   # the backend forgets it after its time-to-live anyway
