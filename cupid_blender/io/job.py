@@ -26,6 +26,7 @@ from ..backend_manager import BackendStartError
 from ..client import BackendError, BackendUnavailable
 from .bundle import SceneBuildError, find_bundle, restore_original_photo
 from .preview import PreviewData, read_preview
+from .settings import make_results_root
 from .upload import InputProblem, Upload
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -161,6 +162,11 @@ class ReconstructJob:
             except queue.Empty:
                 return self._progress, self._outcome
             if isinstance(event, Outcome):
+                if event.state == "done" and self.cancel_requested:
+                    # the result came in as the artist cancelled: it is not imported, and the
+                    # backend forgets it (off this thread: the UI does not wait on the network)
+                    event = Outcome("cancelled")
+                    threading.Thread(target=self._forget, name="cupid-forget", daemon=True).start()
                 self._outcome = event
             elif isinstance(event, PreviewReady):
                 self._preview = event
@@ -195,7 +201,7 @@ class ReconstructJob:
     def _incoming(self) -> Path:
         """The job's own folder inside the results folder (made on first use)."""
         if self.workdir is None:
-            self.request.results_root.mkdir(parents=True, exist_ok=True)
+            make_results_root(self.request.results_root, Path.home())
             self.workdir = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.request.results_root))
         return self.workdir
 
@@ -250,7 +256,10 @@ class ReconstructJob:
                                         steps=r.steps, real_size=r.real_size if r.mode == "object" else None,
                                         photo_texture=r.photo_texture)
         st = client.wait(self.job_id, poll=POLL_S, on_progress=self._on_status, should_cancel=self._cancel.is_set)
-        if st["state"] == "cancelled":
+        if st["state"] == "cancelled" or self.cancel_requested:
+            # nothing of it is wanted (a `done` that raced the cancel included): the backend may
+            # free what it keeps of it (its result, its stage 1)
+            self._forget()
             return Outcome("cancelled")
         if st["state"] == "failed":
             err = st.get("error") if isinstance(st.get("error"), dict) else {}
@@ -261,7 +270,17 @@ class ReconstructJob:
         self._publish("done", "downloading result", 1.0)
         # the result stays on the service (until it expires there): its stage 1 is what a refine starts from
         bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle", free=False))
+        if self.cancel_requested:   # cancelled during the download: nothing is imported
+            self._forget()
+            return Outcome("cancelled")
         restore = r.restore
         if restore is not None:
             restore_original_photo(bundle, restore.width, restore.height, restore.photo, restore.name)
         return Outcome("done", bundle=bundle)
+
+    def _forget(self) -> None:
+        """Let the backend delete a job the artist cancelled, once it ended (its result, its stage 1)."""
+        try:
+            self._client.cancel(self.job_id)
+        except Exception as exc:   # the backend forgets it after its time-to-live anyway
+            print(f"CUPID: could not delete cancelled job {self.job_id}: {exc}", flush=True)

@@ -39,6 +39,18 @@ def results_root(blend_path: str, beside_blend: bool, folder: str, home: Path) -
     return home / RESULTS_FOLDER
 
 
+def make_results_root(root: Path, home: Path) -> None:
+    """Create the results folder. The home folder's own (`~/cupid_results`, used while no .blend is
+    saved) holds photos and scenes nobody else chose to share: it is owner-only (0700), made so
+    whatever the umask and fixed if it was left readable by others. A folder beside a .blend or
+    picked in the preferences keeps the permissions its place gives it (it may be shared on purpose)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if os.name == "posix" and root == home / RESULTS_FOLDER:
+        st = root.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+            os.chmod(root, 0o700)
+
+
 def hub_caches(environ: Mapping[str, str], home: Path, weights_dir: str = "") -> list[Path]:
     """Where the backend finds downloaded weights, as ``cupid.hub.cache_dir`` decides: the add-on's
     Weights cache (handed to the backend as CUPID_WEIGHTS_DIR) when set, else the Hugging Face cache

@@ -22,6 +22,13 @@ class ServerSettings:
     max_queue: int = 16                  # jobs queued or running; one more is answered 503 busy
     max_queued_bytes: int = 1024 * MB    # decoded inputs spooled on disk for those jobs
     max_result_bytes: int = 2048 * MB    # finished zips kept; the oldest go first past it
+    # slow and hostile clients (cupid.server.connections; the plain server's, not Ray Serve's proxy)
+    max_connections: int = 64            # open at once; one more takes an idle/slow one's place, else 503
+    idle_timeout: float = 5.0            # seconds a connection may send nothing (before or between requests)
+    header_timeout: float = 10.0         # seconds for a request line and headers to arrive (then 408)
+    body_timeout: float = 10.0           # window over which a request body must bring min_body_rate
+    min_body_rate: int = 1024            # bytes a second a body brings at least, per body_timeout window
+    write_timeout: float = 20.0          # seconds an answer may wait on a client that does not read
 
     @property
     def url(self) -> str:
