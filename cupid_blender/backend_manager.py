@@ -24,6 +24,9 @@ from typing import Any, Callable, Optional
 from .setup.system import Platform, child_environment, hidden_process_options, make_owner_only, stop_process
 
 
+STOPPING_S = 20.0   # how long a backend that stopped answering is given to exit
+
+
 class BackendStartError(Exception):
     """The local backend could not be started; the message is meant for the user."""
 
@@ -79,6 +82,11 @@ class BackendManager:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def is_up(self, config: BackendConfig) -> bool:
+        """Whether a job with `config` is served at once: a remote service, or the local backend
+        already running with these settings (else it is started first)."""
+        return config.kind == "REMOTE" or (self.running() and self._config == config and self._client is not None)
+
     def status_text(self) -> str:
         if self.running():
             url = getattr(self._client, "url", "") if self._client is not None else ""
@@ -128,7 +136,7 @@ class BackendManager:
             raise BackendStartError(f"cannot make a private folder for the backend's token: {exc}") from exc
         token_file = os.path.join(self._tmpdir, "token.json")
         self._log_path = os.path.join(self._tmpdir, "backend.log")
-        cmd = [python, "-m", "cupid", "serve", "--port", "0", "--token-file", token_file,
+        cmd = [python, "-m", "cupid", "serve", "--port", "0", "--token-file", token_file, "--watch-stdin",
                "--device", config.device or "auto", "--dtype", config.dtype or "auto"]
         if config.model:
             cmd += ["--model", config.model]
@@ -137,7 +145,9 @@ class BackendManager:
             env["CUPID_WEIGHTS_DIR"] = config.weights_dir
         log = open(self._log_path, "wb")
         try:   # no console window on Windows
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            # its stdin is a pipe only this process holds: when Blender is gone (even killed), the backend
+            # reads its end and shuts down by itself (`--watch-stdin`), temp folder and all
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                                           env=env, **hidden_process_options(self.platform))
         except OSError as exc:
             raise BackendStartError(f"cannot start the CUPID backend with {python}: {exc}") from exc
@@ -166,7 +176,7 @@ class BackendManager:
         else:
             self._stop_locked()
             raise BackendStartError(f"the CUPID backend did not come up within {timeout:.0f} s")
-        client = mod.CupidClient(info["url"], info["token"], explain_unavailable=self._explainer(self._proc))
+        client = mod.CupidClient(info["url"], info["token"])   # explained only once it answered (below)
         while True:
             try:
                 client.health()
@@ -176,18 +186,23 @@ class BackendManager:
                     self._stop_locked()
                     raise BackendStartError("the CUPID backend started but does not answer /v1/health")
                 time.sleep(0.2)
+        client.explain_unavailable = self._explainer(self._proc)
         self._client = client
         return client
 
     def _explainer(self, proc: subprocess.Popen) -> Callable[[], Optional[str]]:
         """What a client of `proc` says when nothing answers any more: that the backend stopped, and
-        that running the job again starts it anew (the job itself is lost with the process)."""
+        that running the job again starts it anew (the job itself is lost with the process). A
+        backend told to stop (SIGTERM) closes its port first and exits a few seconds later: that is
+        waited for (up to STOPPING_S), so the report is the right one and the next job starts a new
+        process instead of meeting the dying one."""
         def explain() -> Optional[str]:
-            code = proc.poll()
-            if code is None:
-                return None
-            stopped = "was stopped" if self._stopped and self._proc is proc else f"stopped (exit code {code})"
-            return f"the local CUPID backend {stopped} while working; run it again and it restarts"
+            try:
+                code = proc.wait(timeout=STOPPING_S)
+            except subprocess.TimeoutExpired:
+                return None   # still running: something else is in the way (the generic report)
+            stopped = "was stopped" if self._stopped and self._proc is proc else "stopped"
+            return f"the local CUPID backend {stopped} while working (exit code {code}); run it again and it restarts"
         return explain
 
     def stop(self) -> None:
@@ -198,6 +213,7 @@ class BackendManager:
         proc, self._proc, self._client = self._proc, None, None
         self._stopped = True
         if proc is not None:
+            _close_stdin(proc, self.platform)   # the backend's own clean shutdown (`--watch-stdin`)
             stop_process(proc, self.platform)   # SIGTERM on POSIX; TerminateProcess on Windows
         if proc is not None:
             self._proc = proc  # keep the exit code for the status line
@@ -206,6 +222,21 @@ class BackendManager:
         if self._tmpdir:  # its token file and log go with it (a crash's log tail was read already)
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir, self._log_path = None, None
+
+
+def _close_stdin(proc: subprocess.Popen, platform: Platform, grace: float = 5.0) -> None:
+    """Close the pipe the backend watches, so that it shuts down by itself and removes its temporary
+    files; on Windows (where terminating skips that clean-up) give it `grace` seconds to do so."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except OSError:
+        pass
+    if platform.windows and proc.poll() is None:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 MANAGER = BackendManager()

@@ -3,7 +3,7 @@ new camera datablock and object, and read any perspective camera back as OpenCV 
 :func:`cupid_blender.io.camera.opencv_camera` (the math and its documentation live in ``io/camera.py``)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import bpy
 from mathutils import Matrix
@@ -40,11 +40,13 @@ def add_camera(scene: Any, K: Any, R: Any, t: Any, width: int, height: int,
     return obj
 
 
-def read_camera(scene: Any, camera_object: Any) -> tuple:
+def read_camera(scene: Any, camera_object: Any, render_size: Optional[tuple] = None) -> tuple:
     """(K, R, t, width, height) in OpenCV convention of a camera object as the scene renders it now
     (its lens, sensor size and fit, shift, placement, and the scene's render size and pixel aspect):
     the exact inverse of :func:`add_camera`, and what the artist sees through a moved or re-lensed
-    camera. K is in pixels of the full render size (the resolution percentage aside). Raises
+    camera. K is in pixels of the full render size (the resolution percentage aside). `render_size`
+    (width, height, pixel_aspect_x, pixel_aspect_y) stands in for the scene's: a CUPID camera that is
+    not the scene camera is read at its own photo's size (the scene's belongs to another photo). Raises
     ValueError with a one-line reason for what OpenCV cannot describe (not a camera, orthographic
     or panoramic, zero or negative scale)."""
     if camera_object is None or getattr(camera_object, "type", None) != "CAMERA":
@@ -53,10 +55,10 @@ def read_camera(scene: Any, camera_object: Any) -> tuple:
     if cam.type != "PERSP":
         raise ValueError(f"camera {camera_object.name!r} is {cam.type.lower()}: only perspective cameras "
                          f"have a pinhole K")
-    render = scene.render
+    r = scene.render
+    w, h, ax, ay = render_size or (r.resolution_x, r.resolution_y, r.pixel_aspect_x, r.pixel_aspect_y)
     settings = BlenderCameraSettings(
         lens=cam.lens, sensor_width=cam.sensor_width, sensor_height=cam.sensor_height, sensor_fit=cam.sensor_fit,
-        shift_x=cam.shift_x, shift_y=cam.shift_y, resolution_x=render.resolution_x,
-        resolution_y=render.resolution_y, pixel_aspect_x=render.pixel_aspect_x,
-        pixel_aspect_y=render.pixel_aspect_y, matrix_world=[list(row) for row in camera_object.matrix_world])
+        shift_x=cam.shift_x, shift_y=cam.shift_y, resolution_x=w, resolution_y=h, pixel_aspect_x=ax,
+        pixel_aspect_y=ay, matrix_world=[list(row) for row in camera_object.matrix_world])
     return opencv_camera(settings)

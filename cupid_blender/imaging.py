@@ -9,14 +9,14 @@ file's own bytes are kept too, so an ordinary photo is sent as it is.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional
 
 import bpy
 import numpy as np
 
 from .io.imaging import display_pixels, png_bytes, to_uint8
-from .io.upload import Picture
+from .io.orientation import exif_orientation, upright
+from .io.upload import Picture, picture_stem
 
 __all__ = ["image_bytes", "image_pixels", "read_picture"]
 
@@ -60,10 +60,20 @@ def image_bytes(image: Any) -> tuple[bytes, str]:
     return png_bytes(to_uint8(image_pixels(image))), f"{bpy.path.clean_name(image.name)}.png"
 
 
+def _picture(name: str, filename: str, pixels: Optional[np.ndarray], data: Optional[bytes]) -> Picture:
+    """The Picture of decoded pixels and the file's bytes, turned upright as its EXIF orientation says
+    (Blender's loader ignores it, the backend does not). A turned photo keeps no file bytes: what is
+    sent and kept is then a PNG of the upright pixels, so no copy of it is ever shown sideways."""
+    orientation = exif_orientation(data) if pixels is not None else 1
+    if orientation != 1:
+        pixels, data = upright(pixels, orientation), None
+    return Picture(name, picture_stem(name), filename, pixels, data, orientation)
+
+
 def read_picture(source: str, what: str) -> Picture:
-    """A photo or mask from an image datablock's name or a file path (decoded by Blender; a file
-    Blender cannot decode keeps only its bytes, for the backend to judge). Raises ValueError with
-    a one-line reason."""
+    """A photo or mask from an image datablock's name or a file path (decoded by Blender, turned
+    upright; a file Blender cannot decode keeps only its bytes, for the backend to judge). Raises
+    ValueError with a one-line reason."""
     if source in bpy.data.images:
         img = bpy.data.images[source]
         own = _own_bytes(img)
@@ -72,7 +82,7 @@ def read_picture(source: str, what: str) -> Picture:
         except (ValueError, RuntimeError) as exc:
             raise ValueError(f"cannot read the {what} image {img.name!r}: {exc}") from None
         filename = own[1] if own else f"{bpy.path.clean_name(img.name)}.png"
-        return Picture(img.name, Path(img.name).stem, filename, pixels, own[0] if own else None)
+        return _picture(img.name, filename, pixels, own[0] if own else None)
     path = bpy.path.abspath(source)
     if not os.path.isfile(path):
         raise ValueError(f"{what} not found: {source!r} is neither a file nor an image in this file")
@@ -81,7 +91,7 @@ def read_picture(source: str, what: str) -> Picture:
     if not data:
         raise ValueError(f"the {what} file {path} is empty")
     name = os.path.basename(path)
-    return Picture(name, Path(path).stem, name, _decode_file(path), data)
+    return _picture(name, name, _decode_file(path), data)
 
 
 def _decode_file(path: str) -> Optional[np.ndarray]:

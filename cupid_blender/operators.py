@@ -8,6 +8,7 @@ cancel), then moves the result into the results folder and builds the scene from
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -26,14 +27,16 @@ from .imaging import read_picture
 from .io.bundle import object_names
 from .io.job import JobRequest, Outcome, ReconstructJob, UserError, describe_error, superseded_jobs
 from .io.settings import (UNSET, batch_inputs, effective_model, expected_cpu_seconds, folder_name, free_suffix,
-                          hub_caches, is_tiny, resolve_sampling, results_root)
+                          full_size_model, hub_caches, resolve_sampling, results_root, runs_on_cpu)
 from .io.upload import InputProblem, Upload, prepare_upload
 from .preferences import build_defaults, get_prefs
 from .preview import PREVIEW_PROP, PreviewBuild, build_preview
 from . import composite as composite_setup
 from .properties import COMPOSITE_HELP, MODES, REAL_SIZE_HELP
+from .setup.state import read_record
+from .setup.system import Platform
 from .setup_ui import layout_of
-from .results import JOB_PROP, JOB_SIZE_PROP
+from .results import JOB_PROP, JOB_SIZE_PROP, select_parts
 
 ACTIVE: dict = {"job": None}
 _BACKEND: dict = {"stopped_by_artist": False}
@@ -71,14 +74,22 @@ def results_folder(context: Any) -> Path:
 def cpu_warning(context: Any, steps: int) -> Optional[str]:
     """A warning when a full-size model is about to run on the CPU, with the time to expect."""
     prefs = get_prefs(context)
-    if prefs is None or prefs.backend_kind != "LOCAL" or is_tiny(active_model(prefs)):
+    if prefs is None or prefs.backend_kind != "LOCAL" or not full_size_model(active_model(prefs)):
         return None
-    device = context.window_manager.cupid_device or prefs.device
-    if device != "cpu":
+    if not runs_on_cpu(prefs.device, context.window_manager.cupid_device, read_record(layout_of(prefs)), gpu_seen()):
         return None
     dtype = context.window_manager.cupid_dtype or prefs.dtype
     minutes = expected_cpu_seconds(steps, dtype) / 60.0
     return f"Full-size model on the CPU: about {minutes:.0f} min per photo (a GPU takes a minute or two)"
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_seen() -> bool:
+    """Does this computer show a GPU the backend could use (Apple silicon, or an NVIDIA driver's
+    nvidia-smi on PATH)? A look-up on PATH, no process started, once per session (the panel asks on
+    every redraw)."""
+    plat = Platform.current()
+    return plat.apple_silicon if plat.mac else shutil.which("nvidia-smi") is not None
 
 
 def backend_status() -> str:
@@ -189,9 +200,12 @@ class Run:
         self.name = name
         self.composite = composite      # build the result with *Composite over Photo*
         self.replace = replace          # the result collection a refine replaces the parts of
+        active = getattr(context, "active_object", None)
+        self.active_name = active.name if active is not None else ""   # active again after a refine
         self.preview: Optional[PreviewBuild] = None
         self.suffix: Optional[str] = None   # the preview's (and so the result's) name suffix
-        self.job = ReconstructJob(lambda should_cancel: MANAGER.client(config, should_cancel=should_cancel), request)
+        self.job = ReconstructJob(lambda should_cancel: MANAGER.client(config, should_cancel=should_cancel), request,
+                                  backend_up=MANAGER.is_up(config))
         self.interrupted = False
         ACTIVE["job"] = self.job
         _BACKEND["stopped_by_artist"] = False  # the job starts the backend again if needed
@@ -275,6 +289,11 @@ class Run:
             self._remember_job(res)
             referenced = [str(c[JOB_PROP]) for c in bpy.data.collections if JOB_PROP in c]
             self.job.release(superseded_jobs(self.job.request, referenced))
+            if self.replace:   # the artist's selection was replaced: the result stays selected (a courtesy)
+                try:
+                    select_parts(context.view_layer, res.collection, self.active_name)
+                except (RuntimeError, ReferenceError):
+                    pass
             verb = "refined" if self.replace else "added"
             msg = f"CUPID: {verb} {len(res.objects)} object(s) and a camera in {res.collection.name!r}"
             msg = "; ".join([msg] + res.notes)

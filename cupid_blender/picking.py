@@ -24,9 +24,10 @@ from bpy.props import EnumProperty
 from .backend_manager import MANAGER
 from .imaging import image_pixels
 from .io.imaging import resample_nearest
+from .io.orientation import stored_size
 from .io.job import UserError
 from .io.picks import (Pick, PickProblem, colour_labels, cutout, labels_from_pixels, overlay, pick_from_drag,
-                       view_to_photo)
+                       upright_picks, view_to_photo)
 from .io.segment import SegmentJob, SegmentOutcome, segment_request
 from .io.upload import InputProblem, Picture
 from .operators import backend_config, photo_source, read_input
@@ -149,10 +150,14 @@ class _Segmenting:
         try:
             photo = read_input(photo_source(context), "photo")
             picks = picks_of(settings) if mode == "scene" else []
-            size = tuple(photo.pixels.shape[1::-1]) if photo.pixels is not None else None
+            # picks are made on the photo as Blender shows it: its stored pixels, which a phone photo's EXIF
+            # orientation turns upright (the photo read, and sent, is upright)
+            size = stored_size(*photo.pixels.shape[1::-1], photo.orientation) if photo.pixels is not None else None
             if picks and size is not None and tuple(settings.picks_size) != size:
                 raise UserError(f"CUPID: the picks were made on a {settings.picks_size[0]}x{settings.picks_size[1]} "
                                 f"photo, this one is {size[0]}x{size[1]}: clear the picks and pick again")
+            if picks and size is not None:
+                picks = upright_picks(picks, *size, photo.orientation)
             request = segment_request(photo, picks, mode)
         except (UserError, PickProblem, InputProblem, ValueError) as exc:
             self.report({"ERROR"}, str(exc))

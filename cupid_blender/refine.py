@@ -41,8 +41,8 @@ def prepare_refine(context: Any, collection: str, steps: int) -> tuple[JobReques
     if cam is None:
         raise UserError(f"CUPID: {coll.name!r} has no CUPID camera left to refine with: run the reconstruction again")
     context.view_layer.update()
-    try:
-        K, R, t, W, H = read_camera(context.scene, cam)
+    try:   # at its own photo's size, whichever camera is active and whatever size the scene renders at
+        K, R, t, W, H = read_camera(context.scene, cam, scene_builder.camera_resolution(cam))
     except ValueError as exc:
         raise UserError(f"CUPID cannot refine with {cam.name!r}: {exc}") from None
     mesh = next((o for o in parts(coll) if o.type == "MESH" and not o.get(GROUND_PROP)), None)

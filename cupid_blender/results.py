@@ -58,6 +58,22 @@ def result_camera(coll: Any) -> Optional[Any]:
     return next((o for o in parts(coll) if o.type == "CAMERA"), None)
 
 
+def select_parts(view_layer: Any, coll: Any, active_name: str = "") -> None:
+    """Select a result's parts and make one active (`active_name` if it is still there, else its first
+    object), so that the panel keeps showing the result (a refine replaces the objects the artist had
+    selected). Parts outside the view layer (an excluded collection) are left alone."""
+    objects = [o for o in parts(coll) if o.name in view_layer.objects and o.visible_get(view_layer=view_layer)]
+    if not objects:
+        return
+    for obj in view_layer.objects:   # (`selected` may still list the objects the refine removed)
+        if obj.select_get(view_layer=view_layer):
+            obj.select_set(False, view_layer=view_layer)
+    for obj in objects:
+        obj.select_set(True, view_layer=view_layer)
+    meshes = [o for o in objects if o.type == "MESH"] or objects
+    view_layer.objects.active = next((o for o in objects if o.name == active_name), meshes[0])
+
+
 def photo_mix_nodes(coll: Any) -> list:
     """The Photo Texture mix nodes of the materials of a result's parts."""
     out = []

@@ -52,7 +52,7 @@ def test_start_reuse_restart_after_crash_and_stop(manager, tiny):
     manager._proc.wait(timeout=10)
     assert not manager.running()
     # a job still talking to it is told what happened and what to do
-    with pytest.raises(BackendUnavailable, match=r"stopped \(exit code -9\) while working; run it again"):
+    with pytest.raises(BackendUnavailable, match=r"stopped while working \(exit code -9\); run it again"):
         client.status("0123456789abcdef")
     again = manager.client(cfg, timeout=120)
     assert "version" in again.health()
@@ -60,8 +60,9 @@ def test_start_reuse_restart_after_crash_and_stop(manager, tiny):
     assert not first_dir.exists()  # the crashed run's token file and log went with its directory
 
     proc, second_dir = manager._proc, Path(manager._tmpdir)
+    assert "--watch-stdin" in proc.args    # it shuts down by itself when Blender is gone (test_serve_orphan.py)
     manager.stop()
-    assert proc.poll() is not None and not manager.running()
+    assert proc.stdin.closed and proc.poll() is not None and not manager.running()
     assert not second_dir.exists()
     assert manager.status_text().startswith("stopped")
     manager.client(cfg, timeout=120)  # a stop on purpose is not counted as a crash

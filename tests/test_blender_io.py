@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +189,26 @@ def test_gaussian_reader_matches_the_backends(tmp_path):
     (tmp_path / "plain.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nend_header\n")
     with pytest.raises(GaussianFileError, match="only binary"):
         read_gaussians(tmp_path / "plain.ply")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_the_home_results_folder_is_owner_only(tmp_path):
+    """Under umask 022 `~/cupid_results` is made 0700 (and a readable one left by an older version is
+    fixed); a folder beside a .blend keeps what its place gives it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    old = os.umask(0o022)
+    try:
+        settings.make_results_root(home / "cupid_results", home)
+        assert stat.S_IMODE((home / "cupid_results").stat().st_mode) == 0o700
+        os.chmod(home / "cupid_results", 0o755)
+        settings.make_results_root(home / "cupid_results", home)
+        assert stat.S_IMODE((home / "cupid_results").stat().st_mode) == 0o700
+        beside = tmp_path / "project" / "cupid_results"
+        settings.make_results_root(beside, home)
+        assert stat.S_IMODE(beside.stat().st_mode) == 0o755
+    finally:
+        os.umask(old)
 
 
 def test_settings_decisions(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 import zipfile
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -117,7 +118,7 @@ class Service(QuietHandler):
 
     def do_DELETE(self) -> None:
         Service.log.append(("DELETE", self.path))
-        self._send(200, json.dumps({"state": "done", "stage": "done", "progress": 1.0}).encode())
+        self._send(200, b'{"id": "j1", "state": "done"}')
 
 
 @pytest.fixture()
@@ -166,6 +167,45 @@ def test_the_job_fetches_the_preview_once_in_the_photos_pixels(service, tmp_path
     assert scene["image"]["width"] == 512 and outcome.bundle.is_relative_to(job.workdir)
     job.cleanup()
     assert not first.photo.exists()
+
+
+def test_a_done_that_races_a_cancel_is_never_imported_and_is_deleted(service, tmp_path):
+    """The artist cancels as the job finishes on the backend: the `done` is discarded (nothing is
+    downloaded or imported) and the backend is told to delete the job."""
+    up = Upload(b"photo", "monkey.png", None, 128, 96, 128, 96)
+    job = ReconstructJob(lambda should_cancel: CupidClient(service, TOKEN), JobRequest(up, "object", 0, 0,
+                                                                                        tmp_path / "results"))
+    seen = job._on_status
+
+    def cancel_at_done(st: dict) -> None:   # Cancel pressed as the last poll answered `done`
+        if st["state"] == "done":
+            job.cancel()
+        seen(st)
+
+    job._on_status = cancel_at_done
+    job.run()
+    _, outcome = job.poll()
+    assert outcome.state == "cancelled" and outcome.bundle is None
+    assert ("DELETE", "/v1/jobs/j1") in Service.log and not any(e[1].endswith("/result") for e in Service.log)
+    job.cleanup()
+
+
+def test_a_cancel_after_the_download_is_not_imported_either(service, tmp_path):
+    """The worker already queued `done` when Cancel was pressed: the UI takes `cancelled`, the
+    downloaded files go with the clean-up, and the backend deletes the job."""
+    up = Upload(b"photo", "monkey.png", None, 128, 96, 128, 96)
+    job = ReconstructJob(lambda should_cancel: CupidClient(service, TOKEN), JobRequest(up, "object", 0, 0,
+                                                                                        tmp_path / "results"))
+    job.run()
+    job.cancel()
+    _, outcome = job.poll()
+    assert outcome.state == "cancelled"
+    deadline = time.monotonic() + 10
+    while ("DELETE", "/v1/jobs/j1") not in Service.log:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    job.cleanup()
+    assert not job.workdir.exists()
 
 
 def test_a_missing_preview_does_not_stop_the_job(service, tmp_path):

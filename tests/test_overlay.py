@@ -175,3 +175,41 @@ def test_overlay_without_colours_uses_normals_and_handles_empty_view():
     # object entirely behind the camera: the photo comes back unchanged
     out2 = render_overlay(photo, [(mesh.vertices, mesh.faces, None)], K, np.eye(3), np.array([0, 0, -3.0]))
     assert np.array_equal(out2, photo)
+
+
+def _dark_boxes(img: np.ndarray) -> list:
+    """(x, y, w, h) of each separate black label box of an overlay (the photo and meshes are never black;
+    the holes of letters such as 'o' are too small to count)."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats((img == 0).all(axis=2).astype(np.uint8), connectivity=8)
+    return [tuple(int(v) for v in stats[k, :4]) for k in range(1, n) if stats[k, 2] > 12 and stats[k, 3] > 6]
+
+
+def test_fit_labels_of_neighbouring_objects_neither_overlap_nor_leave_the_image():
+    """Three objects side by side at the top edge of a small photo, with long fit labels: each label is
+    its own box (none covers another) and every box lies whole inside the image."""
+    photo = np.full((H, W, 3), 128, np.uint8)
+    t = np.array([0.0, 0.0, 2.4])
+    meshes = []
+    for dx in (-0.45, 0.0, 0.45):
+        box = trimesh.creation.box(extents=(0.3, 0.3, 0.3))
+        meshes.append((box.vertices + [dx, -0.55, 0.0], box.faces, np.full((len(box.vertices), 3), 0.9)))
+    labels = [f"object_{k}: fit IoU 0.{37 + k}" for k in range(3)]
+    out = render_overlay(photo, meshes, K, np.eye(3), t, labels=labels)
+    boxes = _dark_boxes(out)
+    assert len(boxes) == 3, boxes                                      # three separate boxes: no overlap
+    for x, y, w, h in boxes:
+        assert x >= 0 and y >= 0 and x + w <= W and y + h <= H
+        assert w > 60 and h > 8                                         # a whole label, not a clipped sliver
+
+
+def test_a_label_wider_than_a_tiny_photo_shrinks_to_fit():
+    from cupid.export.overlay import place_labels
+    photo = np.full((40, 60, 3), 128, np.uint8)
+    box = trimesh.creation.box(extents=(0.3, 0.3, 0.3))
+    K_small = np.array([[60.0, 0, 30], [0, 60.0, 20], [0, 0, 1]])
+    out = render_overlay(photo, [(box.vertices, box.faces, None)], K_small, np.eye(3), np.array([0, 0, 2.0]),
+                         labels=["object_0: fit IoU 0.99"])
+    (x, y, w, h), = _dark_boxes(out)
+    assert x >= 0 and y >= 0 and x + w <= 60 and y + h <= 40
+    assert place_labels([(50, 10), (50, 10)], [(0, 0, 10, 10), (0, 0, 10, 10)], 60, 40) == \
+        [(0, 0, 50, 10), (0, 12, 50, 10)]   # above the object (clipped to the image), then below it

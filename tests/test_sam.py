@@ -185,7 +185,7 @@ def test_missing_weights_name_cupid_download(tmp_path, monkeypatch):
         raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(CheckpointError, match=r"cannot get the segment-anything weights checkpoints/sam_vit_b_01ec64.pth "
-                                              r"\(ybelkada/segment-anything\).*run 'cupid download'"):
+                                              r"\(ybelkada/segment-anything\).*Run 'cupid download'"):
         load_sam()  # the default checkpoint
     assert asked == [(config.SAM_REPO_ID, config.SAM_FILENAME)]
 

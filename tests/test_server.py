@@ -110,7 +110,8 @@ def test_token_file_is_private_and_complete(server):
 
 
 def test_wrong_token_with_a_big_upload_reads_as_wrong_token(server):
-    """The refusal comes after the body is read (and dropped), so the client sees the answer, not a reset."""
+    """The refusal is sent at once with `connection: close`, and the connection lingers reading and
+    dropping the rest of the body, so a client still uploading sees the answer, not a reset."""
     big = os.urandom(10 * MB)
     wrong = CupidClient(server.client.url, "not-the-token", timeout=30)
     with pytest.raises(BackendError) as err:
@@ -748,6 +749,25 @@ def test_token_file_private_dirs_and_the_portable_branch(tmp_path, posix):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert json.loads(path.read_text()) == {"url": "http://127.0.0.1:2", "token": "second"}
     assert [p.name for p in path.parent.iterdir()] == ["server.json"]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="symlinks")
+def test_token_file_never_writes_through_a_planted_symlink(tmp_path):
+    """Another local user plants a link at the temporary file's name: its target stays untouched and
+    the token file is still written (under a fresh name, then renamed)."""
+    from cupid.commands.serve import write_token_file
+    path = tmp_path / "cupid" / "server.json"
+    path.parent.mkdir(mode=0o700)
+    target = tmp_path / "victim.txt"
+    target.write_text("precious")
+    mode = stat.S_IMODE(target.stat().st_mode)
+    planted = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    os.symlink(target, planted)
+    write_token_file(path, "http://127.0.0.1:1", "t" * 32)
+    assert target.read_text() == "precious" and stat.S_IMODE(target.stat().st_mode) == mode
+    assert json.loads(path.read_text()) == {"url": "http://127.0.0.1:1", "token": "t" * 32}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and not path.is_symlink()
+    assert planted.is_symlink()   # left alone, not followed
 
 
 def test_stale_dirs_are_swept_by_pid_or_by_heartbeat(tmp_path):

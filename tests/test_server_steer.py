@@ -99,12 +99,16 @@ def test_refine_refusals(server):
     bad = [({**cam, "R": (2 * np.eye(3)).tolist()}, "not a rotation"),
            ({**cam, "K": [[1, 0, 0], [1, 0, 0], [0, 0, 1]]}, "singular"),
            ({**cam, "t": (np.array(cam["t"]) * [1, 1, -1]).tolist()}, "sees none of the object's voxels"),
+           ({**cam, "K": {}}, "camera K must be a 3x3 matrix"),   # was a TypeError (500)
+           ({**cam, "R": [[1, 0, 0]]}, "camera R must be a 3x3 matrix"),
+           ("[" * 30_000 + "]" * 30_000, "nests JSON deeper"),           # was a RecursionError (500)
            ("not json", "not JSON")]
     for camera, why in bad:
         with pytest.raises(BackendError) as info:
             _post(server, "/v1/jobs", {"from_job": job, "camera": camera if isinstance(camera, str)
                                        else json.dumps(camera)})
         assert info.value.status == 422 and info.value.code == "bad_input" and why in info.value.message
+        assert "'camera'" in info.value.message
     with pytest.raises(BackendError) as info:   # a refine brings no photo
         _post(server, "/v1/jobs", {"from_job": job, "camera": json.dumps(cam)}, {"image": ("a.png", PHOTO)})
     assert info.value.status == 422

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,11 +47,26 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return found + (OSError, ValueError)
 
 
-def _why(exc: BaseException) -> str:
+OFFLINE = "offline mode is on (HF_HUB_OFFLINE) and {what} not in the local cache"
+AGAIN = "run 'cupid download' again"
+NETWORK_ADVICE = "check your network connection (or HF_ENDPOINT / proxy settings)"
+
+
+def _why(exc: BaseException, what: str = "the file is") -> str:
+    """Why a Hub call failed, as a clause: offline mode, else the error's name and its first sentence
+    (huggingface_hub's messages run to several sentences and URLs; a cut mid-sentence reads garbled)."""
     if is_offline():
-        return "Hugging Face is in offline mode (HF_HUB_OFFLINE) and it is not in the local cache"
-    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return OFFLINE.format(what=what)
+    text = " ".join(str(exc).split())
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".") if text else ""
+    if len(first) > 200:
+        first = first[:200].rsplit(" ", 1)[0] + " ..."
     return f"{type(exc).__name__}{': ' + first if first else ''}"
+
+
+def _advice(again: str) -> str:
+    """What to do next: leave offline mode, or check the network."""
+    return f"unset HF_HUB_OFFLINE and {again}" if is_offline() else f"{NETWORK_ADVICE} and {again}"
 
 
 def hub_file(repo_id: str, filename: str, *, what: str | None = None) -> Path:
@@ -64,8 +80,8 @@ def hub_file(repo_id: str, filename: str, *, what: str | None = None) -> Path:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=cache_dir()))
     except _hub_errors() as exc:
         label = what or f"{repo_id}/{filename}"
-        raise CheckpointError(f"cannot get {label} from Hugging Face ({_why(exc)}): run 'cupid download' "
-                              f"while online, or pass a local path") from None
+        raise CheckpointError(f"cannot get {label} from Hugging Face: {_why(exc)}. Run 'cupid download' while "
+                              f"online, or pass a local model folder") from None
 
 
 def cached_file(repo_id: str, filename: str) -> Path | None:
@@ -89,8 +105,8 @@ def hub_files(repo_id: str, patterns: list[str] | None = None) -> list[tuple[str
     try:
         info = HfApi().model_info(repo_id, files_metadata=True)
     except _hub_errors() as exc:
-        raise CheckpointError(f"could not list {repo_id} on Hugging Face ({_why(exc)}). Check your network "
-                              f"connection (or HF_ENDPOINT / proxy settings) and run 'cupid download' again") from None
+        raise CheckpointError(f"could not list {repo_id} on Hugging Face: {_why(exc, 'its file list is')}. "
+                              f"To fix it, {_advice(AGAIN)}") from None
     sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
     return [(name, sizes[name]) for name in filter_repo_objects(sorted(sizes), allow_patterns=patterns)]
 
@@ -145,6 +161,6 @@ def hub_snapshot(repo_id: str, patterns: list[str] | None = None, *, cache: str 
                 on_bytes(name, size)
         return Path(snapshot_download(repo_id=repo_id, allow_patterns=patterns, cache_dir=folder))
     except _hub_errors() as exc:
-        raise CheckpointError(f"could not download {repo_id} from Hugging Face ({_why(exc)}). Check your "
-                              f"network connection (or HF_ENDPOINT / proxy settings) and run 'cupid download' "
-                              f"again; finished files are kept and the download resumes") from None
+        raise CheckpointError(f"could not download {repo_id} from Hugging Face: {_why(exc, 'its files are')}. "
+                              f"To fix it, {_advice(AGAIN)} (finished files are kept and the "
+                              f"download resumes)") from None

@@ -226,15 +226,18 @@ EMPTY_OBJECT_MASK = ("the object mask is empty: the photo's alpha (or the mask) 
                      "RGBA cut-out of the object or a mask that covers it")
 
 
-def preprocess(photo: ImageSource, mask: ImageSource | None = None, remover: Remover | None = None) -> Processed:
+def preprocess(photo: ImageSource, mask: ImageSource | None = None, remover: Remover | None = None,
+               check: Callable[[], None] | None = None) -> Processed:
     """Load the photo (and mask), find the object, crop around it and build both network inputs.
 
     The object is the mask if one is given, else the photo's alpha if it has any below 255, else
     what `remover` cuts out of the photo (as the release does; without a remover that is an error).
     A given mask replaces the photo's alpha (the release's `putalpha`), even when it covers everything
-    (where the release would then run its remover).
+    (where the release would then run its remover). `check` (a cancel check) runs between the steps.
     """
+    check = check or (lambda: None)
     rgba = load_photo(photo)
+    check()
     size = (rgba.shape[1], rgba.shape[0])
     scale, removed = 1.0, False
     if mask is not None:
@@ -248,6 +251,7 @@ def preprocess(photo: ImageSource, mask: ImageSource | None = None, remover: Rem
     else:
         image, scale = _cut_out(rgba, remover)
         removed = True
+    check()
     crop = object_crop(image[..., 3])
     if crop is None:
         if removed:
@@ -256,6 +260,7 @@ def preprocess(photo: ImageSource, mask: ImageSource | None = None, remover: Rem
     if int(crop.size) // 2 == 0:
         raise InputError("the object is only a pixel or two across: too small to reconstruct")
     pixels = crop_pixels(image, crop)
+    check()
     cond = network_image(pixels, config.DINO_SIZE)
     visual = network_image(pixels, config.VISUAL_COND_SIZE)
     alpha = image[..., 3]

@@ -26,6 +26,7 @@ from ..backend_manager import BackendStartError
 from ..client import BackendError, BackendUnavailable
 from .bundle import SceneBuildError, find_bundle, restore_original_photo
 from .preview import PreviewData, read_preview
+from .settings import make_results_root
 from .upload import InputProblem, Upload
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -134,12 +135,14 @@ def superseded_jobs(request: JobRequest, referenced: Iterable[str]) -> list[str]
 class ReconstructJob:
     """Submit, wait for and download one reconstruction; :meth:`run` is the worker thread's body."""
 
-    def __init__(self, connect: Connect, request: JobRequest) -> None:
+    def __init__(self, connect: Connect, request: JobRequest, backend_up: bool = False) -> None:
+        """`backend_up`: the backend already runs (the first stage shown is then the upload or the
+        refine, not "starting backend")."""
         self._connect = connect
         self.request = request
         self._events: "queue.Queue[Progress | PreviewReady | Outcome]" = queue.Queue()
         self._cancel = threading.Event()
-        self._progress = Progress("queued", "starting backend", 0.0)
+        self._progress = Progress("queued", self._sending() if backend_up else "starting backend", 0.0)
         self._outcome: Optional[Outcome] = None
         self._preview: Optional[PreviewReady] = None
         self._preview_asked = False
@@ -148,6 +151,9 @@ class ReconstructJob:
         self._dtype = ""
         self.workdir: Optional[Path] = None   # the download, inside the results folder
         self.job_id: Optional[str] = None
+
+    def _sending(self) -> str:
+        return "refining" if self.request.refine is not None else "uploading"
 
     # -- the UI thread's side ------------------------------------------------------------------
     def cancel(self) -> None:
@@ -165,6 +171,11 @@ class ReconstructJob:
             except queue.Empty:
                 return self._progress, self._outcome
             if isinstance(event, Outcome):
+                if event.state == "done" and self.cancel_requested:
+                    # the result came in as the artist cancelled: it is not imported, and the
+                    # backend forgets it (off this thread: the UI does not wait on the network)
+                    event = Outcome("cancelled")
+                    threading.Thread(target=self._forget, name="cupid-forget", daemon=True).start()
                 self._outcome = event
             elif isinstance(event, PreviewReady):
                 self._preview = event
@@ -216,7 +227,7 @@ class ReconstructJob:
     def _incoming(self) -> Path:
         """The job's own folder inside the results folder (made on first use)."""
         if self.workdir is None:
-            self.request.results_root.mkdir(parents=True, exist_ok=True)
+            make_results_root(self.request.results_root, Path.home())
             self.workdir = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.request.results_root))
         return self.workdir
 
@@ -255,7 +266,7 @@ class ReconstructJob:
         self._dtype = str(health.get("dtype") or "")
         r, up = self.request, self.request.upload
         if r.refine is not None:
-            self._publish("queued", "refining", 0.0)
+            self._publish("queued", self._sending(), 0.0)
             try:
                 self.job_id = client.refine(r.refine.from_job, r.refine.camera, steps=r.steps,
                                             photo_texture=r.photo_texture)
@@ -266,12 +277,15 @@ class ReconstructJob:
                                 f"(job {r.refine.from_job}: it was restarted, or the result expired): run the "
                                 f"reconstruction again") from None
         else:
-            self._publish("queued", "uploading", 0.0)
+            self._publish("queued", self._sending(), 0.0)
             self.job_id = client.submit(up.image, up.filename, mask_bytes=up.mask, mode=r.mode, seed=r.seed,
                                         steps=r.steps, real_size=r.real_size if r.mode == "object" else None,
                                         photo_texture=r.photo_texture)
         st = client.wait(self.job_id, poll=POLL_S, on_progress=self._on_status, should_cancel=self._cancel.is_set)
-        if st["state"] == "cancelled":
+        if st["state"] == "cancelled" or self.cancel_requested:
+            # nothing of it is wanted (a `done` that raced the cancel included): the backend may
+            # free what it keeps of it (its result, its stage 1)
+            self._forget()
             return Outcome("cancelled")
         if st["state"] == "failed":
             err = st.get("error") if isinstance(st.get("error"), dict) else {}
@@ -283,7 +297,18 @@ class ReconstructJob:
         # an object's result stays on the service (its stage 1 is what a refine starts from) until the artist
         # refines it (see `superseded_jobs`) or it expires there; a scene has nothing to refine from: freed now
         bundle = find_bundle(client.result(self.job_id, self._incoming() / "bundle", free=r.mode != "object"))
+        if self.cancel_requested:   # cancelled during the download: nothing is imported
+            if r.mode == "object":
+                self._forget()
+            return Outcome("cancelled")
         restore = r.restore
         if restore is not None:
             restore_original_photo(bundle, restore.width, restore.height, restore.photo, restore.name)
         return Outcome("done", bundle=bundle)
+
+    def _forget(self) -> None:
+        """Let the backend delete a job the artist cancelled, once it ended (its result, its stage 1)."""
+        try:
+            self._client.cancel(self.job_id)
+        except Exception as exc:   # the backend forgets it after its time-to-live anyway
+            print(f"CUPID: could not delete cancelled job {self.job_id}: {exc}", flush=True)

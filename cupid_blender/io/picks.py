@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .orientation import upright_xy
+
 CLICK_PX = 5.0   # screen pixels: a shorter drag is a click
 
 # label k's colour (k = 1, 2, ...): distinct, saturated, never black (0 = background) nor grey
@@ -55,6 +57,20 @@ def pick_from_drag(press: tuple[float, float], release: tuple[float, float], pre
     x0, x1 = max(0.0, min(ax, bx)), min(float(width), max(ax, bx))
     y0, y1 = max(0.0, min(ay, by)), min(float(height), max(ay, by))
     return Pick("BOX", x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+
+def upright_picks(picks: Sequence[Pick], width: int, height: int, orientation: int) -> list[Pick]:
+    """Picks made on the photo as Blender shows it (its stored width × height pixels) in the pixels of
+    the upright photo that is sent (EXIF orientation applied; a box stays a box)."""
+    out = []
+    for p in picks:
+        ax, ay = upright_xy(p.x0, p.y0, width, height, orientation)
+        if p.kind == "POINT":
+            out.append(Pick("POINT", ax, ay))
+            continue
+        bx, by = upright_xy(p.x1, p.y1, width, height, orientation)
+        out.append(Pick("BOX", min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)))
+    return out
 
 
 def prompts(picks: Sequence[Pick], width: int, height: int, scale: tuple[float, float] = (1.0, 1.0)) -> dict:

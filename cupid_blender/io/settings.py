@@ -39,6 +39,18 @@ def results_root(blend_path: str, beside_blend: bool, folder: str, home: Path) -
     return home / RESULTS_FOLDER
 
 
+def make_results_root(root: Path, home: Path) -> None:
+    """Create the results folder. The home folder's own (`~/cupid_results`, used while no .blend is
+    saved) holds photos and scenes nobody else chose to share: it is owner-only (0700), made so
+    whatever the umask and fixed if it was left readable by others. A folder beside a .blend or
+    picked in the preferences keeps the permissions its place gives it (it may be shared on purpose)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if os.name == "posix" and root == home / RESULTS_FOLDER:
+        st = root.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+            os.chmod(root, 0o700)
+
+
 def hub_caches(environ: Mapping[str, str], home: Path, weights_dir: str = "") -> list[Path]:
     """Where the backend finds downloaded weights, as ``cupid.hub.cache_dir`` decides: the add-on's
     Weights cache (handed to the backend as CUPID_WEIGHTS_DIR) when set, else the Hugging Face cache
@@ -97,6 +109,39 @@ def model_line(model: str, device: str, dtype: str) -> str:
     it is 'auto' and the backend has not said what it chose."""
     precision = f" ({dtype})" if dtype and dtype != "auto" else ""
     return f"Model: {model} · Device: {device}{precision}"
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")   # "owner/name" on Hugging Face
+
+
+def full_size_model(model: str) -> bool:
+    """Is `model` one the backend can load at full size: a model folder that is there and not a tiny
+    test model, or a Hugging Face id ("owner/name")? A path that does not exist is none (the job fails
+    before any CPU time is spent: no time warning for it)."""
+    if not model:
+        return False
+    folder = Path(os.path.expanduser(model))
+    if folder.is_dir():
+        return not is_tiny(model)
+    return bool(HUB_ID.fullmatch(model)) and not folder.is_absolute() and "\\" not in model
+
+
+def runs_on_cpu(device: str, answered: str, record: Optional[Mapping], gpu_seen: bool = True) -> bool:
+    """Will the local backend run on the CPU? What it answered (`answered`, once a job or Start
+    Backend reached it) decides; before that the Device preference, and for *Auto* what the set-up
+    recorded (the device its health check reported, else the PyTorch build it installed: a CPU
+    build can only run on the CPU), and without a record whether this computer has a GPU driver at
+    all (`gpu_seen`: nvidia-smi, or Apple silicon)."""
+    if answered:
+        return answered == "cpu"
+    if device != "auto":
+        return device == "cpu"
+    rec = record or {}
+    if rec.get("device"):
+        return str(rec["device"]) == "cpu"
+    if (rec.get("torch") or {}).get("kind"):
+        return str(rec["torch"]["kind"]) == "cpu"
+    return not gpu_seen
 
 
 def expected_cpu_seconds(steps: int, dtype: str = "float32") -> float:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from .orientation import TURNS_AXES
 from .imaging import has_real_alpha, mask_values, png_bytes, resample_area, resample_nearest, to_uint8
 
 MODEL_SIDE = 518        # the side of the object crop DINOv2 sees (backend config.DINO_SIZE)
@@ -45,6 +47,13 @@ class Picture:
     filename: str                    # the name to upload it under
     pixels: Optional[np.ndarray]     # float32 [H, W, 4], top row first, display (sRGB) values; None: undecodable
     data: Optional[bytes] = None     # the file's own bytes, when it is an unmodified file
+    orientation: int = 1             # the file's EXIF orientation (the pixels are already turned upright)
+
+
+def picture_stem(name: str) -> str:
+    """What a result is named after, from a file or datablock name: without Blender's ".001" (the
+    same image loaded twice) and without an image file's extension ("astronaut.jpg.001" -> "astronaut")."""
+    return os.path.splitext(re.sub(r"\.\d{3}$", "", name))[0] or name
 
 
 @dataclass(frozen=True)
@@ -144,8 +153,11 @@ def prepare_upload(photo: Picture, mask: Optional[Picture], mode: str, keep_deta
     px = photo.pixels
     H, W = px.shape[:2]
     if mask_px is not None and mask_px.shape[:2] != (H, W):
-        raise _bad(f"the mask is {mask_px.shape[1]}x{mask_px.shape[0]} but the photo is {W}x{H}: "
-                   f"they must be the same size")
+        turned = photo.orientation in TURNS_AXES
+        raise _bad(f"the mask is {mask_px.shape[1]}x{mask_px.shape[0]} but the photo is {W}x{H}"
+                   + (f" upright (its EXIF orientation turns the {H}x{W} pixels Blender shows)" if turned else "")
+                   + ": they must be the same size"
+                   + ("; paint the mask on the upright photo (the result's camera background)" if turned else ""))
     if mode == "object":
         selection = _object_mask(px, mask_px)
         crop = crop_side(selection) if selection is not None else None

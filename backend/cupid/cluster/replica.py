@@ -86,7 +86,9 @@ class ModelReplica:
                 raise Cancelled("the job was cancelled")
             self.board.progress.remote(job_id, "packing", 1.0)
             target.parent.mkdir(parents=True, exist_ok=True)
-            zipped = zip_dir(Path(bundle), target)
+            zipped = zip_dir(Path(bundle), target, should_cancel=should_cancel)
+            if should_cancel():
+                raise Cancelled("the job was cancelled")
         except Exception as exc:  # the job ends with its error; the replica goes on serving
             shutil.rmtree(out, ignore_errors=True)
             target.unlink(missing_ok=True)

@@ -9,7 +9,9 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
 from .. import config
 from ..errors import CliError
@@ -53,8 +55,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", type=int, default=64, help="open connections at once (default 64)")
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="seconds a connection may stay open without sending a request (default 5)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a request's line and headers may take to arrive; then 408 (default 10)")
+    p.add_argument("--body-timeout", type=float, default=10.0,
+                   help="a request body must bring --min-body-rate in every window of this many seconds; "
+                        "then 408 (default 10)")
+    p.add_argument("--min-body-rate", type=int, default=1024,
+                   help="bytes a second an upload must bring at least (default 1024)")
+    p.add_argument("--write-timeout", type=float, default=20.0,
+                   help="seconds an answer may wait on a client that stopped reading; then the connection "
+                        "is dropped (default 20)")
+    p.add_argument("--watch-stdin", action="store_true",
+                   help="shut down cleanly (temporary files removed) when standard input closes: the program that "
+                        "started the service with a pipe (the Blender add-on) is gone, even killed or crashed")
     from .serve_ray import add_ray_arguments
     add_ray_arguments(p)
+
+
+def connection_limits(args: argparse.Namespace) -> dict:
+    """The per-connection bounds given on the command line, as ServerSettings fields."""
+    return {k: getattr(args, k) for k in ("max_connections", "idle_timeout", "header_timeout", "body_timeout",
+                                          "min_body_rate", "write_timeout")}
 
 
 def make_private_dirs(directory: Path) -> None:
@@ -75,10 +96,11 @@ def write_token_file(path: Path, url: str, token: str, *, posix: bool = os.name 
 
     POSIX: 0600 from creation on, forced with fchmod whatever the umask. Elsewhere (Windows, no
     fchmod there) the file is created with the mode it can take and relies on the private profile
-    directory it lives in; `posix=False` runs that branch on any system."""
+    directory it lives in; `posix=False` runs that branch on any system. The temporary file is always
+    a new one (O_EXCL; O_NOFOLLOW where there is one, and O_EXCL alone refuses an existing name,
+    symlink included, on Windows too): a link planted at its name is never written through."""
     make_private_dirs(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+    fd, tmp = _new_private_file(path)
     try:
         if posix:
             os.fchmod(fd, 0o600)
@@ -89,6 +111,20 @@ def write_token_file(path: Path, url: str, token: str, *, posix: bool = os.name 
         raise
     os.close(fd)
     os.replace(tmp, path)
+
+
+def _new_private_file(path: Path) -> tuple[int, Path]:
+    """A file created anew beside `path` (0600, never through a link): `.NAME.PID.tmp`, or when
+    something already has that name, a random one."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+    names = [f".{path.name}.{os.getpid()}.tmp"] + [f".{path.name}.{secrets.token_hex(8)}.tmp" for _ in range(8)]
+    for name in names:
+        tmp = path.with_name(name)
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise CliError(f"cannot create a temporary file beside {path}: every name tried exists")
 
 
 def existing_token(path: Path) -> str | None:
@@ -132,6 +168,25 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def watch_stdin(on_eof: Callable[[], None], stream: Any = None) -> threading.Thread:
+    """Call `on_eof` once `stream` (standard input) reaches its end: the parent holding the pipe's other
+    end has closed it or died (the system closes a dead process's pipes, on Windows as on POSIX), so
+    a service it started does not outlive it holding the model's memory. Anything written is ignored."""
+    stream = stream if stream is not None else getattr(sys.stdin, "buffer", sys.stdin)
+
+    def watch() -> None:
+        try:
+            while stream.read(4096):
+                pass
+        except (OSError, ValueError):   # a closed or unusable stdin: the parent is gone as well
+            pass
+        on_eof()
+
+    thread = threading.Thread(target=watch, name="cupid-stdin-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def _server_class() -> type:
     import uvicorn
 
@@ -167,8 +222,9 @@ def run(args: argparse.Namespace) -> int:
                  "max_prompts", "max_kept_mb"):
         if getattr(args, flag) < 1:
             raise CliError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.idle_timeout <= 0:
-        raise CliError("--idle-timeout must be positive")
+    for flag in ("idle_timeout", "header_timeout", "body_timeout", "min_body_rate", "write_timeout"):
+        if getattr(args, flag) <= 0:
+            raise CliError(f"--{flag.replace('_', '-')} must be positive")
     args.model = announce_model(args.model)
     from .serve_ray import TokenFile, run_if_ray
     if (code := run_if_ray(args, TokenFile(bind, existing_token, write_token_file))) is not None:
@@ -184,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
                               preload=args.preload, max_queue=args.max_queue,
                               max_queued_bytes=args.max_queued_mb * MB, max_result_bytes=args.max_results_mb * MB,
                               max_objects=args.max_objects, max_prompts=args.max_prompts,
-                              max_kept_bytes=args.max_kept_mb * MB)
+                              max_kept_bytes=args.max_kept_mb * MB, **connection_limits(args))
     app = create_app(settings, lambda: CupidPipeline.from_pretrained(args.model, device=device, dtype=dtype,
                                                                      **point_map_option(args)))
     wildcard = args.host in WILDCARD_HOSTS
@@ -199,8 +255,14 @@ def run(args: argparse.Namespace) -> int:
               f"http://127.0.0.1:{port} in Blender) or a TLS proxy in front of a loopback-only server",
               file=sys.stderr, flush=True)
     server = _Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                    http=bounded_protocol(args.max_connections),
-                                    timeout_keep_alive=args.idle_timeout))  # type: ignore[arg-type]
+                                    http=bounded_protocol(settings),
+                                    timeout_keep_alive=settings.idle_timeout))  # type: ignore[arg-type]
+    if args.watch_stdin:
+        def parent_gone() -> None:
+            print("CUPID backend: standard input closed (the program that started it is gone): stopping",
+                  file=sys.stderr, flush=True)
+            server.should_exit = True
+        watch_stdin(parent_gone)
     try:
         server.run(sockets=[sock])
     finally:

@@ -209,7 +209,8 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
     """Post-process every object of `reconstruction` and write the bundle; returns `out_dir`.
 
     The camera is in pixels of the photo; its size must match the photo's. `progress("export",
-    fraction)` is called after each object and at the end. scene.json is written last, so an
+    fraction)` is called after each object, after each file written (the caller's cancel check runs
+    there) and at the end. scene.json is written last, so an
     interrupted export leaves a directory that `load_bundle` refuses rather than a half-valid bundle.
     """
     opts = (options or ExportOptions()).check()
@@ -232,14 +233,21 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    at = [0.0]
+
+    def report(fraction: float | None = None) -> None:
+        if progress is not None:
+            at[0] = at[0] if fraction is None else fraction
+            progress("export", at[0])
+
     _write_png(out / IMAGE_FILE, img)
+    report()
     masks = [_object_mask(o, w, h) for o in objects]
     steps = 2 * len(objects) + 1
     placements: list[Similarity] = []
     meshes: list[TexturedMesh] = []
     for k, spec in enumerate(objects):
-        if progress is not None:
-            progress("export", k / steps)
+        report(k / steps)
         placements.append(_check_placement(spec))
         meshes.append(spec.textured if spec.textured is not None else postprocess_mesh(
             spec.vertices, spec.faces, spec.vertex_colors, target_faces=opts.target_faces,
@@ -248,7 +256,7 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
     textures = texture_objects(
         img, camera, meshes, placements, masks, photo_texture=opts.photo_texture, texture_size=opts.texture_size,
         max_texture_size=opts.max_texture_size,
-        progress=None if progress is None else lambda k: progress("export", (len(objects) + k) / steps))
+        progress=None if progress is None else lambda k: report((len(objects) + k) / steps))
     entries: list[dict] = []
     overlay_meshes = []
     taken: set[str] = {IMAGE_FILE, OVERLAY_FILE, SCENE_FILE}
@@ -267,28 +275,34 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
             arrays["uv"] = tm.uv.astype(np.float32)
         entry: dict[str, Any] = {"name": spec.name, "mesh": file_name(spec.name, ".npz")}
         write_npz(out / entry["mesh"], arrays)
+        report()
         if tex.texture is not None:
             entry["texture"] = file_name(spec.name, ".png")
             _write_png(out / entry["texture"], tex.texture)
+            report()
         if tex.generated is not None:
             entry["texture_generated"] = file_name(f"{spec.name}_generated", ".png")
             _write_png(out / entry["texture_generated"], tex.generated)
             entry["photo_weight"] = file_name(f"{spec.name}_photo_weight", ".png")
             _write_grey(out / entry["photo_weight"], tex.weight)
+            report()
         if mask is not None:
             entry["mask"] = file_name(f"{spec.name}_mask", ".png")
             _write_grey(out / entry["mask"], np.round(mask * 255.0))
+            report()
         entry.update(tex.info)
         if opts.glb:
             entry["glb"] = file_name(spec.name, ".glb")
             write_glb(out / entry["glb"], tm.vertices, tm.faces, tm.uv, tex.texture, tm.colors,
                       name=spec.name)
+            report()
         n_gauss = None
         if opts.gaussians and spec.gaussians is not None:
             g = gaussians_to_arrays(spec.gaussians)
             n_gauss = len(g)
             entry["gaussians"] = file_name(spec.name, ".ply")
             write_gaussians_ply(out / entry["gaussians"], g)
+            report()
         transform = placement.to_dict()
         entry["transform"] = {"scale": transform["scale"], "R": _floats(transform["R"]), "t": _floats(transform["t"])}
         entry["matrix_world"] = _floats(placement.matrix())
@@ -301,6 +315,7 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
         overlay_meshes.append((placement.apply(tm.vertices.astype(np.float64)), tm.faces, tm.colors))
 
     ious = fit_ious([(v, f) for v, f, _ in overlay_meshes], masks, camera)
+    report()
     for entry, iou in zip(entries, ious):
         if iou is not None:
             entry["fit"] = {"iou": round(iou, 6)}
@@ -311,6 +326,7 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
     else:
         ov = img
     _write_png(out / OVERLAY_FILE, ov)
+    report()
 
     scene = {
         "schema": SCHEMA_ID,
@@ -328,8 +344,7 @@ def write_bundle(reconstruction: Reconstruction, out_dir: str | Path, options: E
         scene["up"] = {**reconstruction.up, "camera_height": float(camera.camera_center()[2])}
     text = dumps_scene(scene)
     (out / SCENE_FILE).write_text(text, encoding="utf-8")
-    if progress is not None:
-        progress("export", 1.0)
+    report(1.0)
     return out
 
 

@@ -80,24 +80,61 @@ def render_overlay(photo: np.ndarray, meshes: Sequence[OverlayMesh], K, R, t, *,
         owner = np.concatenate([np.full(len(f), k) for k, f in enumerate(faces)])
         ids = np.full(mask.shape, -1)
         ids[mask] = owner[frags.face_id[mask]]
-        for k, text in enumerate(labels):
-            if text:
-                _label(out, text, ids == k, outline_color)
+        items = [(text, ids == k) for k, text in enumerate(labels) if text]
+        draw_labels(out, [(text, region) for text, region in items if region.any()], outline_color)
     return out
 
 
-def _label(img: np.ndarray, text: str, region: np.ndarray, color) -> None:
-    """`text` on a dark box just above `region`'s bounding box (inside the image)."""
+Box = tuple  # (x, y, width, height) of a label's dark box, in pixels
+
+
+def _overlaps(a: Box, b: Box, gap: int = 2) -> bool:
+    return (a[0] < b[0] + b[2] + gap and b[0] < a[0] + a[2] + gap
+            and a[1] < b[1] + b[3] + gap and b[1] < a[1] + a[3] + gap)
+
+
+def place_labels(sizes: Sequence[tuple[int, int]], spans: Sequence[Box], width: int, height: int) -> list[Box]:
+    """Where each label box (`sizes`: width, height) goes: above its object's bounding box (`spans`:
+    x, y, width, height), else below it, else over its top, always inside the image and clear of
+    the boxes placed before it (the nearest free row when all three are taken). Labels of
+    neighbouring objects would otherwise cover one another."""
+    placed: list[Box] = []
+    for (bw, bh), (x0, y0, sw, sh) in zip(sizes, spans):
+        bw, bh = min(bw, width), min(bh, height)
+        x = int(np.clip(x0, 0, width - bw))
+        tops = [y0 - bh - 2, y0 + sh + 2, y0]
+        candidates = [(x, int(np.clip(top, 0, height - bh))) for top in tops]
+        free = [c for c in candidates if not any(_overlaps((*c, bw, bh), p) for p in placed)]
+        if not free:   # scan every position, nearest to "above the object" first
+            first = candidates[0]
+            grid = [(cx, cy) for cy in range(0, height - bh + 1) for cx in {x, 0, width - bw}
+                    if not any(_overlaps((cx, cy, bw, bh), p) for p in placed)]
+            free = sorted(grid, key=lambda c: abs(c[1] - first[1]) + abs(c[0] - first[0])) or [first]
+        placed.append((*free[0], bw, bh))
+    return placed
+
+
+def draw_labels(img: np.ndarray, items: Sequence[tuple[str, np.ndarray]], color) -> list[Box]:
+    """Each (text, region) as `text` on a dark box by its region (see :func:`place_labels`): the
+    text shrinks to fit the image's width. Returns the boxes drawn."""
     import cv2
 
-    if not region.any():
-        return
     h, w = img.shape[:2]
-    ys, xs = np.nonzero(region)
-    scale = max(0.4, min(1.2, w / 900))
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    x = int(np.clip(xs.min(), 0, max(0, w - tw - 4)))
-    y = int(np.clip(ys.min() - 6, th + 4, h - base - 2))
-    cv2.rectangle(img, (x, y - th - 4), (x + tw + 4, y + base), (0, 0, 0), -1)
-    cv2.putText(img, text, (x + 2, y - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, tuple(int(c) for c in color), 1,
-                cv2.LINE_AA)
+    fonts, sizes, spans = [], [], []
+    for text, region in items:
+        scale = max(0.4, min(1.2, w / 900))
+        while True:
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            if tw + 4 <= w or scale <= 0.25:
+                break
+            scale *= 0.9
+        fonts.append((scale, th))
+        sizes.append((tw + 4, th + base + 4))
+        ys, xs = np.nonzero(region)
+        spans.append((int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)))
+    boxes = place_labels(sizes, spans, w, h)
+    for (text, _), (scale, th), (x, y, bw, bh) in zip(items, fonts, boxes):
+        cv2.rectangle(img, (x, y), (x + bw - 1, y + bh - 1), (0, 0, 0), -1)
+        cv2.putText(img, text, (x + 2, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, tuple(int(c) for c in color), 1,
+                    cv2.LINE_AA)
+    return boxes

@@ -134,11 +134,21 @@ class CameraPose:
         h = data.get("height", height)
         if w is None or h is None:
             raise InputError("camera dict has no width/height and none were given")
+        parts = []
+        for key, shape in (("K", (3, 3)), ("R", (3, 3)), ("t", (3,))):
+            if key not in data:
+                raise InputError(f"malformed camera dict: no {key!r}")
+            try:   # a value that is not numbers ({} is a TypeError) is named, never quoted
+                part = np.array(data[key], float)
+            except (TypeError, ValueError):
+                part = None
+            if part is None or part.shape != shape:
+                raise InputError(f"camera {key} must be {'a 3x3 matrix' if len(shape) == 2 else '3 numbers'}")
+            parts.append(part)
         try:
-            return cls(np.array(data["K"], float), np.array(data["R"], float),
-                       np.array(data["t"], float), int(w), int(h))
-        except (KeyError, ValueError) as exc:
-            raise InputError(f"malformed camera dict: {exc}") from exc
+            return cls(*parts, int(w), int(h))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"malformed camera width/height: {type(exc).__name__}") from None
 
 
 def check_rotation(R: Any, what: str = "R") -> np.ndarray:

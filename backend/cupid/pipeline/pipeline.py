@@ -274,8 +274,18 @@ class CupidPipeline:
                               progress=lambda f: job.report("latent", f), should_cancel=job.should_cancel)
         return slat.replace(slat.feats.float() * self.slat_std + self.slat_mean)
 
-    def decode(self, slat: SparseTensor) -> tuple[Any, Any]:
-        mesh = self.models["slat_decoder_mesh"](slat)[0]
+    def decode(self, slat: SparseTensor, check: Callable[[], None] | None = None) -> tuple[Any, Any]:
+        """The mesh and the Gaussians of a structured latent; `check` (a cancel check) runs between
+        the mesh decoder's network and its surface extraction, and before the Gaussians' decoder."""
+        check = check or (lambda: None)
+        decoder = self.models["slat_decoder_mesh"]
+        if hasattr(decoder, "forward_raw"):
+            raw = decoder.forward_raw(slat)
+            check()
+            mesh = decoder.to_representation(raw)[0]
+        else:
+            mesh = decoder(slat)[0]
+        check()
         gaussians = self.models["slat_decoder_gs"](slat)[0]
         if not mesh.success:
             raise CupidError("the mesh decoder found no surface in this object (try another seed)",
@@ -334,7 +344,8 @@ class CupidPipeline:
         slat = self.sample_latent(structure, camera.in_crop(crop.offset, crop.size), first.cond, first.visual,
                                   stream, steps, job)
         job.report("decode", 0.0)
-        mesh, gaussians = self.decode(slat)
+        mesh, gaussians = self.decode(slat, check=job.check)
+        job.check()
         attrs = mesh.vertex_attrs
         colors = attrs[:, :3].float().cpu().numpy() if attrs is not None else None
         uv_photo = uncrop_uv(structure.uv, 1.0, crop.offset, (crop.size, crop.size), processed.size)
@@ -398,7 +409,7 @@ class CupidPipeline:
         if real_size and not self.metric_point_map_present():
             raise InputError(f"Real size needs a metric point-map model (MoGe-2: run 'cupid download'); "
                              f"{self.point_map_source} is not one or is not downloaded")
-        processed = preprocess(image, mask, remover=self.remover)
+        processed = preprocess(image, mask, remover=self.remover, check=job.check)
         first = self.stage_one(processed, seed=seed, steps=steps, progress=job, camera=camera, pnp=pnp)
         if on_stage_one is not None:
             on_stage_one(first)

@@ -27,6 +27,7 @@ from ..errors import CupidError, InputError
 from ..preprocess import load_photo
 from ..scene.masks import ObjectMasks, check_prompts, label_png, parse_prompts
 from .errors import DiskFull, NotFound, is_disk_full
+from .fields import camera_field, job_id_field, naming, prompts_field, shorten
 from .guard import Guard
 from .inputs import decode_inputs
 from .jobs import Job, JobQueue, PipelineFactory
@@ -53,15 +54,13 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is malformed"
 
 
-def _camera_field(text: str) -> dict:
-    """The refine form's camera: JSON with K (3x3), R (3x3), t (3), in the photo's pixels."""
-    try:
-        cam = json.loads(text) if text.strip() else None
-    except ValueError as exc:
-        raise InputError(f"form field 'camera' is not JSON: {exc}") from None
-    if not isinstance(cam, dict) or not {"K", "R", "t"} <= set(cam):
-        raise InputError('form field \'camera\' must be JSON {"K": 3x3, "R": 3x3, "t": 3} in the photo\'s pixels')
-    return {k: cam[k] for k in ("K", "R", "t")}
+def _prompts(text: str, max_prompts: int | None = None) -> Any:
+    """The `prompts` form field as (points, boxes), None when empty; InputError naming it otherwise (past
+    `max_prompts` points + boxes too, counted before any is read)."""
+    if not text.strip():
+        return None
+    with naming("prompts"):
+        return parse_prompts(prompts_field(text), max_prompts)
 
 
 def _chunks(fh: BinaryIO) -> Iterator[bytes]:
@@ -73,7 +72,7 @@ def _chunks(fh: BinaryIO) -> Iterator[bytes]:
 def _install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(CupidError)
     async def _cupid_error(_: Any, exc: CupidError) -> JSONResponse:
-        return _err(exc.http_status, exc.code, exc.message, getattr(exc, "headers", None))
+        return _err(exc.http_status, exc.code, shorten(exc.message), getattr(exc, "headers", None))
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(_: Any, exc: StarletteHTTPException) -> JSONResponse:
@@ -82,11 +81,11 @@ def _install_error_handlers(api: FastAPI) -> None:
             return _err(full.http_status, full.code, full.message)
         code = _HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return _err(exc.status_code, code, detail)
+        return _err(exc.status_code, code, shorten(detail))
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Any, exc: RequestValidationError) -> JSONResponse:
-        return _err(422, "bad_input", _validation_message(exc))
+        return _err(422, "bad_input", shorten(_validation_message(exc)))
 
     @api.exception_handler(Exception)
     async def _unexpected(_: Any, exc: Exception) -> JSONResponse:
@@ -163,13 +162,15 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
         if from_job:
             if image is not None or mask is not None:
                 raise InputError("a refine (from_job) reuses that job's photo: send no image or mask")
-            cam = _camera_field(camera)
-            return JobStatus(**jobs.submit_refine(from_job, cam, steps, photo_texture=photo_texture).public())
+            source, cam = job_id_field(from_job), camera_field(camera)
+            with naming("camera"):
+                job = jobs.submit_refine(source, cam, steps, photo_texture=photo_texture)
+            return JobStatus(**job.public())
         if image is None:
             raise InputError("form field 'image' is required")
         if real_size is not None and mode != "object":
             raise InputError("form field 'real_size' is for object mode (a scene is in meters when its point map is)")
-        picks = parse_prompts(prompts, settings.max_prompts) if prompts.strip() else None
+        picks = _prompts(prompts, settings.max_prompts)
         if picks is not None and (mode != "scene" or mask is not None):
             raise InputError("prompts pick objects in scene mode, without a mask")
         jobs.check_room()  # before decoding: a full queue costs no work
@@ -180,7 +181,8 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
             inputs = decode_inputs(data, mask_data, mode, image.filename,
                                    mask.filename if mask is not None else None, max_objects=settings.max_objects)
             if picks is not None:
-                check_prompts(*picks, (inputs.photo.shape[1], inputs.photo.shape[0]))
+                with naming("prompts"):
+                    check_prompts(*picks, (inputs.photo.shape[1], inputs.photo.shape[0]))
             return jobs.submit(inputs, mode, seed, steps, pnp=pnp or None, prompts=picks, real_size=real_size,
                                photo_texture=photo_texture)
 
@@ -203,7 +205,7 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
                                                              "cuts out (the photo's alpha or the background "
                                                              "remover)")] = "scene") -> Response:
         """The objects a reconstruction would use, as a label image, before any reconstruction runs."""
-        picks = parse_prompts(prompts, settings.max_prompts) if prompts.strip() else None
+        picks = _prompts(prompts, settings.max_prompts)
         if picks is not None and mode != "scene":
             raise InputError("prompts pick objects in scene mode")
         data = await image.read()
@@ -211,7 +213,8 @@ def create_app(settings: ServerSettings, factory: PipelineFactory | None = None,
         def run() -> bytes:
             photo = load_photo(data, image.filename)
             if picks is not None:
-                check_prompts(*picks, (photo.shape[1], photo.shape[0]))   # before the model loads
+                with naming("prompts"):
+                    check_prompts(*picks, (photo.shape[1], photo.shape[0]))   # before the model loads
             pipe = jobs.pipeline()
             if mode == "object":
                 alpha = pipe.object_mask(photo)

@@ -1,8 +1,11 @@
 """The door: Host and Origin checks, the bearer token and the upload cap, as ASGI middleware.
 
-Every refusal is sent only after the request body has been read and dropped (up to a cap): a
-client still sending its upload would otherwise see a connection reset instead of the answer
-(a wrong token would read as "backend not running"). No CORS headers are ever sent.
+A refusal never waits for a body it will not read (a request that declares 10^20 bytes and sends
+none is answered at once): it is sent with `connection: close`, as is any answer the app gives
+before the whole body was read (413 as the upload streams in), and the connection then lingers,
+reading and dropping what the client still sends for a few seconds (`cupid.server.connections`),
+so a client still uploading reads the answer rather than a reset (a wrong token must not read as
+"backend not running"). No CORS headers are ever sent.
 """
 from __future__ import annotations
 
@@ -14,18 +17,20 @@ from starlette.exceptions import HTTPException
 
 from .settings import ServerSettings
 
+CLOSE = (b"connection", b"close")
+
 
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 class _Body:
-    """The request body as the app reads it: counted against the cap, drained before any answer."""
+    """The request body as the app reads it, counted against the cap."""
 
     def __init__(self, receive: Any, limit: int, message: str, expected: bool):
         self._receive, self.limit, self.message = receive, limit, message
         self.seen = 0
-        self.done = not expected  # a request without a body has nothing to drain
+        self.done = not expected  # a request without a body has nothing left to read
 
     async def receive(self) -> dict:
         if self.done:
@@ -39,16 +44,6 @@ class _Body:
         else:
             self.done = True
         return message
-
-    async def drain(self) -> None:
-        """Read and drop what is left of the body, up to 16 times the cap."""
-        while not self.done and self.seen <= 16 * self.limit:
-            message = await self._receive()
-            if message["type"] != "http.request":
-                break
-            self.seen += len(message.get("body", b""))
-            self.done = not message.get("more_body", False)
-        self.done = True
 
 
 class Guard:
@@ -77,19 +72,21 @@ class Guard:
                 refusal = (413, "upload_too_large", body.message)
         if refusal is not None:
             status, code, message = refusal
-            await body.drain()
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+            close = [CLOSE] if not body.done else []
             await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"), *extra]})
+                        "headers": [(b"content-type", b"application/json"), *extra, *close]})
             await send({"type": "http.response.body", "body": error_body(code, message)})
             return
 
-        async def send_after_body(message: dict) -> None:
+        async def send_closing_early(message: dict) -> None:
             if message["type"] == "http.response.start" and not body.done:
-                await body.drain()  # an answer given before the whole upload was read (413, 422, 503)
+                # an answer given before the whole upload was read (413 as it streams in): no more
+                # of it is read, and the connection cannot carry another request
+                message = {**message, "headers": [*message.get("headers", []), CLOSE]}
             await send(message)
 
-        await self.app(scope, body.receive, send_after_body)
+        await self.app(scope, body.receive, send_closing_early)
 
     def _refusal(self, headers: dict[str, str]) -> tuple[int, str, str] | None:
         s = self.settings

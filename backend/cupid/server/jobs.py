@@ -9,7 +9,9 @@ until the results' total passes `max_result_bytes` (the oldest unfetched go firs
 is gone is answered 410 `expired`, never with a server path.
 
 Cancellation: a queued job at once; a job whose model is still loading at once (it never starts);
-a running job at its next stage or sampler step (the pipeline checks `should_cancel` there).
+a running job within about a second wherever it is: at its next stage, sampler step, decoder, file
+written by the export or file packed into the zip; a cancel that arrives while the zip is finished
+still ends the job `cancelled`, its files removed.
 """
 from __future__ import annotations
 
@@ -357,14 +359,18 @@ class JobQueue:
             if job.cancel.is_set():
                 raise Cancelled("the job was cancelled")
             job.stage, job.message = "packing", "packing the result"
-            zipped = zip_dir(Path(bundle), target)
+            zipped = zip_dir(Path(bundle), target, should_cancel=job.cancel.is_set)
         except Exception as exc:  # keep serving whatever happened; no file of the job is left behind
             shutil.rmtree(out, ignore_errors=True)
             target.unlink(missing_ok=True)
             self._end_with(job, exc)
             return
         shutil.rmtree(out, ignore_errors=True)
-        with self._lock:
+        with self._lock:   # a cancel takes the same lock: it lands before this (cancelled) or after (freed)
+            if job.cancel.is_set():
+                zipped.unlink(missing_ok=True)
+                self._end_with(job, Cancelled("the job was cancelled"))
+                return
             job.result_zip, job.result_bytes = zipped, zipped.stat().st_size
             self._result_bytes += job.result_bytes
             job.progress = 1.0

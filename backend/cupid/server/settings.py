@@ -25,6 +25,13 @@ class ServerSettings:
     max_kept_bytes: int = 512 * MB       # stage 1s kept in memory for refines; the least recently used go first
     max_objects: int = 64                # objects of a scene's label image; more: 422 before any is made
     max_prompts: int = 64                # points + boxes of one request; more: 422 before any model runs
+    # slow and hostile clients (cupid.server.connections; the plain server's, not Ray Serve's proxy)
+    max_connections: int = 64            # open at once; one more takes an idle/slow one's place, else 503
+    idle_timeout: float = 5.0            # seconds a connection may send nothing (before or between requests)
+    header_timeout: float = 10.0         # seconds for a request line and headers to arrive (then 408)
+    body_timeout: float = 10.0           # window over which a request body must bring min_body_rate
+    min_body_rate: int = 1024            # bytes a second a body brings at least, per body_timeout window
+    write_timeout: float = 20.0          # seconds an answer may wait on a client that does not read
 
     @property
     def url(self) -> str:

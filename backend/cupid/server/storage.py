@@ -15,7 +15,9 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Callable
 
+from ..errors import Cancelled
 from .errors import DiskFull, is_disk_full
 
 TMP_PREFIX = "cupid-serve-"
@@ -85,17 +87,28 @@ class WorkDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def zip_dir(directory: Path, target: Path) -> Path:
+def zip_dir(directory: Path, target: Path, should_cancel: Callable[[], bool] | None = None) -> Path:
     """Write every file under `directory` into the zip `target` (paths relative, '/'-separated).
 
     The zip is written as `target.part` and renamed when complete; on any failure the part file is
-    removed (a full disk raises `DiskFull`)."""
+    removed (a full disk raises `DiskFull`). `should_cancel` is asked before each file and every 4 MB of
+    a large one (raises `Cancelled`)."""
     partial = target.with_suffix(".part")
+
+    def check() -> None:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("the job was cancelled")
+
     try:
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
             for f in sorted(directory.rglob("*")):
+                check()
                 if f.is_file():
-                    z.write(f, f.relative_to(directory).as_posix())
+                    with open(f, "rb") as src, z.open(f.relative_to(directory).as_posix(), "w") as dst:
+                        while chunk := src.read(4 << 20):
+                            dst.write(chunk)
+                            check()
+            check()
         partial.replace(target)
     except BaseException as exc:
         partial.unlink(missing_ok=True)
