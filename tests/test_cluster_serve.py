@@ -265,3 +265,22 @@ def test_the_board_fails_a_lost_job_or_retries_it_once(tmp_path, retry, plan, fi
     status, n, (inputs_left, queued) = asyncio.run(scenario())
     assert (status["state"], (status["error"] or {}).get("code")) == final and n == calls
     assert not inputs_left and queued == 0   # the spooled photo is freed however the job ends
+
+
+def test_both_holders_of_jobs_evict_results_in_the_same_order(tmp_path):
+    """Past the result cap the oldest unfetched result goes first, then the oldest fetched; the newest stays."""
+    from cupid.cluster.board import BoardJob, JobBoard
+
+    board = JobBoard(instance="i", results_dir=str(tmp_path), app_name="a", model_deployment="m")
+    board.max_result_bytes = 250
+    for n, (finished, fetched) in enumerate([(1.0, 2.0), (3.0, None), (4.0, None), (5.0, None)]):
+        zip_path = tmp_path / f"j{n}.zip"
+        zip_path.write_bytes(b"z" * 100)
+        board._jobs[f"j{n}"] = BoardJob(id=f"j{n}", spec={"mode": "object", "seed": 0}, number=n, result_zip=str(zip_path),
+                                        result_bytes=100, finished_at=finished, fetched_at=fetched, state="done")
+        board._result_bytes += 100
+    board._evict(keep=board._jobs["j3"])
+    kept = [jid for jid, job in board._jobs.items() if job.result_zip is not None]
+    # 400 bytes held, cap 250: the unfetched j1 (oldest) goes first, then j2; the fetched j0 outlives them
+    assert kept == ["j0", "j3"] and board._result_bytes == 200
+    assert board._jobs["j1"].gone.startswith("results are capped at 0 MB") and not (tmp_path / "j1.zip").exists()

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..server.store import evict_results
+
 FINISHED = ("done", "failed", "cancelled")
 MB = 1024 * 1024
 Refusal = tuple[str, str, int]
@@ -313,13 +315,8 @@ class JobBoard:
         job.gone = job.gone or why
 
     def _evict(self, keep: BoardJob) -> None:
-        while self._result_bytes > self.max_result_bytes:
-            held = [j for j in self._jobs.values() if j.result_zip is not None and j is not keep]
-            if not held:
-                return
-            victim = min(held, key=lambda j: (j.fetched_at is not None, j.finished_at or 0.0))
-            self._drop_result(victim, f"results are capped at {self.max_result_bytes / MB:.0f} MB and newer "
-                                      f"ones took its place")
+        evict_results(lambda: [j for j in self._jobs.values() if j.result_zip is not None and j is not keep],
+                      lambda: self._result_bytes > self.max_result_bytes, self._drop_result, self.max_result_bytes)
 
     def clean(self, now: float | None = None) -> int:
         """Forget finished jobs fetched `fetched_grace` ago or older than the TTL (their zips go)."""

@@ -34,6 +34,7 @@ from . import inputs as job_inputs
 from .errors import Busy, DiskFull, Expired, NotFound, NotReady, TooLarge, is_disk_full
 from .inputs import JobInputs
 from .storage import WorkDir, zip_dir
+from .store import evict_results
 
 PipelineFactory = Callable[[], Any]
 FINISHED = ("done", "failed", "cancelled")
@@ -436,14 +437,9 @@ class JobQueue:
             job.gone = job.gone or why
 
     def _evict(self, keep: Job) -> None:
-        """Past the result cap, remove results: the oldest unfetched first, then the oldest fetched."""
-        while self._result_bytes > self.max_result_bytes:
-            held = [j for j in self._jobs.values() if j.result_zip is not None and j is not keep]
-            if not held:
-                return
-            victim = min(held, key=lambda j: (j.fetched_at is not None, j.finished_at or 0.0))
-            self._drop_result(victim, f"results are capped at {self.max_result_bytes / MB:.0f} MB and newer "
-                                      f"ones took its place")
+        """Past the result cap, remove results (the order: `store.evict_results`)."""
+        evict_results(lambda: [j for j in self._jobs.values() if j.result_zip is not None and j is not keep],
+                      lambda: self._result_bytes > self.max_result_bytes, self._drop_result, self.max_result_bytes)
 
     def clean(self, now: float | None = None) -> int:
         """Forget finished jobs whose result was fetched `fetched_grace` ago or is older than the TTL; a

@@ -7,9 +7,12 @@ same for both: only this interface lies between them.
 """
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Callable, Iterable, Protocol, TypeVar
 
 from .inputs import JobInputs
+
+MB = 1024 * 1024
+HeldJob = TypeVar("HeldJob")
 
 
 class JobView(Protocol):
@@ -57,3 +60,16 @@ class JobStore(Protocol):
 
 
 __all__ = ["JobStore", "JobView"]
+
+
+def evict_results(held: Callable[[], Iterable[HeldJob]], over_cap: Callable[[], bool],
+                  drop: Callable[[HeldJob, str], None], max_result_bytes: int) -> None:
+    """Past the result cap, drop finished results until under it: the oldest unfetched first (a fetched one
+    has already reached its client), then the oldest fetched. `held()` lists the jobs holding a result that
+    may go (each with `fetched_at` and `finished_at`); both holders of jobs share this order."""
+    why = f"results are capped at {max_result_bytes / MB:.0f} MB and newer ones took its place"
+    while over_cap():
+        candidates = list(held())
+        if not candidates:
+            return
+        drop(min(candidates, key=lambda j: (j.fetched_at is not None, j.finished_at or 0.0)), why)
