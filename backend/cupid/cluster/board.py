@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..server.store import evict_results
+from ..server.store import HeldResults
 
 FINISHED = ("done", "failed", "cancelled")
 MB = 1024 * 1024
@@ -60,7 +60,7 @@ class BoardJob:
                 "error": self.error, "preview": self.preview is not None}
 
 
-class JobBoard:
+class JobBoard(HeldResults):
     """Run as a Ray actor (async: its methods never wait on each other); see the module docstring."""
 
     def __init__(self, *, instance: str, results_dir: str, app_name: str, model_deployment: str,
@@ -307,17 +307,6 @@ class JobBoard:
                 await self.deregister(rid)
 
     # ---------------------------------------------------------------- results and cleaning
-    def _drop_result(self, job: BoardJob, why: str) -> None:
-        if job.result_zip is not None:
-            Path(job.result_zip).unlink(missing_ok=True)
-            self._result_bytes -= job.result_bytes
-            job.result_zip, job.result_bytes = None, 0
-        job.gone = job.gone or why
-
-    def _evict(self, keep: BoardJob) -> None:
-        evict_results(lambda: [j for j in self._jobs.values() if j.result_zip is not None and j is not keep],
-                      lambda: self._result_bytes > self.max_result_bytes, self._drop_result, self.max_result_bytes)
-
     def clean(self, now: float | None = None) -> int:
         """Forget finished jobs fetched `fetched_grace` ago or older than the TTL (their zips go)."""
         now = time.monotonic() if now is None else now

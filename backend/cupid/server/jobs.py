@@ -34,7 +34,7 @@ from . import inputs as job_inputs
 from .errors import Busy, DiskFull, Expired, NotFound, NotReady, TooLarge, is_disk_full
 from .inputs import JobInputs
 from .storage import WorkDir, zip_dir
-from .store import evict_results
+from .store import HeldResults
 
 PipelineFactory = Callable[[], Any]
 FINISHED = ("done", "failed", "cancelled")
@@ -82,7 +82,7 @@ class Job:
                 "error": self.error, "preview": self.preview is not None}
 
 
-class JobQueue:
+class JobQueue(HeldResults):
     """Submission-ordered jobs, one worker thread, inputs and results under a private directory."""
 
     def __init__(self, factory: PipelineFactory, *, max_queue: int = 16, max_queued_bytes: int = 1024 * MB,
@@ -427,19 +427,11 @@ class JobQueue:
 
     def _free_zip(self, job: Job, why: str) -> None:
         with self._lock:
-            if job.result_zip is not None:
-                try:
-                    job.result_zip.unlink(missing_ok=True)
-                except OSError:
-                    pass  # Windows: still being sent; the directory goes when the server stops
-                self._result_bytes -= job.result_bytes
-                job.result_zip, job.result_bytes = None, 0
-            job.gone = job.gone or why
+            super()._free_zip(job, why)
 
     def _evict(self, keep: Job) -> None:
-        """Past the result cap, remove results (the order: `store.evict_results`)."""
-        evict_results(lambda: [j for j in self._jobs.values() if j.result_zip is not None and j is not keep],
-                      lambda: self._result_bytes > self.max_result_bytes, self._drop_result, self.max_result_bytes)
+        with self._lock:
+            super()._evict(keep)
 
     def clean(self, now: float | None = None) -> int:
         """Forget finished jobs whose result was fetched `fetched_grace` ago or is older than the TTL; a

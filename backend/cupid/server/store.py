@@ -7,12 +7,12 @@ same for both: only this interface lies between them.
 """
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Callable, Iterable, Protocol, TypeVar
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 from .inputs import JobInputs
 
 MB = 1024 * 1024
-HeldJob = TypeVar("HeldJob")
 
 
 class JobView(Protocol):
@@ -62,14 +62,34 @@ class JobStore(Protocol):
 __all__ = ["JobStore", "JobView"]
 
 
-def evict_results(held: Callable[[], Iterable[HeldJob]], over_cap: Callable[[], bool],
-                  drop: Callable[[HeldJob, str], None], max_result_bytes: int) -> None:
-    """Past the result cap, drop finished results until under it: the oldest unfetched first (a fetched one
-    has already reached its client), then the oldest fetched. `held()` lists the jobs holding a result that
-    may go (each with `fetched_at` and `finished_at`); both holders of jobs share this order."""
-    why = f"results are capped at {max_result_bytes / MB:.0f} MB and newer ones took its place"
-    while over_cap():
-        candidates = list(held())
-        if not candidates:
-            return
-        drop(min(candidates, key=lambda j: (j.fetched_at is not None, j.finished_at or 0.0)), why)
+
+class HeldResults:
+    """Finished results kept as zip files under a byte cap, shared by both holders of jobs (the local queue
+    and the Ray board): a job holds `result_zip`, `result_bytes`, `gone`, `finished_at` and `fetched_at`."""
+
+    _jobs: dict[str, Any]
+    _result_bytes: int
+    max_result_bytes: int
+
+    def _free_zip(self, job: Any, why: str) -> None:
+        if job.result_zip is not None:
+            try:
+                Path(job.result_zip).unlink(missing_ok=True)
+            except OSError:
+                pass  # Windows: still being sent; the directory goes when the server stops
+            self._result_bytes -= job.result_bytes
+            job.result_zip, job.result_bytes = None, 0
+        job.gone = job.gone or why
+
+    def _drop_result(self, job: Any, why: str) -> None:
+        self._free_zip(job, why)
+
+    def _evict(self, keep: Any) -> None:
+        """Past the cap, drop results until under it: the oldest unfetched first (a fetched one has already
+        reached its client), then the oldest fetched; never `keep`, the one just finished."""
+        why = f"results are capped at {self.max_result_bytes / MB:.0f} MB and newer ones took its place"
+        while self._result_bytes > self.max_result_bytes:
+            held = [j for j in self._jobs.values() if j.result_zip is not None and j is not keep]
+            if not held:
+                return
+            self._drop_result(min(held, key=lambda j: (j.fetched_at is not None, j.finished_at or 0.0)), why)
