@@ -95,7 +95,8 @@ def test_progress_lines_are_printed_while_jobs_run(run):
 def test_ctrl_c_cancels_cleanly(run):
     case = run["result"]["interrupted"]
     assert case["ret"] == ["CANCELLED"] and case["message"] == "Reconstruction cancelled"
-    assert case["server_state"] == "cancelled"             # the backend stopped the job too
+    # the backend stopped the job too, and the add-on deleted it there once it ended
+    assert case["server_state"] in ("cancelled", "gone"), case["server_state"]
     assert case["before"] == case["after"]                  # the scene is as it was
     assert case["seconds"] < 120                            # 500 steps would take far longer
     long_job = run["log"][run["log"].index("LONG JOB START"):]

@@ -41,8 +41,14 @@ def main(cfg: dict) -> dict:
     print("LONG JOB END", flush=True)
     job = watcher.join()
     client = operators.MANAGER.client(operators.backend_config(bpy.context))
+    server_state = None
+    if "job_id" in job:
+        try:
+            server_state = client.status(job["job_id"])["state"]
+        except sys.modules[name + ".client"].BackendError as exc:   # the add-on deletes a job it cancelled once it ended
+            server_state = "gone" if "no job" in str(exc) else f"error: {exc}"
     out["interrupted"] = {**res, "seconds": seconds, "before": before, "after": snapshot(),
-                          "server_state": client.status(job["job_id"])["state"] if "job_id" in job else None}
+                          "server_state": server_state}
     operators.MANAGER.stop()
     return out
 
