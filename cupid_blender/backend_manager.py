@@ -25,6 +25,36 @@ from .setup.system import Platform, child_environment, hidden_process_options, m
 
 
 STOPPING_S = 20.0   # how long a backend that stopped answering is given to exit
+FOLDER_PREFIX = "cupid-backend-"
+STALE_S = 3600.0    # a backend folder without a token file, untouched this long, belongs to no running backend
+
+
+def sweep_stale_folders(root: Optional[str] = None, now: Optional[float] = None, stale_s: float = STALE_S) -> list:
+    """Remove the folders (a log) that backends of killed or crashed Blender sessions left behind.
+
+    A backend started with `--watch-stdin` shuts down by itself when its Blender is gone and removes its
+    token file, but the folder Blender made for it (and its log) stays. A folder with no token file whose
+    last change is `stale_s` old belongs to no running backend (one starting writes its token within the
+    start timeout); a folder still holding a token file is never touched. Returns the folders removed."""
+    root = root or tempfile.gettempdir()
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(FOLDER_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            if (not os.path.isdir(path) or os.path.islink(path) or os.path.exists(os.path.join(path, "token.json"))
+                    or now - os.stat(path).st_mtime < stale_s):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
 
 
 class BackendStartError(Exception):
@@ -127,7 +157,8 @@ class BackendManager:
         mod = _client_module()
         python = resolve_python(config.python)
         self._stopped = False
-        self._tmpdir = tempfile.mkdtemp(prefix="cupid-backend-")   # 0700 on POSIX
+        sweep_stale_folders()   # what backends of killed Blender sessions left
+        self._tmpdir = tempfile.mkdtemp(prefix=FOLDER_PREFIX)   # 0700 on POSIX
         try:
             make_owner_only(self._tmpdir, self.platform)   # Windows: this user alone (the token lives here)
         except OSError as exc:

@@ -100,3 +100,27 @@ def test_cancel_while_starting(manager, tiny):
 def test_remote_needs_a_url(manager):
     with pytest.raises(BackendStartError, match="no backend URL"):
         manager.client(BackendConfig(kind="REMOTE", url=""))
+
+
+def test_folders_left_by_killed_sessions_are_swept_and_live_ones_kept(tmp_path):
+    """A killed Blender's backend stops by itself and removes its token file; the folder holding its log is
+    swept on a later start once it is an hour old. A folder with a token file (a running backend), a fresh
+    one (a backend starting now) and anything not ours stay."""
+    from cupid_blender.backend_manager import STALE_S, sweep_stale_folders
+
+    now = time.time()
+    folders = {}
+    for name, token, age in [("cupid-backend-dead", False, STALE_S + 60), ("cupid-backend-running", True, 10 * STALE_S),
+                             ("cupid-backend-starting", False, 5.0), ("other-dead", False, 10 * STALE_S)]:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "backend.log").write_text("log")
+        if token:
+            (path / "token.json").write_text("{}")
+        os.utime(path, (now - age, now - age))
+        folders[name] = path
+    removed = sweep_stale_folders(str(tmp_path), now=now)
+    assert removed == [str(folders["cupid-backend-dead"])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cupid-backend-running", "cupid-backend-starting",
+                                                          "other-dead"]
+    assert sweep_stale_folders(str(tmp_path / "missing"), now=now) == []
