@@ -751,7 +751,9 @@ def test_token_file_private_dirs_and_the_portable_branch(tmp_path, posix):
     assert [p.name for p in path.parent.iterdir()] == ["server.json"]
 
 
-@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="symlinks")
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix",
+                    reason=("O_NOFOLLOW and unprivileged symlinks are POSIX; on Windows only an administrator"
+                            " can plant a symlink"))
 def test_token_file_never_writes_through_a_planted_symlink(tmp_path):
     """Another local user plants a link at the temporary file's name: its target stays untouched and
     the token file is still written (under a fresh name, then renamed)."""
