@@ -307,21 +307,6 @@ class JobBoard(HeldResults):
                 await self.deregister(rid)
 
     # ---------------------------------------------------------------- results and cleaning
-    def clean(self, now: float | None = None) -> int:
-        """Forget finished jobs fetched `fetched_grace` ago or older than the TTL (their zips go)."""
-        now = time.monotonic() if now is None else now
-        dropped = 0
-        for jid, job in list(self._jobs.items()):
-            if job.finished_at is None:
-                continue
-            expired = now - job.finished_at > self.result_ttl
-            fetched = job.fetched_at is not None and now - job.fetched_at > self.fetched_grace
-            if expired or fetched:
-                self._drop_result(job, "it expired")
-                del self._jobs[jid]
-                dropped += 1
-        return dropped
-
     def _start_janitor(self) -> None:
         if self._janitor is None:
             async def loop() -> None:

@@ -433,25 +433,12 @@ class JobQueue(HeldResults):
         with self._lock:
             super()._evict(keep)
 
+    def _kept_for_refines(self, job: Job) -> bool:
+        return job.stage_one is not None   # the artist may still refine from it
+
     def clean(self, now: float | None = None) -> int:
-        """Forget finished jobs whose result was fetched `fetched_grace` ago or is older than the TTL; a
-        fetched object-mode job keeps its stage 1 (not its zip) until the TTL, for refines."""
-        now = time.monotonic() if now is None else now
-        dropped = 0
         with self._lock:
-            for jid, job in list(self._jobs.items()):
-                if job.finished_at is None:
-                    continue
-                expired = now - job.finished_at > self.result_ttl
-                fetched = job.fetched_at is not None and now - job.fetched_at > self.fetched_grace
-                if fetched and not expired and job.stage_one is not None:
-                    # the artist may still refine from it: its zip goes, its stage 1 stays until the TTL
-                    self._free_zip(job, "it was fetched")
-                elif expired or fetched:
-                    self._drop_result(job, "it expired")
-                    del self._jobs[jid]
-                    dropped += 1
-        return dropped
+            return super().clean(now)
 
     def _clean_loop(self) -> None:
         while not self._stop.wait(5.0):

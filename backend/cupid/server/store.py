@@ -7,6 +7,7 @@ same for both: only this interface lies between them.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -70,6 +71,8 @@ class HeldResults:
     _jobs: dict[str, Any]
     _result_bytes: int
     max_result_bytes: int
+    result_ttl: float
+    fetched_grace: float
 
     def _free_zip(self, job: Any, why: str) -> None:
         if job.result_zip is not None:
@@ -93,3 +96,25 @@ class HeldResults:
             if not held:
                 return
             self._drop_result(min(held, key=lambda j: (j.fetched_at is not None, j.finished_at or 0.0)), why)
+
+    def _kept_for_refines(self, job: Any) -> bool:
+        """Whether a fetched job stays (without its zip) until the TTL because a refine may start from it."""
+        return False
+
+    def clean(self, now: float | None = None) -> int:
+        """Forget finished jobs whose result was fetched `fetched_grace` ago or is older than the TTL; a
+        fetched job kept for refines loses its zip only, and stays until the TTL. Returns how many went."""
+        now = time.monotonic() if now is None else now
+        dropped = 0
+        for jid, job in list(self._jobs.items()):
+            if job.finished_at is None:
+                continue
+            expired = now - job.finished_at > self.result_ttl
+            fetched = job.fetched_at is not None and now - job.fetched_at > self.fetched_grace
+            if fetched and not expired and self._kept_for_refines(job):
+                self._free_zip(job, "it was fetched")
+            elif expired or fetched:
+                self._drop_result(job, "it expired")
+                del self._jobs[jid]
+                dropped += 1
+        return dropped
